@@ -1,0 +1,120 @@
+"""Request body -> normalised records, or a rejection that says why.
+
+A *record* is what rules and templates see: the envelope's keys with `data` set to one item.
+ONE_BY_ONE and BULK envelopes give the same records, so one rule serves both. Values are never
+coerced: ACTITO sometimes sends "false" or "1" as strings, and rules see exactly that.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from router.exceptions import MalformedBody, NotAnEvent
+
+Record = dict[str, Any]
+
+# Operations ACTITO has used; in the 2019 shape they arrive in `eventType`.
+OPERATIONS = ("CREATE", "UPDATE", "DELETE", "UPDATED_SUBSCRIPTION", "UPDATED_SEGMENT")
+TABLE_TYPES = ("PROFILE_TABLE", "CUSTOM_TABLE")
+EVENT_TYPES = ("DATA", "TRIGGER")
+# Keys every record has (null when the envelope does not carry them), so rules can rely on them.
+STANDARD_KEYS = ("id", "tableType", "tableId", "fields", "eventType", "triggerType", "operation")
+
+
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def parse_body(body: bytes) -> Any:
+    """Decode a request body as strict JSON (UTF-8, no NaN/Infinity), or raise MalformedBody."""
+    if not body.strip():
+        raise MalformedBody("the request body is empty; send a JSON event")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedBody(f"the body is not valid UTF-8 (byte {exc.start})") from exc
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError as exc:
+        raise MalformedBody("the JSON body is nested too deeply") from exc
+    except ValueError as exc:
+        raise MalformedBody(f"the body is not valid JSON: {exc}") from exc
+
+
+def normalise(payload: Any) -> list[Record]:
+    """Turn a decoded body into records, in the order they were sent; raise NotAnEvent if it is
+    no ACTITO event. The message names the offending key."""
+    if isinstance(payload, list):
+        if not payload:
+            raise NotAnEvent("the body is an empty list; expected one event or a list of events")
+        records: list[Record] = []
+        for position, envelope in enumerate(payload):
+            if not isinstance(envelope, dict):
+                raise NotAnEvent(f"[{position}] must be an event object, not {_kind(envelope)}")
+            records.extend(_records_of(envelope, f"[{position}]."))
+        return records
+    if isinstance(payload, dict):
+        return _records_of(payload, "")
+    raise NotAnEvent(f"the body must be an event object or a list of them, not {_kind(payload)}")
+
+
+def _records_of(envelope: dict[str, Any], where: str) -> list[Record]:
+    if "data" not in envelope:
+        raise NotAnEvent(f"{where}data is missing; an ACTITO event carries a 'data' object or list")
+    data = envelope["data"]
+    if isinstance(data, dict):
+        items = [data]
+    elif isinstance(data, list):
+        for index, item in enumerate(data):
+            if not isinstance(item, dict):
+                raise NotAnEvent(f"{where}data[{index}] must be an object, not {_kind(item)}")
+        items = data
+    else:
+        raise NotAnEvent(f"{where}data must be an object or a list, not {_kind(data)}")
+
+    fields = envelope.get("fields")
+    if fields is None:
+        fields = []
+    elif not (isinstance(fields, list) and all(isinstance(f, str) for f in fields)):
+        raise NotAnEvent(f"{where}fields must be a list of names or null")
+    for key in ("tableType", "operation", "eventType", "triggerType"):
+        value = envelope.get(key)
+        if value is not None and not isinstance(value, str):
+            raise NotAnEvent(f"{where}{key} must be a string or null, not {_kind(value)}")
+    table_id = envelope.get("tableId")
+    if table_id is not None and not isinstance(table_id, str | int):
+        raise NotAnEvent(f"{where}tableId must be a string, not {_kind(table_id)}")
+
+    base: Record = dict.fromkeys(STANDARD_KEYS)
+    base.update(envelope)
+    base["fields"] = fields
+    # The 2019 shape: no `operation`, and `eventType` holds it.
+    if "operation" not in envelope and base["eventType"] in OPERATIONS:
+        base["operation"] = base["eventType"]
+        base["eventType"] = "DATA"
+    return [{**base, "data": item} for item in items]
+
+
+def dedupe_key(record: Record, position: int) -> str | None:
+    """Identity of a record for duplicate detection: the envelope `id`, the record's position in
+    the push, and its content. None when the envelope has no id (nothing to compare against)."""
+    if record.get("id") is None:
+        return None
+    canonical = json.dumps([position, record], sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "a list"
+    return "an object"

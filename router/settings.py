@@ -1,0 +1,99 @@
+"""One settings object (ROUTER_* environment variables and a `.env` file): the single source of
+defaults. Command-line options override it; the README's settings table is checked against it."""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated, Literal
+
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SECRET_PREFIX = "ROUTER_SECRET_"
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="ROUTER_", env_file=".env", extra="ignore", validate_default=True
+    )
+
+    rules_dir: str = Field("rules", description="Directory of rule files (*.toml).")
+    store_url: str = Field(
+        "sqlite:///router.db",
+        description="Where jobs are kept: sqlite:///PATH or postgresql://USER@HOST/DB.",
+    )
+    host: str = Field("127.0.0.1", description="Address the intake listens on.")
+    port: int = Field(8080, ge=0, le=65535, description="Port the intake listens on.")
+    webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Accepted shared secrets, comma-separated (several at once for rotation).",
+    )
+    webhook_secret_header: str = Field(
+        "X-Authorization", description="Request header that carries the shared secret."
+    )
+    max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted body.")
+    dedupe_window: float = Field(
+        86400.0, ge=0, description="Seconds a repeated push is recognised as a duplicate (0: off)."
+    )
+    concurrency: int = Field(64, ge=1, description="Deliveries in flight at once, per worker.")
+    per_host_concurrency: int = Field(
+        8, ge=1, description="Deliveries in flight at once to one destination host."
+    )
+    retry_max_attempts: int = Field(10, ge=1, le=100, description="Attempts before a job is dead.")
+    retry_max_age: float = Field(
+        86400.0, gt=0, description="Seconds after acceptance when a job stops being retried."
+    )
+    retry_base_delay: float = Field(1.0, gt=0, description="First backoff step, in seconds.")
+    retry_max_delay: float = Field(3600.0, gt=0, description="Longest backoff, in seconds.")
+    retry_after_cap: float = Field(
+        3600.0, gt=0, description="Longest Retry-After honoured, in seconds."
+    )
+    lease_seconds: float = Field(
+        60.0, gt=0, description="How long a claimed job is reserved before another worker may."
+    )
+    retention: float = Field(
+        7 * 86400.0, gt=0, description="Seconds done jobs and event records are kept."
+    )
+    reload: bool = Field(True, description="Watch the rules directory and reload on change.")
+    smtp_host: str = Field("localhost", description="SMTP server for e-mail actions.")
+    smtp_port: int = Field(25, ge=1, le=65535, description="SMTP port.")
+    smtp_username: str | None = Field(None, description="SMTP user (no login when unset).")
+    smtp_password: SecretStr | None = Field(None, description="SMTP password.")
+    smtp_tls: Literal["none", "starttls", "tls"] = Field(
+        "none", description="SMTP transport security: none, starttls or tls."
+    )
+    smtp_timeout: float = Field(30.0, gt=0, description="SMTP connect and command timeout.")
+    email_from: str = Field("router@localhost", description="Default From address of e-mails.")
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", description="auto: JSON lines unless stdout is a terminal."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="Lowest level logged."
+    )
+
+    @field_validator("webhook_secrets", mode="before")
+    @classmethod
+    def _split_secrets(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @property
+    def loopback_only(self) -> bool:
+        return self.host in LOOPBACK_HOSTS or self.host.startswith("127.")
+
+
+def secret_values(env_file: str | None = ".env") -> dict[str, str]:
+    """Template secrets: ROUTER_SECRET_<NAME> from the environment (and `.env`), by NAME.
+    Nothing else of the environment is exposed to templates."""
+    values: dict[str, str] = {}
+    if env_file and os.path.exists(env_file):
+        for key, value in dotenv_values(env_file).items():
+            if key.startswith(SECRET_PREFIX) and value is not None:
+                values[key[len(SECRET_PREFIX) :]] = value
+    for key, value in os.environ.items():
+        if key.startswith(SECRET_PREFIX):
+            values[key[len(SECRET_PREFIX) :]] = value
+    return values

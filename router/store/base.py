@@ -1,0 +1,212 @@
+"""The store interface: what the intake, the worker and the CLI need from durable storage.
+
+Backends (SQLite, PostgreSQL) implement `Store`; one contract test suite runs against each.
+All times are UNIX epoch seconds (float) passed in by the caller, so tests control the clock.
+Driver errors that mean "cannot reach or write the database" surface as StoreUnavailable.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+Record = dict[str, Any]
+
+
+class Status(enum.StrEnum):
+    PENDING = "pending"
+    DONE = "done"
+    DEAD = "dead"
+
+
+class Outcome(enum.StrEnum):
+    """What one attempt came to."""
+
+    DONE = "done"  # delivered
+    RETRY = "retry"  # failed, try again at `next_at`
+    DEAD = "dead"  # failed for good (permanent error, or retries exhausted)
+
+
+@dataclass(frozen=True, slots=True)
+class NewJob:
+    """One delivery job to create: (record, rule, action)."""
+
+    id: str  # also the Idempotency-Key sent to HTTP destinations
+    rule: str
+    action_index: int
+    action_type: str
+    spec: Mapping[str, Any]  # the action's raw spec as loaded: the job is delivered with it
+    destination: str  # key for per-destination concurrency (an HTTP host, "smtp", "log")
+
+
+@dataclass(frozen=True, slots=True)
+class IncomingRecord:
+    """A normalised record about to be accepted, with the jobs it produced."""
+
+    event_id: str | None  # the envelope's `id`, as text
+    dedupe_key: str | None  # None: never a duplicate
+    record: Record
+    matched: tuple[str, ...]  # names of the rules that matched
+    jobs: tuple[NewJob, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AcceptResult:
+    accepted: int
+    duplicates: int
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """A claimed job: everything the worker needs to deliver it."""
+
+    id: str
+    rule: str
+    action_index: int
+    action_type: str
+    spec: Mapping[str, Any]
+    destination: str
+    record: Record
+    event_id: str | None
+    ruleset_version: str
+    attempts: int  # attempts made since the job was created or last replayed
+    budget_since: float  # retry budget start: acceptance, or the last replay
+    lease_token: str  # proves this claim when the result is recorded
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    job_id: str
+    lease_token: str
+    outcome: Outcome
+    started_at: float
+    duration: float  # seconds
+    status_code: int | None = None
+    error: str | None = None  # one sentence, never a secret
+    next_at: float | None = None  # required when outcome is RETRY
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptRecord:
+    number: int  # 1-based over the job's whole life
+    at: float
+    outcome: Outcome
+    status_code: int | None
+    error: str | None
+    duration: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobSummary:
+    id: str
+    rule: str
+    action_index: int
+    action_type: str
+    destination: str
+    status: Status
+    attempts: int
+    created_at: float
+    updated_at: float
+    next_at: float | None  # when pending
+    last_error: str | None
+    event_id: str | None
+    ruleset_version: str
+
+
+@dataclass(frozen=True, slots=True)
+class JobDetail:
+    summary: JobSummary
+    spec: Mapping[str, Any]
+    record: Record
+    history: tuple[AttemptRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class QueueStats:
+    pending: int
+    dead: int
+    oldest_pending_age: float | None  # seconds, None when nothing is pending
+
+
+class Store(abc.ABC):
+    """Durable storage of events, delivery jobs and attempts.
+
+    Methods may be called concurrently from one event loop; implementations serialise or pool
+    as they need. None of them may block the event loop.
+    """
+
+    @abc.abstractmethod
+    async def open(self, *, migrate: bool = True) -> None:
+        """Connect and check the schema; apply pending migrations when `migrate`, else raise
+        StoreUnavailable if the schema is not current."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; pending writes are committed first."""
+
+    @abc.abstractmethod
+    async def ping(self) -> None:
+        """Raise StoreUnavailable if the store cannot serve right now."""
+
+    @abc.abstractmethod
+    async def accept(
+        self,
+        records: Sequence[IncomingRecord],
+        *,
+        ruleset_version: str,
+        dedupe_window: float,
+        now: float,
+    ) -> AcceptResult:
+        """Store the records and their jobs in one transaction, durably committed on return.
+
+        A record whose dedupe_key was accepted within `dedupe_window` seconds (0: never) is a
+        duplicate: it is counted and nothing of it is stored. Concurrent calls may share one
+        commit (group commit). Raises StoreUnavailable when the data cannot be made durable.
+        """
+
+    @abc.abstractmethod
+    async def claim(self, *, limit: int, lease: float, now: float) -> list[Job]:
+        """Reserve up to `limit` due jobs (pending, next_at <= now, no live lease), oldest due
+        first, for `lease` seconds. A job is never held by two claims at once."""
+
+    @abc.abstractmethod
+    async def record(self, results: Sequence[AttemptResult], *, now: float) -> None:
+        """Append each attempt to its job's history and move the job: DONE -> done, RETRY ->
+        pending at next_at, DEAD -> dead with the error kept. A result whose lease_token no
+        longer holds the job (the lease expired and another claim took it) still appends its
+        attempt but does not move the job."""
+
+    @abc.abstractmethod
+    async def wait_for_work(self, timeout: float) -> None:
+        """Return when new jobs may be due (or after `timeout` seconds), so idle workers do not
+        depend on a poll interval."""
+
+    @abc.abstractmethod
+    async def list_jobs(
+        self, *, status: Status | None = None, rule: str | None = None, limit: int = 50
+    ) -> list[JobSummary]:
+        """Newest first."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> JobDetail | None: ...
+
+    @abc.abstractmethod
+    async def replay(self, job_ids: Sequence[str], *, now: float) -> list[str]:
+        """Make the given dead jobs pending again, due now, with a fresh retry budget
+        (attempts 0, budget_since now). Returns the ids that were dead and are now pending."""
+
+    @abc.abstractmethod
+    async def replay_dead(self, *, rule: str | None, now: float) -> int:
+        """Replay every dead job (of `rule` if given); returns how many."""
+
+    @abc.abstractmethod
+    async def stats(self, *, now: float) -> QueueStats: ...
+
+    @abc.abstractmethod
+    async def purge(self, *, before: float, dedupe_before: float) -> int:
+        """Delete done jobs (with their attempts) last updated before `before`, events with no
+        remaining job received before `before`, and dedupe keys older than `dedupe_before`.
+        Returns the number of jobs deleted."""
