@@ -180,6 +180,13 @@ class Store(abc.ABC):
         attempt but does not move the job."""
 
     @abc.abstractmethod
+    async def release(self, claims: Sequence[tuple[str, str]], *, next_at: float) -> None:
+        """Give back claimed jobs without an attempt: each (job_id, lease_token) whose token
+        still holds the job becomes claimable again at `next_at` (lease cleared, attempts
+        unchanged). The worker uses it for jobs it claimed but cannot start soon (their
+        destination is saturated), so one slow destination never holds up others."""
+
+    @abc.abstractmethod
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new jobs may be due (or after `timeout` seconds), so idle workers do not
         depend on a poll interval."""
