@@ -1,0 +1,183 @@
+"""The Starlette receiver: the only place errors become HTTP status codes.
+
+POST /webhooks/actito answers 202 only after every delivery job of the push is durably stored.
+Every refusal is a JSON body {"error": "<one sentence>"}; no input produces a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from router.engine import Engine
+from router.events import normalise, parse_body
+from router.exceptions import RejectedBody, StoreUnavailable
+
+log = logging.getLogger("router.app")
+
+ACCEPT_TIMEOUT = 10.0  # seconds a push may wait for the store before it is answered 503
+READY_TIMEOUT = 3.0  # seconds /readyz waits for the store
+JSON_MEDIA_TYPES = ("application/json", "text/json")
+
+
+@dataclass
+class ReloadStatus:
+    """What /readyz and metrics say of the rule set: the last reload attempt and its result."""
+
+    version: str
+    ok: bool = True
+    at: float | None = None
+    errors: list[str] = field(default_factory=list)
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+@dataclass
+class IntakeConfig:
+    secrets: tuple[bytes, ...]  # accepted shared secrets; empty: intake is unauthenticated
+    secret_header: str = "X-Authorization"
+    max_body_bytes: int = 10 * 1024 * 1024
+
+
+def create_app(
+    engine: Engine,
+    config: IntakeConfig,
+    status: ReloadStatus,
+    *,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+) -> Starlette:
+    metrics = engine.metrics
+
+    def reject(reason: str, status_code: int, message: str) -> JSONResponse:
+        metrics.requests_rejected.labels(reason=reason).inc()
+        return JSONResponse({"error": message}, status_code=status_code)
+
+    def authorised(request: Request) -> bool:
+        if not config.secrets:
+            return True
+        given = request.headers.get(config.secret_header, "").encode()
+        # Compare against every secret, so timing does not tell which one (or none) was close.
+        results = [hmac.compare_digest(given, secret) for secret in config.secrets]
+        return any(results)
+
+    async def intake(request: Request) -> Response:
+        if not authorised(request):
+            return reject(
+                "unauthorized", 401, f"missing or wrong secret in the {config.secret_header} header"
+            )
+        content_type = request.headers.get("content-type", "")
+        media = content_type.split(";", 1)[0].strip().lower()
+        if media and media not in JSON_MEDIA_TYPES and not media.endswith("+json"):
+            return reject("unsupported_media_type", 415, f"content type {media} is not JSON")
+        try:
+            body = await _read_body(request, config.max_body_bytes)
+        except BodyTooLarge:
+            return reject(
+                "too_large", 413, f"the body is larger than {config.max_body_bytes} bytes"
+            )
+        except ClientDisconnect:
+            return reject("disconnected", 400, "the client disconnected before the body ended")
+        try:
+            records = normalise(parse_body(body))
+        except RejectedBody as exc:
+            reason = "malformed" if exc.status_code == 400 else "not_an_event"
+            return reject(reason, exc.status_code, str(exc))
+        try:
+            result = await asyncio.wait_for(engine.accept(records), ACCEPT_TIMEOUT)
+        except (StoreUnavailable, TimeoutError) as exc:
+            log.error("cannot store a push: %s", exc or "timed out", extra={"records": len(records)})
+            response = reject("unavailable", 503, "the store is unavailable; retry later")
+            response.headers["Retry-After"] = "5"
+            return response
+        event_id = records[0].get("id") if records else None
+        log.debug(
+            "push accepted",
+            extra={"event_id": event_id, "records": len(records)},
+        )
+        return JSONResponse(
+            {"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202
+        )
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        problems: list[str] = []
+        try:
+            await asyncio.wait_for(engine.store.ping(), READY_TIMEOUT)
+        except (StoreUnavailable, TimeoutError) as exc:
+            problems.append(f"store unavailable: {exc or 'timed out'}")
+        body: dict[str, Any] = {
+            "status": "ok" if not problems else "unavailable",
+            "ruleset": engine.ruleset.version,
+            "rules": len(engine.ruleset.enabled),
+            "last_reload": {
+                "ok": status.ok,
+                "at": status.at,
+                "version": status.version,
+                "errors": status.errors,
+            },
+        }
+        if problems:
+            body["problems"] = problems
+        return JSONResponse(body, status_code=200 if not problems else 503)
+
+    async def metrics_endpoint(request: Request) -> Response:
+        try:
+            stats = await asyncio.wait_for(engine.store.stats(now=engine.clock()), READY_TIMEOUT)
+        except (StoreUnavailable, TimeoutError):
+            pass  # serve the counters anyway; the gauges keep their last values
+        else:
+            metrics.queue_depth.set(stats.pending)
+            metrics.dead_jobs.set(stats.dead)
+            metrics.oldest_pending_age.set(stats.oldest_pending_age or 0.0)
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        # A bug must not look like a rejection: 503 makes the sender retry, nothing is lost.
+        log.exception("unexpected error handling %s %s", request.method, request.url.path)
+        return JSONResponse({"error": "internal error; retry later"}, status_code=503)
+
+    return Starlette(
+        routes=[
+            Route("/webhooks/actito", intake, methods=["POST"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics_endpoint, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: internal_error},
+        lifespan=lifespan,
+    )
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+

@@ -1,0 +1,79 @@
+"""Prometheus metrics (SPEC §6). One registry per process role instance, so tests can build
+several apps side by side."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# The *_created series double the output and no dashboard reads them.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.records_received = Counter(
+            "router_records_received", "Records accepted at the intake (new, not duplicates).", registry=r
+        )
+        self.records_duplicate = Counter(
+            "router_records_duplicate", "Records acknowledged as repeats of earlier pushes.", registry=r
+        )
+        self.records_unmatched = Counter(
+            "router_records_unmatched", "Accepted records that matched no rule.", registry=r
+        )
+        self.requests_rejected = Counter(
+            "router_requests_rejected",
+            "Intake requests refused, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.rule_matches = Counter(
+            "router_rule_matches", "Records matched, per rule.", ["rule"], registry=r
+        )
+        self.deliveries = Counter(
+            "router_deliveries",
+            "Finished delivery attempts by action type and outcome (done, retry, dead).",
+            ["action", "outcome"],
+            registry=r,
+        )
+        self.attempts = Counter(
+            "router_delivery_attempts", "Delivery attempts made.", ["action"], registry=r
+        )
+        self.latency = Histogram(
+            "router_delivery_latency_seconds",
+            "From acceptance to successful delivery.",
+            ["action"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("router_queue_depth", "Pending delivery jobs.", registry=r)
+        self.dead_jobs = Gauge("router_dead_jobs", "Dead delivery jobs kept for replay.", registry=r)
+        self.oldest_pending_age = Gauge(
+            "router_oldest_pending_age_seconds", "Age of the oldest pending job.", registry=r
+        )
+        self.reloads = Counter(
+            "router_rule_reloads", "Rule reloads by result (ok, invalid).", ["result"], registry=r
+        )
+        self.ruleset_info = Gauge(
+            "router_ruleset_info", "The rule-set version serving (value 1).", ["version"], registry=r
+        )
+        self.last_reload_ok = Gauge(
+            "router_rule_reload_last_ok", "1 if the last reload attempt succeeded, else 0.", registry=r
+        )
+
+    def set_ruleset(self, version: str) -> None:
+        self.ruleset_info.clear()
+        self.ruleset_info.labels(version=version).set(1)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,228 @@
+"""Process roles: `serve` (intake, plus delivery unless --no-worker) and `worker` (delivery
+only). Builds the parts from settings, runs them, and stops them gracefully on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import uvicorn
+from starlette.applications import Starlette
+
+from router.actions import build_deliverers
+from router.app import IntakeConfig, ReloadStatus, create_app
+from router.engine import Engine
+from router.exceptions import RuleSetInvalid, StoreUnavailable
+from router.loader import load_rules
+from router.metrics import Metrics
+from router.reload import Reloader
+from router.retry import RetryPolicy
+from router.rules import RuleSet
+from router.settings import Settings, secret_values
+from router.store import open_store
+from router.store.base import Store
+from router.worker import Worker, WorkerLimits
+
+log = logging.getLogger("router.service")
+
+PURGE_EVERY = 3600.0  # seconds between retention purges
+
+
+class StartupError(Exception):
+    """The process cannot start; the message says why and how to fix it."""
+
+
+def load_startup_rules(settings: Settings) -> RuleSet:
+    """Rules for a starting process: any error (unset secrets included) refuses the start."""
+    try:
+        return load_rules(
+            settings.rules_dir, secrets=secret_values().keys(), unset_secrets="error"
+        )
+    except RuleSetInvalid as exc:
+        lines = "\n".join(str(d) for d in exc.diagnostics)
+        raise StartupError(f"the rules in {settings.rules_dir} are invalid:\n{lines}") from exc
+
+
+def check_intake_security(settings: Settings) -> None:
+    if settings.webhook_secrets:
+        return
+    if not settings.loopback_only:
+        raise StartupError(
+            f"no webhook secret is set and the intake would listen on {settings.host}; set "
+            "ROUTER_WEBHOOK_SECRETS (and the same value in the ACTITO subscription's "
+            f"{settings.webhook_secret_header} header), or listen on 127.0.0.1 only"
+        )
+    log.warning(
+        "!!! INTAKE IS UNAUTHENTICATED: no ROUTER_WEBHOOK_SECRETS set. Anyone who can reach "
+        "%s:%d can push events. Fine on loopback for trying it out; set a secret before "
+        "exposing the router. !!!",
+        settings.host,
+        settings.port,
+    )
+
+
+async def open_checked_store(settings: Settings, *, migrate: bool) -> Store:
+    store = open_store(settings.store_url)
+    try:
+        await store.open(migrate=migrate)
+    except StoreUnavailable as exc:
+        raise StartupError(f"cannot open the store: {exc}") from exc
+    return store
+
+
+def build_worker(settings: Settings, store: Store, metrics: Metrics) -> Worker:
+    return Worker(
+        store,
+        build_deliverers(settings),
+        RetryPolicy.from_settings(settings),
+        secrets=secret_values(),
+        limits=WorkerLimits(
+            concurrency=settings.concurrency,
+            per_host=settings.per_host_concurrency,
+            lease=settings.lease_seconds,
+        ),
+        metrics=metrics,
+    )
+
+
+async def run_worker_until(worker: Worker, stop: asyncio.Event) -> None:
+    for deliverer in worker.deliverers.values():
+        await deliverer.start()
+    try:
+        await worker.run(stop)
+    finally:
+        for deliverer in worker.deliverers.values():
+            with contextlib.suppress(Exception):
+                await deliverer.close()
+
+
+async def purge_loop(store: Store, settings: Settings, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        now = time.time()
+        try:
+            removed = await store.purge(
+                before=now - settings.retention, dedupe_before=now - settings.dedupe_window
+            )
+            if removed:
+                log.info("purged %d delivered job(s) older than the retention", removed)
+        except StoreUnavailable as exc:
+            log.warning("retention purge skipped: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), PURGE_EVERY)
+
+
+def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> None:
+    """Run the intake (and delivery workers) until SIGTERM/SIGINT."""
+    check_intake_security(settings)
+    ruleset = load_startup_rules(settings)
+    metrics = Metrics()
+    status = ReloadStatus(version=ruleset.version, at=time.time())
+    metrics.last_reload_ok.set(1)
+    store = open_store(settings.store_url)  # opened by the lifespan, in the server's loop
+    engine = Engine(store, ruleset, dedupe_window=settings.dedupe_window, metrics=metrics)
+    server: uvicorn.Server
+
+    def fail(name: str) -> None:
+        log.error("the %s stopped; shutting the server down so it can be restarted", name)
+        server.should_exit = True
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            await store.open(migrate=migrate)
+        except StoreUnavailable as exc:
+            raise StartupError(f"cannot open the store: {exc}") from exc
+        stop = asyncio.Event()
+        tasks: list[asyncio.Task[None]] = []
+        if settings.reload:
+            reloader = Reloader(
+                settings.rules_dir, engine, status, secrets=lambda: secret_values().keys()
+            )
+            tasks.append(asyncio.create_task(_guard(reloader.watch(stop), "rule watcher", fail)))
+        if worker:
+            tasks.append(
+                asyncio.create_task(
+                    _guard(
+                        run_worker_until(build_worker(settings, store, metrics), stop),
+                        "worker",
+                        fail,
+                    )
+                )
+            )
+        tasks.append(asyncio.create_task(_guard(purge_loop(store, settings, stop), "purge", fail)))
+        log.info(
+            "serving %d rule(s) on http://%s:%d/webhooks/actito (store %s, worker %s)",
+            len(ruleset.enabled),
+            settings.host,
+            settings.port,
+            settings.store_url.split("://", 1)[0],
+            "on" if worker else "off",
+            extra={"version": ruleset.version},
+        )
+        try:
+            yield
+        finally:
+            log.info("shutting down: finishing deliveries in flight")
+            stop.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await store.close()
+            log.info("stopped")
+
+    config = IntakeConfig(
+        secrets=tuple(s.get_secret_value().encode() for s in settings.webhook_secrets),
+        secret_header=settings.webhook_secret_header,
+        max_body_bytes=settings.max_body_bytes,
+    )
+    app = create_app(engine, config, status, lifespan=lifespan)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=settings.host,
+            port=settings.port,
+            log_config=None,
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=30,
+            server_header=False,
+        )
+    )
+    server.run()
+    if not server.started:
+        raise StartupError("the server did not start; see the log above")
+
+
+def run_worker(settings: Settings, *, migrate: bool = True) -> None:
+    """Deliver jobs until SIGTERM/SIGINT (no intake)."""
+
+    async def main() -> None:
+        store = await open_checked_store(settings, migrate=migrate)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        metrics = Metrics()
+        log.info("worker started (store %s)", settings.store_url.split("://", 1)[0])
+        try:
+            await asyncio.gather(
+                run_worker_until(build_worker(settings, store, metrics), stop),
+                purge_loop(store, settings, stop),
+            )
+        finally:
+            await store.close()
+            log.info("worker stopped")
+
+    asyncio.run(main())
+
+
+async def _guard(work: Awaitable[None], name: str, on_failure: Callable[[str], None]) -> None:
+    try:
+        await work
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        log.exception("the %s stopped on an error", name)
+        on_failure(name)

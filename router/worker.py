@@ -1,0 +1,316 @@
+"""Delivery: claim -> render -> deliver -> record, with bounded concurrency.
+
+Concurrency is bounded overall and per destination host. Jobs claimed for a saturated host wait
+in a short local queue; beyond that they are released back to the store, so a slow or dead
+destination never fills the worker and holds up the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict, deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from router.actions.base import Deliverer
+from router.exceptions import DeliveryFailed, RenderError, RetryLater, StoreUnavailable
+from router.loader import parse_action
+from router.metrics import Metrics
+from router.retry import RetryPolicy
+from router.rules import Action, spec_hash
+from router.store.base import AttemptResult, Job, Outcome, Store
+from router.templating import EnvSecrets, build_context, render_action
+
+log = logging.getLogger("router.worker")
+
+CLAIM_BATCH = 200  # most jobs claimed in one store round trip
+IDLE_WAIT = 1.0  # seconds an idle worker waits before looking for due jobs again
+HOST_QUEUE_FACTOR = 2  # jobs waiting per saturated host, as a multiple of its concurrency
+RELEASE_DELAY = 1.0  # seconds before a released job may be claimed again
+STORE_RETRY = 1.0  # seconds between attempts to reach an unavailable store
+ACTION_CACHE_SIZE = 4096
+
+
+@dataclass
+class _Prepared:
+    job: Job
+    action: Action
+    rendered: dict[str, Any]
+    host: str
+
+
+@dataclass
+class WorkerLimits:
+    concurrency: int = 64
+    per_host: int = 8
+    lease: float = 60.0
+    drain_grace: float = 30.0  # seconds in-flight deliveries get to finish on shutdown
+
+
+@dataclass
+class _HostState:
+    active: int = 0
+    waiting: deque[_Prepared] = field(default_factory=deque)
+
+
+class Worker:
+    """Delivers due jobs until stopped. Inject the store, deliverers, policy and clock."""
+
+    def __init__(
+        self,
+        store: Store,
+        deliverers: Mapping[str, Deliverer],
+        policy: RetryPolicy,
+        *,
+        secrets: Mapping[str, str],
+        limits: WorkerLimits | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.deliverers = deliverers
+        self.policy = policy
+        self.secrets = EnvSecrets(dict(secrets))
+        self.limits = limits or WorkerLimits()
+        self.metrics = metrics or Metrics()
+        self.clock = clock
+        self._hosts: defaultdict[str, _HostState] = defaultdict(_HostState)
+        self._active = 0
+        self._waiting = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._results: list[AttemptResult] = []
+        self._flushing: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._actions: dict[str, Action] = {}
+        self.delivered = 0  # attempts finished (any outcome), for tests and logs
+
+    async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
+        """Work until `stop` is set (or, with drain=True, until nothing is due or in flight),
+        then let in-flight deliveries finish within the grace period."""
+        try:
+            while not stop.is_set():
+                room = self.limits.concurrency - self._active - self._waiting
+                jobs: list[Job] = []
+                if room > 0:
+                    try:
+                        jobs = await self.store.claim(
+                            limit=min(room, CLAIM_BATCH), lease=self.limits.lease, now=self.clock()
+                        )
+                    except StoreUnavailable as exc:
+                        log.warning("cannot claim jobs: %s", exc)
+                        await _first_of(stop.wait(), asyncio.sleep(STORE_RETRY))
+                        continue
+                if jobs:
+                    await self._admit(jobs)
+                    continue
+                if drain and self._active == 0 and self._waiting == 0 and not self._results:
+                    break
+                self._wake.clear()
+                await _first_of(
+                    self.store.wait_for_work(IDLE_WAIT), self._wake.wait(), stop.wait()
+                )
+        finally:
+            await self._shutdown()
+
+    async def _admit(self, jobs: list[Job]) -> None:
+        release: list[tuple[str, str]] = []
+        for job in jobs:
+            prepared = self._prepare(job)
+            if prepared is None:
+                continue
+            host = self._hosts[prepared.host]
+            if host.active < self.limits.per_host:
+                self._start(prepared)
+            elif len(host.waiting) < self.limits.per_host * HOST_QUEUE_FACTOR:
+                host.waiting.append(prepared)
+                self._waiting += 1
+            else:
+                release.append((job.id, job.lease_token))
+        if release:
+            await self.store.release(release, next_at=self.clock() + RELEASE_DELAY)
+
+    def _prepare(self, job: Job) -> _Prepared | None:
+        """Rebuild the action from the job's stored spec and render it; a job that cannot be
+        rendered is dead at once (retrying cannot change the record or the spec)."""
+        started = self.clock()
+        try:
+            action = self._action(job.spec)
+            context = build_context(
+                job.record, rule=job.rule, delivery_id=job.id, secrets=self.secrets
+            )
+            rendered = render_action(action, context)
+        except (RenderError, ValueError) as exc:
+            self._finish(job, None, Outcome.DEAD, started, error=f"cannot render: {exc}")
+            return None
+        host = "log" if action.type == "log" else "smtp"
+        if action.type == "http":
+            try:
+                host = urlsplit(rendered["url"]).netloc.rpartition("@")[2] or "http"
+            except ValueError:
+                host = "http"
+        return _Prepared(job, action, rendered, host)
+
+    def _action(self, spec: Mapping[str, Any]) -> Action:
+        key = spec_hash(spec)
+        action = self._actions.get(key)
+        if action is None:
+            if len(self._actions) >= ACTION_CACHE_SIZE:
+                self._actions.clear()
+            action = self._actions[key] = parse_action(spec)
+        return action
+
+    def _start(self, prepared: _Prepared) -> None:
+        self._active += 1
+        self._hosts[prepared.host].active += 1
+        task = asyncio.create_task(self._deliver(prepared))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _deliver(self, prepared: _Prepared) -> None:
+        job, action = prepared.job, prepared.action
+        started = self.clock()
+        status: int | None = None
+        try:
+            deliverer = self.deliverers[action.type]
+            timeout = action.timeout if action.type == "http" else None
+            status = await deliverer.deliver(prepared.rendered, job_id=job.id, timeout=timeout)
+            self._finish(job, action, Outcome.DONE, started, status=status)
+        except DeliveryFailed as failure:
+            self._failed(job, action, started, failure)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a bug in a deliverer must not lose the job: retry it
+            log.exception("delivery crashed", extra={"delivery_id": job.id, "rule": job.rule})
+            self._failed(job, action, started, RetryLater(f"internal error: {type(exc).__name__}"))
+        finally:
+            self._active -= 1
+            host = self._hosts[prepared.host]
+            host.active -= 1
+            if host.waiting:
+                self._waiting -= 1
+                self._start(host.waiting.popleft())
+            elif host.active == 0:
+                del self._hosts[prepared.host]
+            self._wake.set()
+
+    def _failed(self, job: Job, action: Action, started: float, failure: DeliveryFailed) -> None:
+        now = self.clock()
+        decision = self.policy.with_override(action.retry).decide(
+            attempts=job.attempts + 1, budget_since=job.budget_since, now=now, failure=failure
+        )
+        if decision.retry_at is None:
+            error = f"{failure}; {decision.reason}" if isinstance(failure, RetryLater) else str(failure)
+            self._finish(job, action, Outcome.DEAD, started, status=failure.status_code, error=error)
+        else:
+            self._finish(
+                job,
+                action,
+                Outcome.RETRY,
+                started,
+                status=failure.status_code,
+                error=str(failure),
+                next_at=decision.retry_at,
+            )
+
+    def _finish(
+        self,
+        job: Job,
+        action: Action | None,
+        outcome: Outcome,
+        started: float,
+        *,
+        status: int | None = None,
+        error: str | None = None,
+        next_at: float | None = None,
+    ) -> None:
+        now = self.clock()
+        self._results.append(
+            AttemptResult(
+                job_id=job.id,
+                lease_token=job.lease_token,
+                outcome=outcome,
+                started_at=started,
+                duration=max(0.0, now - started),
+                status_code=status,
+                error=error,
+                next_at=next_at,
+            )
+        )
+        if self._flushing is None:
+            self._flushing = asyncio.create_task(self._flush())
+        self.delivered += 1
+        kind = job.action_type
+        self.metrics.attempts.labels(action=kind).inc()
+        self.metrics.deliveries.labels(action=kind, outcome=outcome.value).inc()
+        if outcome is Outcome.DONE:
+            self.metrics.latency.labels(action=kind).observe(max(0.0, now - job.budget_since))
+        extra = {
+            "delivery_id": job.id,
+            "event_id": job.event_id,
+            "rule": job.rule,
+            "action": kind,
+            "attempt": job.attempts + 1,
+            "outcome": outcome.value,
+            "status_code": status,
+            "duration_ms": round((now - started) * 1000, 1),
+            "error": error,
+        }
+        if outcome is Outcome.DONE:
+            log.info("delivered", extra=extra)
+        elif outcome is Outcome.RETRY:
+            log.warning("delivery failed, will retry", extra=extra)
+        else:
+            log.error("delivery failed for good; the job is dead", extra=extra)
+
+    async def _flush(self) -> None:
+        """Record finished attempts in batches: one store call for all that finished meanwhile."""
+        try:
+            while self._results:
+                batch, self._results = self._results, []
+                try:
+                    await self.store.record(batch, now=self.clock())
+                except StoreUnavailable as exc:
+                    # Put them back; the next finished delivery (or shutdown) tries again. If
+                    # that never succeeds the leases expire and the jobs are delivered again:
+                    # at-least-once, never lost.
+                    self._results[:0] = batch
+                    log.warning("cannot record %d attempt(s): %s", len(batch), exc)
+                    return
+        finally:
+            self._flushing = None
+
+    async def _shutdown(self) -> None:
+        # Jobs waiting for a saturated host have not started: hand them back now.
+        waiting = [p.job for host in self._hosts.values() for p in host.waiting]
+        for host in self._hosts.values():
+            host.waiting.clear()
+        self._waiting = 0
+        if waiting:
+            with contextlib.suppress(Exception):
+                await self.store.release(
+                    [(job.id, job.lease_token) for job in waiting], next_at=self.clock()
+                )
+        if self._tasks:
+            _done, pending = await asyncio.wait(set(self._tasks), timeout=self.limits.drain_grace)
+            for task in pending:  # their leases expire and another claim retries them
+                task.cancel()
+        if self._flushing is not None:
+            await self._flushing
+        if self._results:
+            await self._flush()
+
+
+async def _first_of(*aws: Any) -> None:
+    """Wait until the first of several awaitables finishes; cancel the rest."""
+    tasks = [asyncio.ensure_future(aw) for aw in aws]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
