@@ -1,0 +1,290 @@
+"""Evaluate a record against a rule set (indexed), and explain why a rule did not match. Pure.
+
+A rule matches when every criterion it gives holds (SPEC §3): tableType, tableId, operation and
+eventType compare the record's value exactly (a list means any of; tableId compares as text, so
+16 and "16" are equal); `fields` holds when the record's `fields` overlaps the wanted names;
+`condition` is a JMESPath expression on the whole record that must be truthy in JMESPath's sense
+(false, null, "", [] and {} are false; 0 and the string "false" are true).
+
+The Matcher indexes rules by their four exact-match criteria, so a record only meets the rules
+that can match it; only `fields` and `condition` are checked per candidate.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jmespath
+from jmespath import exceptions as jmespath_errors
+from jmespath.functions import Functions
+from jmespath.lexer import Lexer
+from jmespath.visitor import Options, TreeInterpreter
+
+from router.rules import Match, Rule
+
+if TYPE_CHECKING:
+    from jmespath.visitor import _TreeNode
+
+# One interpreter for every condition: building one per search costs as much as the search.
+_INTERPRETER = TreeInterpreter(Options())
+_FUNCTIONS: Mapping[str, Any] = Functions().FUNCTION_TABLE
+_LITERAL_NAMES = ("null", "true", "false")
+# Exact-match criteria in the order explain reports them; `fields` and `condition` follow.
+_KEYS = ("tableType", "tableId", "operation", "eventType")
+_ANY = object()  # index bucket component of a rule that leaves a key out
+CACHE_LIMIT = 4096  # distinct record keys whose candidate list is kept
+VALUE_PREVIEW = 80  # characters of a seen value shown by explain
+
+
+class ConditionProblem(ValueError):
+    """A condition cannot be compiled, or could not be evaluated on a record."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class Condition:
+    """A compiled JMESPath condition (immutable); equal when the sources are equal."""
+
+    __slots__ = ("_parsed", "source")
+
+    def __init__(self, source: str, parsed: _TreeNode) -> None:
+        self.source = source
+        self._parsed = parsed
+
+    def holds(self, record: Mapping[str, Any]) -> bool:
+        """JMESPath truthiness of the result; an evaluation error (a function given a value of
+        the wrong type, e.g. ends_with on null) means the condition does not hold."""
+        try:
+            return _truthy(_INTERPRETER.visit(self._parsed, record))
+        except jmespath_errors.JMESPathError:
+            return False
+
+    def value(self, record: Mapping[str, Any]) -> Any:
+        """The raw result (for explain); ConditionProblem when evaluation fails."""
+        try:
+            return _INTERPRETER.visit(self._parsed, record)
+        except jmespath_errors.JMESPathError as exc:
+            raise ConditionProblem(" ".join(str(exc).split())) from None
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Condition) and other.source == self.source
+
+    def __hash__(self) -> int:
+        return hash(self.source)
+
+    def __repr__(self) -> str:
+        return f"Condition({self.source!r})"
+
+
+def _truthy(value: Any) -> bool:
+    # JMESPath truthiness, not Python's: 0 is true. (`0 == False` in Python, so test identity.)
+    if value is None or value is False:
+        return False
+    if isinstance(value, str | list | dict):
+        return len(value) > 0
+    return True
+
+
+def compile_condition(source: str) -> Condition:
+    """Compile a JMESPath condition; ConditionProblem (with the 1-based column) on a syntax
+    error, an unknown function or a wrong number of arguments."""
+    if not source.strip():
+        raise ConditionProblem("the condition is empty; write a JMESPath expression")
+    try:
+        parsed = jmespath.compile(source).parsed
+    except jmespath_errors.LexerError as exc:
+        raise ConditionProblem(f"column {exc.lex_position + 1}: {exc.message}") from None
+    except jmespath_errors.ParseError as exc:
+        if isinstance(exc, jmespath_errors.IncompleteExpressionError):
+            what = "the expression is incomplete"
+        elif exc.token_value is not None:
+            what = f"unexpected {exc.token_value!r}"
+        else:
+            what = exc.msg
+        raise ConditionProblem(f"column {exc.lex_position + 1}: {what}") from None
+    except jmespath_errors.JMESPathError as exc:
+        raise ConditionProblem(" ".join(str(exc).split())) from None
+    _check_functions(parsed)
+    return Condition(source, parsed)
+
+
+def _check_functions(node: Mapping[str, Any]) -> None:
+    # jmespath reports unknown functions and arity only at search time; we want them at load.
+    if node.get("type") == "function_expression":
+        name = node["value"]
+        if name not in _FUNCTIONS:
+            raise ConditionProblem(f"unknown JMESPath function {name}()")
+        signature = _FUNCTIONS[name]["signature"]
+        given = len(node["children"])
+        variadic = bool(signature) and signature[-1].get("variadic", False)
+        if given < len(signature) or (given > len(signature) and not variadic):
+            wanted = f"{len(signature)}{' or more' if variadic else ''}"
+            raise ConditionProblem(f"{name}() takes {wanted} argument(s), given {given}")
+    for child in node.get("children", ()):
+        if isinstance(child, Mapping):
+            _check_functions(child)
+
+
+def condition_warnings(source: str) -> list[str]:
+    """Warnings for bare `null`, `true`, `false`: in JMESPath they are field names (almost
+    always null), the literals are written with backticks. Quoted identifiers ("null") and
+    names after a dot (data.true) are meant as field names and are not reported."""
+    warnings: list[str] = []
+    previous = ""
+    try:
+        for token in Lexer().tokenize(source):
+            if (
+                token["type"] == "unquoted_identifier"
+                and token["value"] in _LITERAL_NAMES
+                and previous != "dot"
+            ):
+                message = (
+                    f"'{token['value']}' here is a field name; "
+                    f"write `{token['value']}` with backticks for the literal"
+                )
+                if message not in warnings:
+                    warnings.append(message)
+            previous = token["type"]
+    except jmespath_errors.JMESPathError:
+        return []  # compile_condition reports the syntax error
+    return warnings
+
+
+def _text_id(value: Any) -> str | None:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    return None
+
+
+def _record_key(record: Mapping[str, Any]) -> tuple[str | None, ...]:
+    # Non-string values can equal no criterion (criteria are strings, compared without coercion).
+    table_type = record.get("tableType")
+    operation = record.get("operation")
+    event_type = record.get("eventType")
+    return (
+        table_type if isinstance(table_type, str) else None,
+        _text_id(record.get("tableId")),
+        operation if isinstance(operation, str) else None,
+        event_type if isinstance(event_type, str) else None,
+    )
+
+
+def _criteria(match: Match) -> tuple[frozenset[str] | None, ...]:
+    return (match.table_type, match.table_id, match.operation, match.event_type)
+
+
+_Candidate = tuple[Rule, frozenset[str] | None, Condition | None]
+
+
+class Matcher:
+    """Matches records against a rule set; built once per rule set, then only read.
+
+    Rules are indexed by (tableType, tableId, operation, eventType); a rule that leaves a key
+    out sits in the wildcard bucket of that key, and a rule with a list sits in one bucket per
+    value. A record looks up every combination of its value and the wildcard (a few dict
+    lookups, cached per distinct record key), so its cost grows with the rules that can match
+    it, not with the rule set. Results keep rule-set order.
+    """
+
+    def __init__(self, rules: Sequence[Rule]) -> None:
+        self.rules = tuple(rules)
+        self._buckets: dict[tuple[object, ...], list[int]] = {}
+        used = [False] * len(_KEYS)
+        for index, rule in enumerate(self.rules):
+            if not rule.enabled:
+                continue
+            criteria = _criteria(rule.match)
+            for position, wanted in enumerate(criteria):
+                used[position] = used[position] or wanted is not None
+            options = [sorted(wanted) if wanted is not None else [_ANY] for wanted in criteria]
+            for key in itertools.product(*options):
+                self._buckets.setdefault(key, []).append(index)
+        # Keys no rule constrains are looked up as wildcards only.
+        self._used = tuple(used)
+        self._cache: dict[tuple[str | None, ...], tuple[_Candidate, ...]] = {}
+
+    def _candidates(self, key: tuple[str | None, ...]) -> tuple[_Candidate, ...]:
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        options = [
+            (value, _ANY) if used and value is not None else (_ANY,)
+            for value, used in zip(key, self._used, strict=True)
+        ]
+        indexes: list[int] = []
+        for combination in itertools.product(*options):
+            indexes.extend(self._buckets.get(combination, ()))
+        # A rule sits in at most one of a record's combinations, so sorting suffices.
+        indexes.sort()
+        found = tuple(
+            (self.rules[i], self.rules[i].match.fields, self.rules[i].match.condition)
+            for i in indexes
+        )
+        if len(self._cache) >= CACHE_LIMIT:
+            self._cache.clear()  # many distinct keys (e.g. arbitrary tableIds): start over
+        self._cache[key] = found
+        return found
+
+    def match(self, record: Mapping[str, Any]) -> list[Rule]:
+        """The enabled rules that match `record`, in rule-set order."""
+        matched: list[Rule] = []
+        record_fields: frozenset[str] | None = None
+        for rule, fields, condition in self._candidates(_record_key(record)):
+            if fields is not None:
+                if record_fields is None:
+                    record_fields = _fields_of(record)
+                if fields.isdisjoint(record_fields):
+                    continue
+            if condition is not None and not condition.holds(record):
+                continue
+            matched.append(rule)
+        return matched
+
+    def explain(self, record: Mapping[str, Any]) -> list[tuple[Rule, str | None]]:
+        """Every rule in rule-set order, disabled ones too, with None when it matches or else
+        the first failed criterion and the value seen, in one line."""
+        return [(rule, _why_not(rule, record)) for rule in self.rules]
+
+
+def _fields_of(record: Mapping[str, Any]) -> frozenset[str]:
+    fields = record.get("fields")
+    if not isinstance(fields, list):
+        return frozenset()
+    return frozenset(name for name in fields if isinstance(name, str))
+
+
+def _why_not(rule: Rule, record: Mapping[str, Any]) -> str | None:
+    if not rule.enabled:
+        return "rule is disabled"
+    key = _record_key(record)
+    for name, wanted, value in zip(_KEYS, _criteria(rule.match), key, strict=True):
+        if wanted is not None and value not in wanted:
+            alternatives = " or ".join(_show(option) for option in sorted(wanted))
+            return f"{name}: wanted {alternatives}, saw {_show(record.get(name))}"
+    fields = rule.match.fields
+    if fields is not None and fields.isdisjoint(_fields_of(record)):
+        return f"fields: wanted any of {_show(sorted(fields))}, saw {_show(record.get('fields'))}"
+    condition = rule.match.condition
+    if condition is not None:
+        source = " ".join(condition.source.split())
+        try:
+            value = condition.value(record)
+        except ConditionProblem as exc:
+            return f"condition: {source} failed: {exc.message}"
+        if not _truthy(value):
+            return f"condition: {source} gave {_show(value)}"
+    return None
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    if len(text) > VALUE_PREVIEW:
+        return text[: VALUE_PREVIEW - 1] + "…"
+    return text

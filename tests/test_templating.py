@@ -1,0 +1,415 @@
+"""Templates: compile-time checks, strict rendering, JSON safety, the sandbox and secrets."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+
+from router.exceptions import RenderError
+from router.rules import EmailAction, HttpAction, LogAction, RetryOverride
+from router.templating import (
+    CONTEXT_NAMES,
+    EnvSecrets,
+    PlaceholderSecrets,
+    TemplateProblem,
+    build_context,
+    compile_template,
+    render_action,
+)
+
+RECORD: dict[str, Any] = {
+    "id": "3f2b8c1e",
+    "tableType": "PROFILE_TABLE",
+    "tableId": "16",
+    "fields": ["emailAddress"],
+    "eventType": "DATA",
+    "triggerType": None,
+    "operation": "CREATE",
+    "_links": {"webhook": {"href": "/webhooks/v4/entity/MyEntity/webhookSubscription/58"}},
+    "data": {
+        "profileId": 1204,
+        "emailAddress": "marie.dupont@example.be",
+        "firstName": "Zoë",
+        "etl.executionStatus": "WITH_ERROR",
+        "nested": {"list": [1, "two", None, True], "quote": 'say "hi"'},
+    },
+}
+NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
+
+
+def context(secrets: Any = None, record: dict[str, Any] | None = None) -> dict[str, Any]:
+    return build_context(
+        RECORD if record is None else record,
+        rule="crm-new-subscriber",
+        delivery_id="job-1",
+        secrets=PlaceholderSecrets() if secrets is None else secrets,
+        now=NOW,
+    )
+
+
+def render(source: str, secrets: Any = None) -> str:
+    return compile_template(source).render(context(secrets))
+
+
+@pytest.mark.parametrize(
+    ("source", "expected"),
+    [
+        ("{{ data.emailAddress }}", "marie.dupont@example.be"),
+        ("{{ data['etl.executionStatus'] }}", "WITH_ERROR"),
+        ('{{ data["etl.executionStatus"] }}', "WITH_ERROR"),
+        ("{{ record.tableId }}/{{ record['operation'] }}", "16/CREATE"),
+        ("{{ record._links.webhook.href }}", "/webhooks/v4/entity/MyEntity/webhookSubscription/58"),
+        (
+            "{{ rule.name }} {{ delivery_id }} {{ now }}",
+            "crm-new-subscriber job-1 2026-01-02T03:04:05Z",
+        ),
+        ("{{ data.profileId + 1 }}", "1205"),
+        ("{{ data.profileId * 2 }}-{{ 2 ** 3 }}-{{ '=' * 3 }}", "2408-8-==="),
+        ("{{ data.firstName | upper }}", "ZOË"),
+        ("{{ data.missing | default('none') }}", "none"),
+        ("{% if data.missing is defined %}yes{% else %}no{% endif %}", "no"),
+        ("{% for f in record.fields %}[{{ f }}]{% endfor %}", "[emailAddress]"),
+        ("line\n", "line\n"),  # trailing newline kept
+        ("<b>{{ data.nested.quote }}</b>", '<b>say "hi"</b>'),  # no autoescape
+    ],
+)
+def test_renders(source: str, expected: str) -> None:
+    assert render(source) == expected
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("{{ data.nope }}", "template: 'dict object' has no attribute 'nope'"),
+        ("{{ data.nested.nope }}", "template: 'dict object' has no attribute 'nope'"),
+        ("{{ data['etl.nope'] }}", "template: 'dict object' has no attribute 'etl.nope'"),
+        ("{{ data.nope | tojson }}", "template: 'dict object' has no attribute 'nope'"),
+        ("{{ data.nope | upper }}", "template: 'dict object' has no attribute 'nope'"),
+        ("{% if data.nope %}x{% endif %}", "template: 'dict object' has no attribute 'nope'"),
+        ("{% for x in data.nope %}{% endfor %}", "template: 'dict object' has no attribute 'nope'"),
+    ],
+)
+def test_undefined_is_an_error_never_empty(source: str, message: str) -> None:
+    with pytest.raises(RenderError) as caught:
+        render(source)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ('say "hi" \\ </script>', '"say \\"hi\\" \\\\ </script>"'),
+        ("Zoë 日本 €", '"Zoë 日本 €"'),
+        (None, "null"),
+        (True, "true"),
+        (12.5, "12.5"),
+        ({"a": [1, "x", None], "b": {"c": "'"}}, '{"a": [1, "x", null], "b": {"c": "\'"}}'),
+        ("line\nbreak", '"line\\nbreak"'),
+    ],
+)
+def test_tojson_emits_plain_valid_json(value: Any, expected: str) -> None:
+    record = {**RECORD, "data": {"value": value}}
+    source = '{"email": {{ data.value | tojson }}}'
+    rendered = compile_template(source).render(context(record=record))
+    assert rendered == '{"email": ' + expected + "}"
+    assert json.loads(rendered) == {"email": value}
+
+
+def test_tojson_of_the_whole_item_round_trips() -> None:
+    assert json.loads(render("{{ data | tojson }}")) == RECORD["data"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ ''.__class__.__mro__ }}",
+        "{{ ''.__class__.__mro__[1].__subclasses__() }}",
+        "{{ record.__class__ }}",
+        "{{ data.__init__.__globals__ }}",
+        "{{ data.emailAddress.__class__.__base__ }}",
+        "{{ data | attr('__class__') }}",
+        "{{ '{0.__class__}'.format(data) }}",
+        "{{ data.items.__self__.__class__ }}",
+        "{{ record.fields.append('x') }}",  # immutable sandbox: no mutating methods
+        "{{ data.update({'a': 1}) }}",
+        "{{ 'a' * 100000000 }}",
+        "{{ 2 ** 10000000 }}",
+    ],
+)
+def test_sandbox_refuses_escapes(source: str) -> None:
+    with pytest.raises(RenderError) as caught:
+        render(source)
+    assert "unsafe" in str(caught.value) or "not allowed" in str(caught.value)
+    assert RECORD["fields"] == ["emailAddress"]
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ cycler.__init__.__globals__ }}",
+        "{{ joiner.__init__.__globals__.os }}",
+        "{{ lipsum.__globals__ }}",
+        "{{ namespace }}",
+        "{{ range(10) }}",
+        "{{ config }}",
+        "{{ self.__init__.__globals__ }}",
+        "{{ os.environ }}",
+        "{{ environ }}",
+    ],
+)
+def test_jinja_globals_and_other_names_are_not_reachable(source: str) -> None:
+    try:
+        compiled = compile_template(source)
+    except TemplateProblem:
+        return
+    with pytest.raises(RenderError):
+        compiled.render(context())
+
+
+def test_environment_is_unreachable_from_templates(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ROUTER_SECRET_LEAK", "env-value-1")
+    monkeypatch.setenv("LEAK", "env-value-2")
+    secrets = EnvSecrets({"TOKEN": "t0ken"})
+    attempts = [
+        "{{ secrets.LEAK }}",
+        "{{ secrets['ROUTER_SECRET_LEAK'] }}",
+        "{{ secrets.ROUTER_SECRET_LEAK }}",
+        "{{ record.LEAK }}",
+        "{{ data.LEAK }}",
+        "{{ rule.LEAK }}",
+        "{{ secrets.TOKEN.__class__ }}",
+        "{{ secrets.keys }}",
+        "{{ secrets.items() }}",
+        "{{ secrets.get('LEAK') }}",
+        "{{ secrets._values }}",
+        "{{ secrets.__dict__ }}",
+    ]
+    for source in attempts:
+        with pytest.raises(RenderError) as caught:
+            render(source, secrets)
+        assert "env-value" not in str(caught.value)
+        assert "t0ken" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ secrets }}",
+        "{{ secrets | tojson }}",
+        "{% for name in secrets %}{{ name }}{% endfor %}",
+        "{% set s = secrets %}{{ s.TOKEN }}",
+        "{{ secrets[data.emailAddress] }}",
+    ],
+)
+def test_secrets_can_only_be_read_by_literal_name(source: str) -> None:
+    with pytest.raises(TemplateProblem) as caught:
+        compile_template(source)
+    assert "secrets.NAME" in caught.value.message
+
+
+def test_secrets_via_env_secrets() -> None:
+    template = compile_template("Bearer {{ secrets.CRM_TOKEN }} {{ secrets['OTHER'] }}")
+    assert template.secrets == frozenset({"CRM_TOKEN", "OTHER"})
+    assert template.names == frozenset({"secrets"})
+    secrets = EnvSecrets({"CRM_TOKEN": "abc", "OTHER": "def"})
+    assert template.render(context(secrets)) == "Bearer abc def"
+    assert "abc" not in repr(secrets)
+
+
+def test_missing_secret_names_the_variable_not_a_value() -> None:
+    template = compile_template("{{ secrets.CRM_TOKEN }}")
+    with pytest.raises(RenderError) as caught:
+        template.render(context(EnvSecrets({"OTHER": "s3cr3t"})), where="headers.Authorization")
+    assert str(caught.value) == (
+        "template for headers.Authorization: secret CRM_TOKEN is not set (ROUTER_SECRET_CRM_TOKEN)"
+    )
+
+
+def test_secret_value_is_redacted_from_render_errors() -> None:
+    template = compile_template("{{ data[secrets.KEY] }}")
+    with pytest.raises(RenderError) as caught:
+        template.render(context(EnvSecrets({"KEY": "s3cr3t-value"})))
+    assert "s3cr3t-value" not in str(caught.value)
+    assert "<secret KEY>" in str(caught.value)
+
+
+def test_placeholder_secrets_never_give_a_value() -> None:
+    assert render("{{ secrets.CRM_TOKEN }}|{{ secrets['X'] }}") == "<secret CRM_TOKEN>|<secret X>"
+    assert render("{{ secrets.keys }}") == "<secret keys>"
+
+
+def test_a_plain_mapping_of_secrets_is_wrapped() -> None:
+    ctx = build_context(RECORD, rule="r", delivery_id="d", secrets={"A": "1"})
+    assert isinstance(ctx["secrets"], EnvSecrets)
+    assert compile_template("{{ secrets.A }}").render(ctx) == "1"
+    with pytest.raises(RenderError):
+        compile_template("{{ secrets.items() }}").render(ctx)
+
+
+@pytest.mark.parametrize(
+    ("source", "lineno", "message"),
+    [
+        (
+            "{{ foo }}",
+            1,
+            "name 'foo' is not available in templates; use one of record, data, rule, secrets, "
+            "now, delivery_id; the event's fields are under data, e.g. data.foo",
+        ),
+        (
+            "ok\n{{ dta.x }}",
+            2,
+            "name 'dta' is not available in templates; use one of record, data, rule, secrets, "
+            "now, delivery_id; did you mean 'data'?",
+        ),
+        (
+            "{{ range(3) }}",
+            1,
+            "name 'range' is not available in templates; use one of record, data, rule, secrets, "
+            "now, delivery_id; Jinja's globals such as range are removed here",
+        ),
+        ("a\nb\n{{ data.x | upperr }}", 3, "unknown filter 'upperr'; did you mean 'upper'?"),
+        ("{% if data %}{{ data | nosuchfilter }}{% endif %}", 1, "unknown filter 'nosuchfilter'"),
+        ("{% if data is nottest %}{% endif %}", 1, "unknown test 'nottest'; did you mean 'test'?"),
+        ("x\n{{ data.x ", 2, "unexpected end of template, expected 'end of print statement'."),
+        ("{% if data %}", 1, "Unexpected end of template. Jinja was looking for"),
+        ("{% include 'other' %}", 1, "include, import and extends are not available in templates"),
+        ("{% extends 'base' %}", 1, "include, import and extends are not available in templates"),
+    ],
+)
+def test_compile_problems(source: str, lineno: int, message: str) -> None:
+    with pytest.raises(TemplateProblem) as caught:
+        compile_template(source)
+    assert caught.value.message.startswith(message)
+    assert "\n" not in caught.value.message
+    assert caught.value.lineno == lineno
+
+
+def test_names_and_locals() -> None:
+    template = compile_template(
+        "{% set who = data.emailAddress %}{% for f in record.fields %}{{ loop.index }}{{ f }}"
+        "{% endfor %}{{ who }} {{ now }}"
+    )
+    assert template.names == frozenset({"data", "record", "now"})
+    assert template.names <= CONTEXT_NAMES
+    assert template.secrets == frozenset()
+
+
+def test_build_context() -> None:
+    secrets = PlaceholderSecrets()
+    ctx = build_context(RECORD, rule="r1", delivery_id="d1", secrets=secrets, now=NOW)
+    assert ctx == {
+        "record": RECORD,
+        "data": RECORD["data"],
+        "rule": {"name": "r1"},
+        "secrets": secrets,
+        "now": "2026-01-02T03:04:05Z",
+        "delivery_id": "d1",
+    }
+    brussels = timezone(timedelta(hours=1))
+    later = build_context(
+        RECORD,
+        rule="r",
+        delivery_id="d",
+        secrets=secrets,
+        now=datetime(2026, 1, 2, 4, 4, 5, 9, tzinfo=brussels),
+    )
+    assert later["now"] == "2026-01-02T03:04:05Z"
+    current = build_context(RECORD, rule="r", delivery_id="d", secrets=secrets)["now"]
+    parsed = datetime.strptime(current, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    assert abs(datetime.now(UTC) - parsed) < timedelta(minutes=1)
+
+
+def http(body: str | None, **headers: str) -> HttpAction:
+    return HttpAction(
+        spec={},
+        method="PUT",
+        url=compile_template("https://crm.example.com/contacts/{{ data.profileId }}"),
+        headers=tuple((name, compile_template(value)) for name, value in headers.items()),
+        body=None if body is None else compile_template(body),
+        timeout=10.0,
+        retry=RetryOverride(),
+    )
+
+
+def test_render_http_action() -> None:
+    action = http(
+        '{"email": {{ data.emailAddress | tojson }}, "source": "actito"}',
+        Authorization="Bearer {{ secrets.CRM_TOKEN }}",
+        **{"X-Rule": "{{ rule.name }}"},
+    )
+    assert render_action(action, context()) == {
+        "type": "http",
+        "method": "PUT",
+        "url": "https://crm.example.com/contacts/1204",
+        "headers": {"Authorization": "Bearer <secret CRM_TOKEN>", "X-Rule": "crm-new-subscriber"},
+        "body": '{"email": "marie.dupont@example.be", "source": "actito"}',
+    }
+
+
+def test_http_default_body_is_the_item_as_json() -> None:
+    rendered = render_action(http(None), context())
+    assert json.loads(rendered["body"]) == RECORD["data"]
+    assert "Zoë" in rendered["body"]
+
+
+def test_http_render_error_names_the_key() -> None:
+    with pytest.raises(RenderError) as caught:
+        render_action(http("{{ data.nope }}"), context())
+    assert str(caught.value) == "template for body: 'dict object' has no attribute 'nope'"
+    with pytest.raises(RenderError) as caught:
+        render_action(http(None, Authorization="{{ secrets.X }}"), context(EnvSecrets({})))
+    assert str(caught.value) == (
+        "template for headers.Authorization: secret X is not set (ROUTER_SECRET_X)"
+    )
+
+
+def test_header_values_cannot_carry_line_breaks() -> None:
+    record = {**RECORD, "data": {**RECORD["data"], "firstName": "a\r\nX-Injected: 1"}}
+    with pytest.raises(RenderError) as caught:
+        render_action(http(None, **{"X-Name": "{{ data.firstName }}"}), context(record=record))
+    assert str(caught.value) == "template for headers.X-Name: the value contains a line break"
+
+
+def test_render_email_action() -> None:
+    action = EmailAction(
+        spec={},
+        to=(compile_template("ops@example.com"), compile_template("{{ data.emailAddress }}")),
+        subject=compile_template("New subscriber {{ data.emailAddress }}"),
+        text=compile_template("Profile {{ data.profileId }} subscribed.\n"),
+        html=None,
+        retry=RetryOverride(),
+    )
+    assert render_action(action, context()) == {
+        "type": "email",
+        "to": ["ops@example.com", "marie.dupont@example.be"],
+        "subject": "New subscriber marie.dupont@example.be",
+        "text": "Profile 1204 subscribed.\n",
+        "html": None,
+    }
+    with_html = EmailAction(
+        spec={},
+        to=(compile_template("ops@example.com"),),
+        subject=compile_template("s"),
+        text=None,
+        html=compile_template("<p>{{ data.firstName }}</p>"),
+        retry=RetryOverride(),
+    )
+    rendered = render_action(with_html, context())
+    assert (rendered["text"], rendered["html"]) == (None, "<p>Zoë</p>")
+
+
+def test_render_log_action() -> None:
+    action = LogAction(
+        spec={},
+        level="warning",
+        message=compile_template("{{ rule.name }} matched {{ data.profileId }}"),
+        retry=RetryOverride(),
+    )
+    assert render_action(action, context()) == {
+        "type": "log",
+        "level": "warning",
+        "message": "crm-new-subscriber matched 1204",
+    }
