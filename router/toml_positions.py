@@ -1,0 +1,138 @@
+"""Where each key of a TOML document is written: key path -> 1-based line.
+
+tomllib gives values without positions, so the loader asks this map where a value came from. A
+key path follows the decoded document, with array indices: `("rule", 0, "action", 1, "url")`.
+The map covers table headers (`[[rule]]`, `[rule.match]`, `[[rule.action]]`), dotted keys,
+inline tables and array elements. It is built from a tree-sitter parse of a document that
+tomllib already accepted, so it never has to report syntax errors itself.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import tree_sitter_toml
+from tree_sitter import Language, Node, Parser
+
+KeyPath = tuple[str | int, ...]
+
+_PARSER = Parser(Language(tree_sitter_toml.language()))
+_MULTILINE_OPENERS = ('"""', "'''")
+
+
+@dataclass(frozen=True, slots=True)
+class _Value:
+    first_line: int  # line of the first character of the string's content
+    last_line: int
+
+
+@dataclass
+class Positions:
+    """Lines of the keys of one document. Lookups fall back to the nearest enclosing key, so a
+    missing key is reported at the header of the table that lacks it."""
+
+    keys: dict[KeyPath, int] = field(default_factory=dict)
+    values: dict[KeyPath, _Value] = field(default_factory=dict)
+
+    def line(self, path: KeyPath) -> int:
+        for end in range(len(path), 0, -1):
+            line = self.keys.get(path[:end])
+            if line is not None:
+                return line
+        return 1
+
+    def template_line(self, path: KeyPath, lineno: int) -> int:
+        """The file line of line `lineno` (1-based) of the string at `path`; the key's line when
+        the string is not a multi-line one (its line structure is not in the file then)."""
+        value = self.values.get(path)
+        if value is None or value.first_line == value.last_line:
+            return self.line(path)
+        return min(value.first_line + max(lineno, 1) - 1, value.last_line)
+
+
+def positions(source: str) -> Positions:
+    """Map every key of `source` (valid TOML) to its line."""
+    found = Positions()
+    tree = _PARSER.parse(source.encode("utf-8"))
+    arrays: dict[KeyPath, int] = {}  # array-of-tables path -> elements so far
+    for node in tree.root_node.named_children:
+        if node.type not in ("table", "table_array_element"):
+            if node.type == "pair":
+                _pair(node, (), found)
+            continue
+        key_node = next((c for c in node.named_children if c.type.endswith("key")), None)
+        if key_node is None:
+            continue
+        parts = _key_parts(key_node)
+        path = (*_resolve(parts[:-1], arrays), *parts[-1:])
+        if node.type == "table_array_element":
+            index = arrays.get(path, 0)
+            arrays[path] = index + 1
+            found.keys.setdefault(path, node.start_point.row + 1)
+            path = (*path, index)
+        elif path in arrays:  # [rule.match] after [[rule]]: a table inside its last element
+            path = (*path, arrays[path] - 1)
+        found.keys.setdefault(path, node.start_point.row + 1)
+        for child in node.named_children:
+            if child.type == "pair":
+                _pair(child, path, found)
+    return found
+
+
+def _resolve(parts: list[str], arrays: dict[KeyPath, int]) -> KeyPath:
+    """A header's key path with the current index of every array of tables it goes through."""
+    path: KeyPath = ()
+    for part in parts:
+        path = (*path, part)
+        if path in arrays:
+            path = (*path, arrays[path] - 1)
+    return path
+
+
+def _pair(node: Node, table: KeyPath, found: Positions) -> None:
+    key_node, value = node.named_children[0], node.named_children[-1]
+    line = node.start_point.row + 1
+    path = table
+    for part in _key_parts(key_node):
+        path = (*path, part)
+        found.keys.setdefault(path, line)
+    _value(value, path, found)
+
+
+def _value(node: Node, path: KeyPath, found: Positions) -> None:
+    if node.type == "inline_table":
+        for child in node.named_children:
+            if child.type == "pair":
+                _pair(child, path, found)
+    elif node.type == "array":
+        elements = [c for c in node.named_children if c.type != "comment"]
+        for index, element in enumerate(elements):
+            found.keys.setdefault((*path, index), element.start_point.row + 1)
+            _value(element, (*path, index), found)
+    elif node.type == "string":
+        first = node.start_point.row + 1
+        text = node.text.decode("utf-8") if node.text else ""
+        # TOML drops a newline right after the opening quotes of a multi-line string.
+        if text[:3] in _MULTILINE_OPENERS and text[3:4] in ("\n", "\r"):
+            first += 1
+        found.values[path] = _Value(first, node.end_point.row + 1)
+
+
+def _key_parts(node: Node) -> list[str]:
+    """The decoded parts of a bare, quoted or dotted key (tomllib does the unquoting)."""
+    text = node.text.decode("utf-8") if node.text else ""
+    try:
+        decoded: Any = tomllib.loads(f"{text} = 0")
+    except tomllib.TOMLDecodeError:
+        return [text]
+    return list(_walk(decoded))
+
+
+def _walk(decoded: Any) -> Iterator[str]:
+    while isinstance(decoded, dict) and decoded:
+        key = next(iter(decoded))
+        yield key
+        decoded = decoded[key]
