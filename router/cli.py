@@ -1,0 +1,445 @@
+"""The `router` command line (also `python -m router`). Errors become exit codes here only.
+
+Exit codes: 0 success; 1 the rules or their tests failed (errors in the rule files, a failing
+`[[test]]`, an action that cannot be rendered); 2 the command itself is wrong (bad arguments, an
+event file that is not an event, invalid settings). Each subcommand registers its parser in an
+`_add_<command>(sub)` function and runs in the function it sets as `func`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from router import cli_service, dryrun
+from router.diagnostics import Diagnostic
+from router.events import Record, normalise, parse_body
+from router.exceptions import RejectedBody
+from router.loader import LoadResult, load
+from router.settings import Settings, secret_values
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+_Formatter = argparse.RawDescriptionHelpFormatter
+
+
+class UsageError(Exception):
+    """The command cannot run as given; main prints the message and exits with EXIT_USAGE."""
+
+
+def _default_rules_dir() -> str:
+    try:
+        return Settings().rules_dir  # type: ignore[call-arg]  # all fields have defaults
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"ROUTER_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
+            for error in exc.errors()
+        )
+        raise UsageError(f"invalid settings: {problems}") from None
+
+
+def _rules_dir(given: str | None) -> Path:
+    directory = Path(given if given is not None else _default_rules_dir())
+    if not directory.is_dir():
+        raise UsageError(f"rules directory '{directory}' does not exist or is not a directory")
+    return directory
+
+
+def _shown(directory: Path) -> str:
+    return f"{directory.as_posix().rstrip('/')}/"
+
+
+def _plural(count: int, word: str, plural: str | None = None) -> str:
+    return f"{count} {word if count == 1 else plural or word + 's'}"
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def _rule_files(directory: Path) -> int:
+    # As the loader reads them: *.toml directly in the directory, hidden files left out.
+    return sum(1 for path in directory.glob("*.toml") if not path.name.startswith("."))
+
+
+def _counts(diagnostics: Sequence[Diagnostic]) -> tuple[int, int]:
+    errors = sum(1 for d in diagnostics if d.severity == "error")
+    return errors, len(diagnostics) - errors
+
+
+def _summary(directory: Path, result: LoadResult) -> str:
+    errors, warnings = _counts(result.diagnostics)
+    files = _rule_files(directory)
+    rules = "" if result.ruleset is None else f"{_plural(len(result.ruleset.rules), 'rule')} in "
+    return (
+        f"{_shown(directory)}: {rules}{_plural(files, 'file')}, "
+        f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}"
+    )
+
+
+# ---------------------------------------------------------------- router check
+
+_CHECK_EPILOG = """\
+Every problem in every file is reported at once, one per line:
+  rules/<file>.toml:<line>: rule '<name>': <key path>: <what is wrong and how to fix it>
+then a summary line. Exit status: 0 when there are no errors (warnings allowed), 1 otherwise.
+
+Secrets (ROUTER_SECRET_<NAME>) that a template uses but that are not set are warnings; with
+--strict they are errors, as `router serve` treats them.
+
+examples:
+  router check                      # the directory in ROUTER_RULES_DIR (default: rules)
+  router check rules/
+  router check --strict rules/      # before a deploy: every secret must be set
+  router check --format json rules/ | jq '.diagnostics[] | select(.severity == "error")'
+"""
+
+
+def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "check",
+        help="validate the rule files",
+        description="Validate the rule files of RULES_DIR: TOML syntax, keys, types, "
+        "JMESPath conditions, templates and secrets.",
+        epilog=_CHECK_EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument(
+        "rules_dir", nargs="?", metavar="RULES_DIR", help="default: ROUTER_RULES_DIR or 'rules'"
+    )
+    parser.add_argument(
+        "--strict", action="store_true", help="treat secrets that are not set as errors"
+    )
+    _add_format(parser)
+    parser.set_defaults(func=_run_check)
+
+
+def _add_format(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--format", choices=("text", "json"), default="text", help="output format (default: text)"
+    )
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    directory = _rules_dir(args.rules_dir)
+    result = load(
+        directory,
+        secrets=frozenset(secret_values()),
+        unset_secrets="error" if args.strict else "warn",
+    )
+    errors, _ = _counts(result.diagnostics)
+    ok = result.ruleset is not None and errors == 0
+    if args.format == "json":
+        ruleset = result.ruleset
+        _print_json(
+            {
+                "ok": ok,
+                "rules": None if ruleset is None else len(ruleset.rules),
+                "files": _rule_files(directory),
+                "version": None if ruleset is None else ruleset.version,
+                "diagnostics": [d.as_dict() for d in result.diagnostics],
+            }
+        )
+    else:
+        for diagnostic in result.diagnostics:
+            print(diagnostic)
+        print(_summary(directory, result))
+    return EXIT_OK if ok else EXIT_FAILED
+
+
+# ---------------------------------------------------------------- router test
+
+_TEST_EPILOG = """\
+With event files: a dry run. Each file holds one ACTITO push (an event, a BULK event or a list
+of events); for each record it shows which rules match and every action rendered, and sends
+nothing. Secrets render as <secret NAME>, never their value; delivery_id renders as "dry-run".
+Without event files: runs every [[test]] table of the rule files and rules/tests/*.toml.
+
+The first argument is RULES_DIR when it is a directory; otherwise every argument is an event
+file and the rules come from ROUTER_RULES_DIR (default: rules). A directory after RULES_DIR
+stands for the *.json files in it.
+
+Exit status: 0 all good; 1 a test failed, an action could not be rendered, or the rule files
+have errors; 2 an event file cannot be read or is not an ACTITO event.
+
+examples:
+  router test                                    # run the [[test]] tables of ./rules
+  router test rules/ rules/events/new-subscriber.json
+  router test rules/ rules/events/               # every sample event
+  router test --explain rules/ event.json        # also: why each other rule did not match
+  router test --format json rules/ event.json | jq '.records[].matched'
+"""
+
+
+def _add_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "test",
+        usage="router test [-h] [--explain] [--format {text,json}] [RULES_DIR] [EVENT.json ...]",
+        help="dry-run events through the rules, or run the [[test]] tables",
+        description="Show what the rules would do with some events (sending nothing), or run "
+        "the rule tests.",
+        epilog=_TEST_EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument(
+        "paths",
+        nargs="*",
+        metavar="PATH",
+        help="RULES_DIR (when the first path is a directory), then EVENT.json files or "
+        "directories of them",
+    )
+    parser.add_argument(
+        "--explain",
+        action="store_true",
+        help="for each rule that did not match, show the first criterion that failed "
+        "(always included with --format json)",
+    )
+    _add_format(parser)
+    parser.set_defaults(func=_run_test)
+
+
+def _split_paths(paths: Sequence[str]) -> tuple[Path, list[Path]]:
+    if paths and Path(paths[0]).is_dir():
+        return _rules_dir(paths[0]), _event_files(paths[1:])
+    return _rules_dir(None), _event_files(paths)
+
+
+def _event_files(paths: Sequence[str]) -> list[Path]:
+    files: list[Path] = []
+    for given in paths:
+        path = Path(given)
+        if path.is_dir():
+            found = sorted(path.glob("*.json"))
+            if not found:
+                raise UsageError(f"{given}: the directory holds no *.json event file")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def _read_events(files: Sequence[Path]) -> list[tuple[Path, Record]]:
+    """Every record of every file, in order; any unreadable file is a UsageError."""
+    records: list[tuple[Path, Record]] = []
+    for path in files:
+        try:
+            body = path.read_bytes()
+        except OSError as exc:
+            raise UsageError(f"{path}: cannot read the event file: {exc.strerror}") from None
+        try:
+            records.extend((path, record) for record in normalise(parse_body(body)))
+        except RejectedBody as exc:
+            raise UsageError(f"{path}: not an ACTITO event: {exc}") from None
+    return records
+
+
+def _run_test(args: argparse.Namespace) -> int:
+    directory, files = _split_paths(args.paths)
+    records = _read_events(files)  # before loading: a bad event file is a usage error
+    result = load(directory, secrets=None, unset_secrets="ignore")
+    if result.ruleset is None:
+        if args.format == "json":
+            diagnostics = [d.as_dict() for d in result.diagnostics]
+            _print_json({"ok": False, "diagnostics": diagnostics})
+        else:
+            for diagnostic in result.diagnostics:
+                print(diagnostic)
+            print(_summary(directory, result))
+        return EXIT_FAILED
+    for diagnostic in result.diagnostics:  # warnings only; keep stdout for the report
+        print(diagnostic, file=sys.stderr)
+    if files:
+        return _dry_run(args, result, records)
+    return _rule_tests(args, directory, result)
+
+
+def _dry_run(
+    args: argparse.Namespace, result: LoadResult, records: list[tuple[Path, Record]]
+) -> int:
+    assert result.ruleset is not None
+    explain = args.explain or args.format == "json"
+    document = dryrun.dry_run(result.ruleset, [r for _, r in records], explain=explain)
+    document["records"] = [
+        {"index": entry["index"], "file": path.as_posix(), **entry}
+        for entry, (path, _) in zip(document["records"], records, strict=True)
+    ]
+    failed = any("error" in a for entry in document["records"] for a in entry["actions"])
+    if args.format == "json":
+        _print_json(document)
+    else:
+        _print_dry_run(document, [record for _, record in records])
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _print_dry_run(document: dict[str, Any], records: Sequence[Record]) -> None:
+    current_file = None
+    matches = actions = errors = 0
+    for entry, record in zip(document["records"], records, strict=True):
+        if entry["file"] != current_file:
+            current_file = entry["file"]
+            print(f"{current_file}")
+        print(f"  record {entry['index']}: {_describe(record)}")
+        print(f"    matched: {', '.join(entry['matched']) or '(no rule)'}")
+        matches += len(entry["matched"])
+        for action in entry["actions"]:
+            actions += 1
+            errors += "error" in action
+            _print_action(action)
+        if "not_matched" in entry:
+            for miss in entry["not_matched"]:
+                print(f"    not matched: {miss['rule']}: {miss['reason']}")
+    rendered = f"{_plural(actions - errors, 'action')} rendered"
+    failed = f", {errors} could not be rendered" if errors else ""
+    counted = f"{_plural(len(records), 'record')}, {_plural(matches, 'match', 'matches')}"
+    print(f"\n{counted}, {rendered}{failed}; nothing was sent")
+
+
+def _describe(record: Record) -> str:
+    keys = ("tableType", "tableId", "eventType", "operation", "triggerType")
+    shown = [str(record[key]) for key in keys if record.get(key) is not None] or ["trigger"]
+    event = f"event {record['id']}" if record.get("id") is not None else "event without id"
+    return " ".join([*shown, f"({event})"])
+
+
+def _print_action(action: dict[str, Any]) -> None:
+    head = f"    -> {action['rule']} action {action['action']}: {action['type']}"
+    if "error" in action:
+        print(f"{head}: ERROR {action['error']}")
+        return
+    if action["type"] == "http":
+        print(f"{head} {action['method']} {action['url']}")
+        for name, value in action["headers"].items():
+            print(f"         {name}: {value}")
+        _print_block("body", action["body"])
+    elif action["type"] == "email":
+        print(f"{head} to {', '.join(action['to'])}")
+        _print_block("subject", action["subject"])
+        for key in ("text", "html"):
+            if action.get(key) is not None:
+                _print_block(key, action[key])
+    else:
+        print(f"{head} [{action['level']}] {action['message']}")
+
+
+def _print_block(label: str, text: str) -> None:
+    lines = text.splitlines() or [""]
+    print(f"         {label}: {lines[0]}")
+    for line in lines[1:]:
+        print(f"         {' ' * len(label)}  {line}".rstrip())
+
+
+def _rule_tests(args: argparse.Namespace, directory: Path, result: LoadResult) -> int:
+    assert result.ruleset is not None
+    outcomes = dryrun.run_tests(result.ruleset)
+    failed = sum(1 for outcome in outcomes if not outcome.passed)
+    passed = len(outcomes) - failed
+    if args.format == "json":
+        _print_json(
+            {
+                "ok": failed == 0,
+                "passed": passed,
+                "failed": failed,
+                "tests": [outcome.as_dict() for outcome in outcomes],
+            }
+        )
+    else:
+        if not outcomes:
+            print(f"{_shown(directory)}: no [[test]] tables to run")
+        for outcome in outcomes:
+            _print_outcome(outcome)
+        print(f"\n{passed} passed, {failed} failed")
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def _print_outcome(outcome: dryrun.TestOutcome) -> None:
+    status = "PASS" if outcome.passed else "FAIL"
+    print(f"{status} {outcome.test.name} ({outcome.test.location})")
+    for failure in outcome.failures:
+        where = [f"record {failure.record}"] if failure.record is not None else []
+        if failure.rule is not None:
+            where.append(f"rule '{failure.rule}' action {failure.action}")
+        if failure.key is not None:
+            where.append(failure.key)
+        print(f"  {failure.location}: {': '.join([*where, failure.message])}")
+        if failure.expected is not None or failure.actual is not None:
+            print(f"    expected: {_value(failure.key, failure.expected)}")
+            print(f"    actual:   {_value(failure.key, failure.actual)}")
+
+
+def _value(key: str | None, value: Any) -> str:
+    if key == "expect" and isinstance(value, list):
+        return ", ".join(value) or "(no rule)"
+    return json.dumps(value, ensure_ascii=False, sort_keys=True)
+
+
+# ---------------------------------------------------------------- entry point
+
+_MAIN_EPILOG = """\
+examples (the authoring loop: edit rules/*.toml, then):
+  router check rules/                              # is every file valid?
+  router test rules/ rules/events/unsubscribe.json # what would this event do?
+  router test --explain rules/ event.json          # why did a rule not match?
+  router test rules/                               # do the [[test]] tables still pass?
+
+Settings come from ROUTER_* environment variables (and a .env file); `router <command> --help`
+shows each command's options and examples.
+"""
+
+# The commands, in the order `router --help` lists them.
+COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+    _add_check,
+    _add_test,
+    *cli_service.COMMANDS,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="router",
+        description="Rule-based event router for ACTITO webhooks.",
+        epilog=_MAIN_EPILOG,
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def _version() -> str:
+    try:
+        return metadata.version("actito-router")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run one command; return its exit status (the console script exits with it)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.func(args)
+    except UsageError as exc:
+        print(f"router {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except cli_service.CommandError as exc:
+        print(f"router {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`router test ... | head`): stop quietly, as Unix tools do.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    return status

@@ -1,0 +1,240 @@
+"""Dry runs and rule tests: what a rule set *would* do with some records, sending nothing.
+
+Pure logic for `router test`: no printing, no I/O. `dry_run` renders every matching rule's
+actions for a list of records; `run_tests` checks a rule set's `[[test]]` tables. Both render
+with placeholder secrets (`<secret NAME>`), so no secret value can reach a report.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from router.events import Record, normalise
+from router.exceptions import NotAnEvent, RenderError
+from router.rules import Action, ExpectedAction, Location, Rule, RuleSet, RuleTest
+from router.templating import PlaceholderSecrets, build_context, render_action
+
+# What `delivery_id` renders as when nothing is delivered.
+DRY_RUN_DELIVERY_ID = "dry-run"
+
+
+def render(rule: Rule, index: int, record: Record, *, now: datetime) -> dict[str, Any]:
+    """One action of `rule` rendered for `record`: {"rule", "action", "type", ...rendered keys},
+    or {"rule", "action", "type", "error"} when a template fails on this record."""
+    action: Action = rule.actions[index]
+    head: dict[str, Any] = {"rule": rule.name, "action": index, "type": action.type}
+    context = build_context(
+        record,
+        rule=rule.name,
+        delivery_id=DRY_RUN_DELIVERY_ID,
+        secrets=PlaceholderSecrets(),
+        now=now,
+    )
+    try:
+        rendered = render_action(action, context)
+    except RenderError as exc:
+        return {**head, "error": str(exc)}
+    if rendered.get("type") == "email" and rendered.get("html") is None:
+        del rendered["html"]  # the JSON document shows `html` only when the action has one
+    return {**head, **rendered}
+
+
+def dry_run(
+    ruleset: RuleSet, records: Sequence[Record], *, explain: bool, now: datetime | None = None
+) -> dict[str, Any]:
+    """The `router test --format json` document for `records`, in input order.
+
+    Each record lists the rules that match (rule-set order) and every rendered action; with
+    `explain`, also `not_matched`: each other rule with the first criterion that failed.
+    """
+    moment = now or datetime.now(UTC)
+    order = {rule.name: position for position, rule in enumerate(ruleset.rules)}
+    documents: list[dict[str, Any]] = []
+    for index, record in enumerate(records):
+        matched = sorted(ruleset.matcher.match(record), key=lambda rule: order[rule.name])
+        document: dict[str, Any] = {
+            "index": index,
+            "event_id": record.get("id"),
+            "matched": [rule.name for rule in matched],
+            "actions": [
+                render(rule, position, record, now=moment)
+                for rule in matched
+                for position in range(len(rule.actions))
+            ],
+        }
+        if explain:
+            names = set(document["matched"])
+            reasons = sorted(ruleset.matcher.explain(record), key=lambda pair: order[pair[0].name])
+            document["not_matched"] = [
+                {"rule": rule.name, "reason": reason or "did not match"}
+                for rule, reason in reasons
+                if rule.name not in names
+            ]
+        documents.append(document)
+    return {"records": documents}
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """One way a rule test failed; `expected` and `actual` are shown side by side."""
+
+    message: str
+    location: Location
+    record: int | None = None
+    rule: str | None = None
+    action: int | None = None
+    key: str | None = None
+    expected: Any = None
+    actual: Any = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "message": self.message,
+            "file": self.location.file,
+            "line": self.location.line,
+            "record": self.record,
+            "rule": self.rule,
+            "action": self.action,
+            "key": self.key,
+            "expected": self.expected,
+            "actual": self.actual,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class TestOutcome:
+    """The result of one `[[test]]` table: passed when it has no failures."""
+
+    __test__: ClassVar[bool] = False  # not a pytest test class, despite its name
+
+    test: RuleTest
+    failures: tuple[Failure, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.test.name,
+            "file": self.test.location.file,
+            "line": self.test.location.line,
+            "passed": self.passed,
+            "failures": [failure.as_dict() for failure in self.failures],
+        }
+
+
+def run_tests(ruleset: RuleSet, *, now: datetime | None = None) -> list[TestOutcome]:
+    """Run every `[[test]]` table of `ruleset`, in the order they were loaded."""
+    moment = now or datetime.now(UTC)
+    return [TestOutcome(test, tuple(_check(ruleset, test, moment))) for test in ruleset.tests]
+
+
+def _check(ruleset: RuleSet, test: RuleTest, now: datetime) -> list[Failure]:
+    where = test.location
+    try:
+        records = normalise(test.event)
+    except NotAnEvent as exc:
+        return [Failure(f"the test's event is not an ACTITO event: {exc}", where)]
+    failures: list[Failure] = []
+    if test.expect_per_record is not None and len(test.expect_per_record) != len(records):
+        failures.append(
+            Failure(
+                "expect_per_record must list one set of rules per record of the event",
+                where,
+                key="expect_per_record",
+                expected=len(test.expect_per_record),
+                actual=len(records),
+            )
+        )
+        return failures
+
+    matched: list[set[str]] = []
+    for index, record in enumerate(records):
+        names = {rule.name for rule in ruleset.matcher.match(record)}
+        matched.append(names)
+        wanted = test.expect if test.expect_per_record is None else test.expect_per_record[index]
+        if wanted is not None and names != wanted:
+            failures.append(
+                Failure(
+                    "the rules that match differ from the expected ones",
+                    where,
+                    record=index,
+                    key="expect",
+                    expected=_ordered(ruleset, wanted),
+                    actual=_ordered(ruleset, names),
+                )
+            )
+    for expected in test.actions:
+        failures.extend(_check_action(ruleset, expected, records, matched, now))
+    return failures
+
+
+def _check_action(
+    ruleset: RuleSet,
+    expected: ExpectedAction,
+    records: Sequence[Record],
+    matched: Sequence[set[str]],
+    now: datetime,
+) -> list[Failure]:
+    def fail(message: str, **details: Any) -> Failure:
+        return Failure(
+            message,
+            expected.location,
+            record=expected.record,
+            rule=expected.rule,
+            action=expected.action,
+            **details,
+        )
+
+    rule = ruleset.rule(expected.rule)
+    if rule is None:
+        return [fail(f"there is no rule named '{expected.rule}'")]
+    if not 0 <= expected.record < len(records):
+        count = len(records)
+        return [fail(f"the event has {count} record(s), there is no record {expected.record}")]
+    if not 0 <= expected.action < len(rule.actions):
+        return [fail(f"the rule has {len(rule.actions)} action(s), no action {expected.action}")]
+    if expected.rule not in matched[expected.record]:
+        return [fail("the rule does not match this record, so its action is never rendered")]
+
+    rendered = render(rule, expected.action, records[expected.record], now=now)
+    if "error" in rendered:
+        return [fail(f"the action cannot be rendered: {rendered['error']}")]
+    failures: list[Failure] = []
+    for key, want in expected.values.items():
+        problem = _compare(key, want, rendered)
+        if problem is not None:
+            message, actual = problem
+            failures.append(fail(message, key=key, expected=want, actual=actual))
+    return failures
+
+
+def _compare(key: str, want: Any, rendered: dict[str, Any]) -> tuple[str, Any] | None:
+    """None when `rendered` satisfies `key = want`, else (what is wrong, the value seen)."""
+    if key == "body_json":
+        body = rendered.get("body")
+        try:
+            actual = json.loads(body) if isinstance(body, str) else body
+        except ValueError as exc:
+            return f"the rendered body is not JSON ({exc})", body
+        return None if actual == want else ("the rendered body differs", actual)
+    if key not in rendered:
+        return f"a {rendered['type']} action has no '{key}'", None
+    actual = rendered[key]
+    if isinstance(want, dict) and isinstance(actual, dict):
+        # Headers: the listed ones must have these values; others (Content-Type...) may exist.
+        # Header names are case-insensitive.
+        folded = {str(name).lower(): value for name, value in actual.items()}
+        seen = {name: folded.get(str(name).lower()) for name in want}
+        return None if seen == want else (f"the rendered {key} differ", seen)
+    return None if actual == want else (f"the rendered {key} differs", actual)
+
+
+def _ordered(ruleset: RuleSet, names: set[str] | frozenset[str]) -> list[str]:
+    order = {rule.name: position for position, rule in enumerate(ruleset.rules)}
+    return sorted(names, key=lambda name: (order.get(name, len(order)), name))
