@@ -98,7 +98,9 @@ def create_app(
         try:
             result = await asyncio.wait_for(engine.accept(records), ACCEPT_TIMEOUT)
         except (StoreUnavailable, TimeoutError) as exc:
-            log.error("cannot store a push: %s", exc or "timed out", extra={"records": len(records)})
+            log.error(
+                "cannot store a push: %s", exc or "timed out", extra={"records": len(records)}
+            )
             response = reject("unavailable", 503, "the store is unavailable; retry later")
             response.headers["Retry-After"] = "5"
             return response
@@ -179,5 +181,3 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
-
-

@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 
 from router.events import Record, dedupe_key
 from router.metrics import Metrics
-from router.rules import Action, RuleSet
+from router.rules import Action, HttpAction, RuleSet
 from router.store.base import AcceptResult, IncomingRecord, NewJob, Store
 
 log = logging.getLogger("router.engine")
@@ -23,7 +23,7 @@ log = logging.getLogger("router.engine")
 def destination_of(action: Action) -> str:
     """The per-destination key a job is stored with: the URL's host when the template does
     not compute it, else a generic key (the worker limits by the rendered host anyway)."""
-    if action.type == "http":
+    if isinstance(action, HttpAction):
         try:
             netloc = urlsplit(action.url.source).netloc
         except ValueError:

@@ -13,7 +13,7 @@ from prometheus_client import (
 )
 
 # The *_created series double the output and no dashboard reads them.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 LATENCY_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 3600)
 
@@ -23,10 +23,14 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.records_received = Counter(
-            "router_records_received", "Records accepted at the intake (new, not duplicates).", registry=r
+            "router_records_received",
+            "Records accepted at the intake (new, not duplicates).",
+            registry=r,
         )
         self.records_duplicate = Counter(
-            "router_records_duplicate", "Records acknowledged as repeats of earlier pushes.", registry=r
+            "router_records_duplicate",
+            "Records acknowledged as repeats of earlier pushes.",
+            registry=r,
         )
         self.records_unmatched = Counter(
             "router_records_unmatched", "Accepted records that matched no rule.", registry=r
@@ -57,7 +61,9 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("router_queue_depth", "Pending delivery jobs.", registry=r)
-        self.dead_jobs = Gauge("router_dead_jobs", "Dead delivery jobs kept for replay.", registry=r)
+        self.dead_jobs = Gauge(
+            "router_dead_jobs", "Dead delivery jobs kept for replay.", registry=r
+        )
         self.oldest_pending_age = Gauge(
             "router_oldest_pending_age_seconds", "Age of the oldest pending job.", registry=r
         )
@@ -65,10 +71,15 @@ class Metrics:
             "router_rule_reloads", "Rule reloads by result (ok, invalid).", ["result"], registry=r
         )
         self.ruleset_info = Gauge(
-            "router_ruleset_info", "The rule-set version serving (value 1).", ["version"], registry=r
+            "router_ruleset_info",
+            "The rule-set version serving (value 1).",
+            ["version"],
+            registry=r,
         )
         self.last_reload_ok = Gauge(
-            "router_rule_reload_last_ok", "1 if the last reload attempt succeeded, else 0.", registry=r
+            "router_rule_reload_last_ok",
+            "1 if the last reload attempt succeeded, else 0.",
+            registry=r,
         )
 
     def set_ruleset(self, version: str) -> None:

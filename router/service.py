@@ -39,9 +39,7 @@ class StartupError(Exception):
 def load_startup_rules(settings: Settings) -> RuleSet:
     """Rules for a starting process: any error (unset secrets included) refuses the start."""
     try:
-        return load_rules(
-            settings.rules_dir, secrets=secret_values().keys(), unset_secrets="error"
-        )
+        return load_rules(settings.rules_dir, secrets=secret_values().keys(), unset_secrets="error")
     except RuleSetInvalid as exc:
         lines = "\n".join(str(d) for d in exc.diagnostics)
         raise StartupError(f"the rules in {settings.rules_dir} are invalid:\n{lines}") from exc

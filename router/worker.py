@@ -22,7 +22,7 @@ from router.exceptions import DeliveryFailed, RenderError, RetryLater, StoreUnav
 from router.loader import parse_action
 from router.metrics import Metrics
 from router.retry import RetryPolicy
-from router.rules import Action, spec_hash
+from router.rules import Action, HttpAction, spec_hash
 from router.store.base import AttemptResult, Job, Outcome, Store
 from router.templating import EnvSecrets, build_context, render_action
 
@@ -111,9 +111,7 @@ class Worker:
                 if drain and self._active == 0 and self._waiting == 0 and not self._results:
                     break
                 self._wake.clear()
-                await _first_of(
-                    self.store.wait_for_work(IDLE_WAIT), self._wake.wait(), stop.wait()
-                )
+                await _first_of(self.store.wait_for_work(IDLE_WAIT), self._wake.wait(), stop.wait())
         finally:
             await self._shutdown()
 
@@ -177,7 +175,7 @@ class Worker:
         status: int | None = None
         try:
             deliverer = self.deliverers[action.type]
-            timeout = action.timeout if action.type == "http" else None
+            timeout = action.timeout if isinstance(action, HttpAction) else None
             status = await deliverer.deliver(prepared.rendered, job_id=job.id, timeout=timeout)
             self._finish(job, action, Outcome.DONE, started, status=status)
         except DeliveryFailed as failure:
@@ -204,8 +202,12 @@ class Worker:
             attempts=job.attempts + 1, budget_since=job.budget_since, now=now, failure=failure
         )
         if decision.retry_at is None:
-            error = f"{failure}; {decision.reason}" if isinstance(failure, RetryLater) else str(failure)
-            self._finish(job, action, Outcome.DEAD, started, status=failure.status_code, error=error)
+            error = (
+                f"{failure}; {decision.reason}" if isinstance(failure, RetryLater) else str(failure)
+            )
+            self._finish(
+                job, action, Outcome.DEAD, started, status=failure.status_code, error=error
+            )
         else:
             self._finish(
                 job,

@@ -1,0 +1,432 @@
+"""Commands that run or inspect the service: `serve`, `worker`, `migrate`, `deliveries`.
+
+Registered by router.cli like the authoring commands; errors become exit codes there.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pydantic import ValidationError
+
+from router import logs
+from router.exceptions import StoreUnavailable
+from router.settings import Settings
+from router.store import open_store
+from router.store.base import JobDetail, JobSummary, Status, Store
+
+_T = TypeVar("_T")
+if TYPE_CHECKING:
+    _Sub = argparse._SubParsersAction[argparse.ArgumentParser]
+_Formatter = argparse.RawDescriptionHelpFormatter
+
+
+class CommandError(Exception):
+    """The command cannot do its work; the message says why (exit status 1)."""
+
+
+def settings_table() -> str:
+    """Every ROUTER_* setting with its default: for --help and the README."""
+    rows = []
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        if isinstance(default, list):
+            default = ",".join(default) or "(none)"
+        elif default is None:
+            default = "(unset)"
+        elif isinstance(default, float) and default.is_integer():
+            default = int(default)
+        rows.append((f"ROUTER_{name.upper()}", str(default), field.description or ""))
+    rows.append(("ROUTER_SECRET_<NAME>", "(unset)", "A template secret, read as secrets.NAME."))
+    width = max(len(r[0]) for r in rows)
+    return "\n".join(
+        f"  {env:<{width}}  {desc} [default: {default}]" for env, default, desc in rows
+    )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    given = {key: value for key, value in overrides.items() if value is not None}
+    try:
+        return Settings(**given)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
+        )
+        raise CommandError(f"invalid settings: {problems}") from None
+
+
+def _add_store_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--store",
+        metavar="URL",
+        help="store URL (default: ROUTER_STORE_URL or sqlite:///router.db)",
+    )
+
+
+# ---------------------------------------------------------------- serve / worker / migrate
+
+_SERVE_EPILOG = """\
+examples:
+  router serve                                  # rules/ and router.db, on 127.0.0.1:8080
+  ROUTER_WEBHOOK_SECRETS=s3cret router serve --host 0.0.0.0
+  router serve --no-worker --store postgresql://router@db/router   # an intake-only replica
+
+settings (environment variables, or a .env file; options above override them):
+"""
+
+
+def _add_serve(sub: _Sub) -> None:
+    parser = sub.add_parser(
+        "serve",
+        help="run the intake and delivery workers",
+        description="Receive ACTITO webhooks on POST /webhooks/actito, store a delivery job per "
+        "(record, rule, action) before answering 202, and deliver them (unless --no-worker). "
+        "The rules directory is watched and reloaded on change.",
+        epilog=_SERVE_EPILOG + settings_table(),
+        formatter_class=_Formatter,
+    )
+    parser.add_argument("--rules", metavar="DIR", help="rules directory (ROUTER_RULES_DIR)")
+    _add_store_option(parser)
+    parser.add_argument("--host", help="listen address (ROUTER_HOST)")
+    parser.add_argument("--port", type=int, help="listen port (ROUTER_PORT)")
+    parser.add_argument(
+        "--concurrency", type=int, help="deliveries in flight at once (ROUTER_CONCURRENCY)"
+    )
+    parser.add_argument(
+        "--no-worker", action="store_true", help="intake only: leave delivery to `router worker`"
+    )
+    parser.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="refuse to start if the store schema is not current instead of migrating it",
+    )
+    parser.set_defaults(func=_run_serve)
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from router.service import StartupError, serve
+
+    settings = load_settings(
+        rules_dir=args.rules,
+        store_url=args.store,
+        host=args.host,
+        port=args.port,
+        concurrency=args.concurrency,
+    )
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        serve(settings, worker=not args.no_worker, migrate=not args.no_migrate)
+    except StartupError as exc:
+        raise CommandError(str(exc)) from None
+    return 0
+
+
+_WORKER_EPILOG = """\
+examples:
+  router worker                                  # next to `router serve --no-worker`
+  router worker --store postgresql://router@db/router --concurrency 128
+
+SIGTERM stops claiming new jobs and lets deliveries in flight finish.
+"""
+
+
+def _add_worker(sub: _Sub) -> None:
+    parser = sub.add_parser(
+        "worker",
+        help="deliver stored jobs (no intake)",
+        description="Claim due delivery jobs from the store and deliver them, retrying with "
+        "backoff. Run several against one PostgreSQL store to scale delivery.",
+        epilog=_WORKER_EPILOG + "\nsettings:\n" + settings_table(),
+        formatter_class=_Formatter,
+    )
+    _add_store_option(parser)
+    parser.add_argument(
+        "--concurrency", type=int, help="deliveries in flight at once (ROUTER_CONCURRENCY)"
+    )
+    parser.add_argument("--no-migrate", action="store_true", help="do not migrate the schema")
+    parser.set_defaults(func=_run_worker)
+
+
+def _run_worker(args: argparse.Namespace) -> int:
+    from router.service import StartupError, run_worker
+
+    settings = load_settings(store_url=args.store, concurrency=args.concurrency)
+    logs.configure(settings.log_level, settings.log_format)
+    try:
+        run_worker(settings, migrate=not args.no_migrate)
+    except StartupError as exc:
+        raise CommandError(str(exc)) from None
+    return 0
+
+
+def _add_migrate(sub: _Sub) -> None:
+    parser = sub.add_parser(
+        "migrate",
+        help="bring the store's schema up to date",
+        description="Apply pending schema migrations to the store. Run it once before rolling "
+        "out a new version to several replicas (they can also migrate at start).",
+        epilog="examples:\n  router migrate --store postgresql://router@db/router\n"
+        "  router migrate --check        # exit 1 if migrations are pending",
+        formatter_class=_Formatter,
+    )
+    _add_store_option(parser)
+    parser.add_argument(
+        "--check", action="store_true", help="only report; exit 1 if the schema is not current"
+    )
+    parser.set_defaults(func=_run_migrate)
+
+
+def _run_migrate(args: argparse.Namespace) -> int:
+    settings = load_settings(store_url=args.store)
+
+    async def check() -> bool:
+        store = open_store(settings.store_url)
+        try:
+            await store.open(migrate=False)
+        except StoreUnavailable:
+            return False
+        await store.close()
+        return True
+
+    if _run(check()):
+        print("the store schema is current")
+        return 0
+    if args.check:
+        print("the store schema needs migrations; run `router migrate`")
+        return 1
+    _run(_with_store(settings, lambda store: _noop()))
+    print("migrations applied; the store schema is current")
+    return 0
+
+
+async def _noop() -> None:
+    return None
+
+
+# ---------------------------------------------------------------- deliveries
+
+_DELIVERIES_EPILOG = """\
+examples:
+  router deliveries list --status dead           # what failed for good
+  router deliveries list --rule crm-new-subscriber --limit 20
+  router deliveries show 3f6c0c1e9d2a4b7f8e5d1a2b3c4d5e6f
+  router deliveries replay 3f6c0c1e9d2a4b7f8e5d1a2b3c4d5e6f
+  router deliveries replay --all-dead --rule crm-new-subscriber
+"""
+
+
+def _add_deliveries(sub: _Sub) -> None:
+    parser = sub.add_parser(
+        "deliveries",
+        help="inspect delivery jobs and replay dead ones",
+        description="Inspect delivery jobs (pending, done, dead) and replay dead ones. A "
+        "replayed job is delivered again with the rule as it was when its event arrived.",
+        epilog=_DELIVERIES_EPILOG,
+        formatter_class=_Formatter,
+    )
+    actions = parser.add_subparsers(dest="deliveries_command", metavar="ACTION", required=True)
+
+    listing = actions.add_parser(
+        "list",
+        help="list jobs, newest first",
+        epilog=_DELIVERIES_EPILOG,
+        formatter_class=_Formatter,
+    )
+    listing.add_argument("--status", choices=[s.value for s in Status])
+    listing.add_argument("--rule", metavar="NAME")
+    listing.add_argument("--limit", type=int, default=50, metavar="N")
+    _add_common(listing)
+    listing.set_defaults(func=_run_list)
+
+    show = actions.add_parser(
+        "show",
+        help="one job with its attempts",
+        epilog=_DELIVERIES_EPILOG,
+        formatter_class=_Formatter,
+    )
+    show.add_argument("id", metavar="ID")
+    _add_common(show)
+    show.set_defaults(func=_run_show)
+
+    replay = actions.add_parser(
+        "replay",
+        help="deliver dead jobs again",
+        epilog=_DELIVERIES_EPILOG,
+        formatter_class=_Formatter,
+    )
+    replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.add_argument("--all-dead", action="store_true", help="every dead job (see --rule)")
+    replay.add_argument("--rule", metavar="NAME", help="with --all-dead: only this rule's jobs")
+    _add_common(replay)
+    replay.set_defaults(func=_run_replay)
+
+
+def _add_common(parser: argparse.ArgumentParser) -> None:
+    _add_store_option(parser)
+    parser.add_argument("--format", choices=["text", "json"], default="text")
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    settings = load_settings(store_url=args.store)
+    status = Status(args.status) if args.status else None
+    jobs = _run(
+        _with_store(
+            settings, lambda s: s.list_jobs(status=status, rule=args.rule, limit=args.limit)
+        )
+    )
+    if args.format == "json":
+        print(json.dumps([_summary_dict(job) for job in jobs], indent=2))
+        return 0
+    if not jobs:
+        print("no delivery jobs")
+        return 0
+    rows = [
+        (
+            job.id,
+            job.status.value,
+            job.rule,
+            f"{job.action_type}[{job.action_index}]",
+            str(job.attempts),
+            _when(job.updated_at),
+            (job.last_error or "")[:60],
+        )
+        for job in jobs
+    ]
+    _table(("ID", "STATUS", "RULE", "ACTION", "TRIES", "UPDATED", "LAST ERROR"), rows)
+    return 0
+
+
+def _run_show(args: argparse.Namespace) -> int:
+    settings = load_settings(store_url=args.store)
+    detail = _run(_with_store(settings, lambda s: s.get_job(args.id)))
+    if detail is None:
+        raise CommandError(f"no delivery job with id {args.id}")
+    if args.format == "json":
+        print(json.dumps(_detail_dict(detail), indent=2, ensure_ascii=False))
+        return 0
+    job = detail.summary
+    print(f"job       {job.id}")
+    print(f"status    {job.status.value}")
+    print(f"rule      {job.rule} (action {job.action_index}, {job.action_type})")
+    print(f"event     {job.event_id or '-'}   rule set {job.ruleset_version}")
+    print(f"created   {_when(job.created_at)}   updated {_when(job.updated_at)}")
+    if job.status is Status.PENDING and job.next_at is not None:
+        print(f"next try  {_when(job.next_at)}")
+    if job.last_error:
+        print(f"error     {job.last_error}")
+    print("action    " + json.dumps(detail.spec, ensure_ascii=False))
+    print("data      " + json.dumps(detail.record.get("data"), ensure_ascii=False))
+    print("attempts")
+    if not detail.history:
+        print("  (none yet)")
+    for attempt in detail.history:
+        code = attempt.status_code if attempt.status_code is not None else "-"
+        print(
+            f"  #{attempt.number} {_when(attempt.at)}  {attempt.outcome.value:<5} {code!s:>4}  "
+            f"{attempt.duration * 1000:.0f} ms  {attempt.error or ''}"
+        )
+    return 0
+
+
+def _run_replay(args: argparse.Namespace) -> int:
+    if bool(args.ids) == bool(args.all_dead):
+        raise CommandError("give job ids, or --all-dead (optionally with --rule), not both")
+    if args.rule and not args.all_dead:
+        raise CommandError("--rule only goes with --all-dead")
+    settings = load_settings(store_url=args.store)
+    now = time.time()
+    if args.all_dead:
+        count = _run(_with_store(settings, lambda s: s.replay_dead(rule=args.rule, now=now)))
+        replayed: list[str] = []
+    else:
+        replayed = _run(_with_store(settings, lambda s: s.replay(args.ids, now=now)))
+        count = len(replayed)
+    if args.format == "json":
+        print(json.dumps({"replayed": count, "ids": replayed}))
+    else:
+        print(f"replayed {count} dead job(s)")
+    skipped = [job_id for job_id in args.ids if job_id not in replayed]
+    if skipped:
+        print(f"not dead (or unknown), left alone: {', '.join(skipped)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+# ---------------------------------------------------------------- helpers
+
+
+async def _with_store(settings: Settings, work: Callable[[Store], Coroutine[Any, Any, _T]]) -> _T:
+    store = open_store(settings.store_url)
+    try:
+        await store.open(migrate=True)
+        return await work(store)
+    finally:
+        await store.close()
+
+
+def _run(coro: Coroutine[Any, Any, _T]) -> _T:
+    try:
+        return asyncio.run(coro)
+    except StoreUnavailable as exc:
+        raise CommandError(f"the store is unavailable: {exc}") from None
+
+
+def _when(at: float) -> str:
+    return datetime.fromtimestamp(at, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        print(
+            "  ".join(
+                str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)
+            ).rstrip()
+        )
+
+
+def _summary_dict(job: JobSummary) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "status": job.status.value,
+        "rule": job.rule,
+        "action_index": job.action_index,
+        "action_type": job.action_type,
+        "destination": job.destination,
+        "attempts": job.attempts,
+        "created_at": job.created_at,
+        "updated_at": job.updated_at,
+        "next_at": job.next_at,
+        "last_error": job.last_error,
+        "event_id": job.event_id,
+        "ruleset_version": job.ruleset_version,
+    }
+
+
+def _detail_dict(detail: JobDetail) -> dict[str, Any]:
+    return {
+        **_summary_dict(detail.summary),
+        "spec": dict(detail.spec),
+        "record": detail.record,
+        "history": [
+            {
+                "number": a.number,
+                "at": a.at,
+                "outcome": a.outcome.value,
+                "status_code": a.status_code,
+                "error": a.error,
+                "duration": a.duration,
+            }
+            for a in detail.history
+        ],
+    }
+
+
+COMMANDS = (_add_serve, _add_worker, _add_deliveries, _add_migrate)

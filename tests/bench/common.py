@@ -1,0 +1,102 @@
+"""Shared pieces of the benchmarks: processes pinned to cores, readiness, rule generation."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "bench-secret"
+SERVER_CORE = "0"  # the server under test
+LOAD_CORE = "1"  # the load generator / sink
+
+
+def pinned(core: str, argv: Sequence[str]) -> list[str]:
+    """Prefix `argv` with taskset when the machine has it and more than one core."""
+    if shutil.which("taskset") and (os.cpu_count() or 1) > 1:
+        return ["taskset", "-c", core, *argv]
+    return list(argv)
+
+
+def start(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+    log: Path | None = None,
+) -> subprocess.Popen[bytes]:
+    out = log.open("wb") if log else subprocess.DEVNULL
+    return subprocess.Popen(
+        list(argv),
+        env={**os.environ, **(env or {})},
+        cwd=cwd or REPO,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait_ready(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise SystemExit(f"{url} did not come up within {timeout} s")
+
+
+def wait_port(port: int, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"port {port} did not open within {timeout} s")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def write_rules(directory: Path, count: int, url: str) -> None:
+    """`count` rules spread over tables and operations, so a record matches a handful; every
+    rule forwards to `url`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    operations = ["CREATE", "UPDATE", "UPDATED_SUBSCRIPTION", "UPDATED_SEGMENT", "DELETE"]
+    lines = []
+    for n in range(count):
+        table = 16 + n % 20
+        operation = operations[(n // 20) % len(operations)]
+        lines.append(
+            f'[[rule]]\nname = "bench-{n}"\n[rule.match]\ntableType = "PROFILE_TABLE"\n'
+            f'tableId = "{table}"\noperation = "{operation}"\n'
+            + ('fields = ["emailAddress"]\n' if n % 3 == 0 else "")
+            + f'[[rule.action]]\ntype = "http"\nurl = "{url}"\n\n'
+        )
+    (directory / "bench.toml").write_text("".join(lines))
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
+
+
+def python() -> str:
+    return sys.executable

@@ -1,0 +1,143 @@
+"""Delivery benchmark: a backlog of jobs drained to a local sink by the worker, against the raw
+HTTP client sending the same number of requests to the same sink.
+
+    python tests/bench/delivery.py [--jobs 20000] [--store URL ...] [--concurrency 64]
+
+The benchmark process runs on one core, the sink on the other. Prints deliveries/s (target
+>= 1,000/s) and the ratio to the raw client (the ceiling for this sink and core).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from router.actions import build_deliverers  # noqa: E402
+from router.loader import load_rules  # noqa: E402
+from router.retry import RetryPolicy  # noqa: E402
+from router.settings import Settings  # noqa: E402
+from router.store import open_store  # noqa: E402
+from router.store.base import IncomingRecord, NewJob  # noqa: E402
+from router.worker import Worker, WorkerLimits  # noqa: E402
+from tests.bench.common import (  # noqa: E402
+    LOAD_CORE,
+    SERVER_CORE,
+    pinned,
+    python,
+    start,
+    stop,
+    wait_port,
+)
+from tests.sinks import free_port  # noqa: E402
+
+BATCH = 500  # records per accept() while building the backlog
+
+
+async def backlog(url: str, sink: str, jobs: int, directory: Path) -> None:
+    rules = directory / "rules"
+    rules.mkdir(exist_ok=True)
+    (rules / "bench.toml").write_text(
+        f'[[rule]]\nname = "bench"\n[[rule.action]]\ntype = "http"\nurl = "{sink}"\n'
+    )
+    action = load_rules(rules).rules[0].actions[0]
+    store = open_store(url)
+    await store.open()
+    now = time.time()
+    for start_at in range(0, jobs, BATCH):
+        records = [
+            IncomingRecord(
+                event_id=f"bench-{n}",
+                dedupe_key=None,
+                record={"id": f"bench-{n}", "tableType": "PROFILE_TABLE", "data": {"n": n}},
+                matched=("bench",),
+                jobs=(NewJob(uuid.uuid4().hex, "bench", 0, "http", action.spec, "127.0.0.1"),),
+            )
+            for n in range(start_at, min(jobs, start_at + BATCH))
+        ]
+        await store.accept(records, ruleset_version="bench", dedupe_window=0, now=now)
+    await store.close()
+
+
+async def drain(url: str, concurrency: int) -> float:
+    settings = Settings(concurrency=concurrency, per_host_concurrency=concurrency)
+    store = open_store(url)
+    await store.open()
+    deliverers = build_deliverers(settings)
+    for deliverer in deliverers.values():
+        await deliverer.start()
+    worker = Worker(
+        store,
+        deliverers,
+        RetryPolicy.from_settings(settings),
+        secrets={},
+        limits=WorkerLimits(concurrency=concurrency, per_host=concurrency),
+    )
+    started = time.perf_counter()
+    await worker.run(asyncio.Event(), drain=True)
+    elapsed = time.perf_counter() - started
+    for deliverer in deliverers.values():
+        await deliverer.close()
+    stats = await store.stats(now=time.time())
+    await store.close()
+    if stats.pending:
+        raise SystemExit(f"{stats.pending} jobs still pending after the drain")
+    return worker.delivered / elapsed
+
+
+async def raw(sink: str, requests: int, concurrency: int) -> float:
+    body = b'{"n": 1}'
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        queue = iter(range(requests))
+
+        async def one_lane() -> None:
+            for _ in queue:
+                async with session.post(sink, data=body) as response:
+                    await response.read()
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one_lane() for _ in range(concurrency)))
+        return requests / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--store", action="append", help="store URL(s); default: SQLite")
+    args = parser.parse_args()
+    if hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) > 1:
+        os.sched_setaffinity(0, {int(SERVER_CORE)})
+    port = free_port()
+    sink_proc = start(pinned(LOAD_CORE, [python(), "tests/bench/sink.py", str(port)]))
+    sink = f"http://127.0.0.1:{port}/hook"
+    try:
+        wait_port(port)
+        baseline = asyncio.run(raw(sink, args.jobs, args.concurrency))
+        print(f"{'store':<12} {'jobs':>7} {'worker/s':>9} {'raw client/s':>13} {'ratio':>6}")
+        with tempfile.TemporaryDirectory() as tmp_name:
+            for url in args.store or [f"sqlite:///{tmp_name}/bench.db"]:
+                asyncio.run(backlog(url, sink, args.jobs, Path(tmp_name)))
+                rate = asyncio.run(drain(url, args.concurrency))
+                name = url.split(":", 1)[0]
+                print(
+                    f"{name:<12} {args.jobs:>7} {rate:>9.0f} {baseline:>13.0f} {rate / baseline:>6.2f}"
+                )
+    finally:
+        stop(sink_proc)
+
+
+if __name__ == "__main__":
+    main()
