@@ -1,0 +1,479 @@
+"""The PostgreSQL store: several intake and worker replicas sharing one database.
+
+Replicas coordinate through the database only: the dedupe table's primary key decides which
+replica accepts a repeated push, `FOR UPDATE SKIP LOCKED` hands each due job to one claimer, and
+`NOTIFY router_jobs` wakes idle workers everywhere. Every driver failure that means "the database
+cannot serve now" becomes StoreUnavailable within a few seconds (bounded connect, acquire and
+command timeouts); the pool replaces dead connections, so the store recovers by itself when the
+server comes back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import asyncpg
+
+from router.exceptions import StoreUnavailable
+from router.store import sql_postgres as sql
+from router.store.base import (
+    AcceptResult,
+    AttemptResult,
+    IncomingRecord,
+    Job,
+    JobDetail,
+    JobSummary,
+    Outcome,
+    QueueStats,
+    Status,
+    Store,
+)
+from router.store.sql_postgres import apply_pending, current_version, version_problem
+
+if TYPE_CHECKING:
+    from asyncpg.pool import PoolConnectionProxy
+
+    Connection = PoolConnectionProxy[asyncpg.Record]
+
+T = TypeVar("T")
+log = logging.getLogger(__name__)
+
+CHANNEL = "router_jobs"
+POOL_SIZE = 10
+CONNECT_TIMEOUT = 5.0  # seconds to open one connection
+COMMAND_TIMEOUT = 10.0  # seconds one statement may run
+ACQUIRE_TIMEOUT = 10.0  # seconds to wait for a free pooled connection
+CLOSE_TIMEOUT = 10.0  # seconds close() waits for borrowed connections before cutting them
+
+_NEXT_STATUS = {Outcome.DONE: Status.DONE, Outcome.RETRY: Status.PENDING, Outcome.DEAD: Status.DEAD}
+# SQLSTATE classes that mean "not now" rather than "wrong query": connection exception,
+# transaction rollback (deadlock, serialization), insufficient resources, operator
+# intervention (shutdown, cannot connect now), system error.
+_TRANSIENT_CLASSES = ("08", "40", "53", "57", "58")
+_READ_ONLY_TRANSACTION = "25006"  # a failover left us on a standby
+
+
+def _is_connection_lost(exc: BaseException) -> bool:
+    """The connection broke under us (or the driver gave up on it)."""
+    if isinstance(exc, asyncpg.InterfaceError):
+        return not isinstance(exc, asyncpg.DataError)  # a bad argument is our bug, not an outage
+    # InternalClientError: a backend that died while the connection sat idle can leave the
+    # driver's protocol state confused on the next statement.
+    return isinstance(
+        exc,
+        asyncpg.PostgresConnectionError
+        | asyncpg.AdminShutdownError
+        | asyncpg.InternalClientError
+        | ConnectionError,
+    )
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    if isinstance(exc, OSError | asyncio.TimeoutError) or _is_connection_lost(exc):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        state = exc.sqlstate or ""
+        return state[:2] in _TRANSIENT_CLASSES or state == _READ_ONLY_TRANSACTION
+    return False
+
+
+class PostgresStore(Store):
+    """Store on PostgreSQL, safe for many replicas at once.
+
+    `url` is postgresql://USER[:PASSWORD]@HOST[:PORT]/DB (or postgres://); its query may set
+    `pool_size=N` (connections per process; the `pool_size` argument wins). Other query
+    parameters go to the driver. The password never appears in errors or logs.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int | None = None,
+        connect_timeout: float = CONNECT_TIMEOUT,
+        command_timeout: float = COMMAND_TIMEOUT,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres"):
+            raise ValueError("a PostgreSQL store URL starts with postgresql:// or postgres://")
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        from_url = [value for key, value in query if key == "pool_size"]
+        size = pool_size if pool_size is not None else from_url[-1] if from_url else POOL_SIZE
+        if not str(size).isdigit() or int(size) < 1:
+            raise ValueError(f"pool_size must be a whole number of at least 1, not {size!r}")
+        rest = [(key, value) for key, value in query if key != "pool_size"]
+        self._dsn = urlunsplit(parts._replace(query=urlencode(rest)))
+        self._target = f"{parts.hostname or 'localhost'}:{parts.port or 5432}{parts.path}"
+        self.pool_size = int(size)
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._pool: asyncpg.Pool[asyncpg.Record] | None = None
+        self._closed = False
+        self._listener: asyncpg.Connection[asyncpg.Record] | None = None
+        self._pool_lock = asyncio.Lock()
+        self._listener_lock = asyncio.Lock()
+        self._wakeup = asyncio.Event()
+        self._notice_wanted = False
+        self._notifier: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def open(self, *, migrate: bool = True) -> None:
+        self._closed = False
+        try:
+            if migrate:
+                await self.migrate()
+            else:
+                problem = version_problem(await self.schema_version())
+                if problem:
+                    raise StoreUnavailable(problem)
+            if not await self._listen():
+                raise StoreUnavailable(f"cannot listen for new jobs on PostgreSQL {self._target}")
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        notifier = self._notifier
+        if notifier is not None:  # let the last notice out first
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(notifier, CLOSE_TIMEOUT)
+        self._closed = True
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            with contextlib.suppress(Exception):
+                await listener.close(timeout=CLOSE_TIMEOUT)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            try:
+                await asyncio.wait_for(pool.close(), CLOSE_TIMEOUT)
+            except (TimeoutError, asyncpg.InterfaceError, OSError):
+                pool.terminate()
+
+    async def migrate(self) -> list[int]:
+        """Apply pending schema migrations (safe while other replicas start); returns the
+        versions applied, [] when the schema was current. Works before `open`."""
+        return await self._run(apply_pending, transaction=False)
+
+    async def schema_version(self) -> int:
+        """The database's schema version (0: empty). Works before `open`."""
+        return await self._run(current_version, transaction=False)
+
+    async def ping(self) -> None:
+        await self._run(lambda conn: conn.execute("SELECT 1"), transaction=False)
+
+    # -- intake ------------------------------------------------------------------------------
+
+    async def accept(
+        self,
+        records: Sequence[IncomingRecord],
+        *,
+        ruleset_version: str,
+        dedupe_window: float,
+        now: float,
+    ) -> AcceptResult:
+        if not records:
+            return AcceptResult(accepted=0, duplicates=0)
+        # Sorted keys take row locks in one order everywhere, so concurrent accepts that share
+        # keys wait for each other instead of deadlocking.
+        keys = sorted({r.dedupe_key for r in records if r.dedupe_key is not None})
+        if dedupe_window <= 0:
+            keys = []
+
+        async def work(conn: Connection) -> tuple[AcceptResult, bool]:
+            fresh: set[str] = set()
+            if keys:
+                rows = await conn.fetch(sql.CLAIM_DEDUPE_KEYS, keys, now, now - dedupe_window)
+                fresh = {row[0] for row in rows}
+            kept: list[IncomingRecord] = []
+            for incoming in records:
+                key = incoming.dedupe_key if keys else None
+                if key is None:
+                    kept.append(incoming)
+                elif key in fresh:
+                    fresh.discard(key)  # a second copy within this very batch is a duplicate
+                    kept.append(incoming)
+            if kept:
+                try:
+                    await conn.execute(
+                        sql.INSERT_EVENTS_AND_JOBS,
+                        *sql.insert_arguments(kept),
+                        ruleset_version,
+                        now,
+                    )
+                except asyncpg.UniqueViolationError as exc:
+                    raise ValueError(f"a job id already exists: {exc.detail}") from exc
+            result = AcceptResult(accepted=len(kept), duplicates=len(records) - len(kept))
+            return result, any(incoming.jobs for incoming in kept)
+
+        result, created = await self._run(work, transaction=True)
+        if created:
+            self._notify()
+        return result
+
+    # -- delivery ----------------------------------------------------------------------------
+
+    async def claim(self, *, limit: int, lease: float, now: float) -> list[Job]:
+        if limit < 1:
+            return []
+        token = uuid.uuid4().hex
+
+        async def work(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql.CLAIM_JOBS, now, limit, token, lease)
+
+        # Safe to retry: a claim lost in transit only leaves leases that expire.
+        return [sql.job_from_row(row) for row in await self._run(work, transaction=False)]
+
+    async def record(self, results: Sequence[AttemptResult], *, now: float) -> None:
+        if not results:
+            return
+        rows = []
+        for result in results:
+            if result.outcome is Outcome.RETRY and result.next_at is None:
+                raise ValueError(f"job {result.job_id}: a RETRY result needs next_at")
+            next_at = result.next_at if result.outcome is Outcome.RETRY else None
+            rows.append(
+                (
+                    result.job_id,
+                    result.lease_token,
+                    str(_NEXT_STATUS[result.outcome]),
+                    next_at,
+                    sql.storable_text(result.error),
+                    now,
+                    result.started_at,
+                    str(result.outcome),
+                    result.status_code,
+                    result.duration,
+                )
+            )
+
+        async def work(conn: Connection) -> None:
+            await conn.executemany(sql.RECORD_ATTEMPT, rows)
+
+        await self._run(work, transaction=True)
+
+    async def release(self, claims: Sequence[tuple[str, str]], *, next_at: float) -> None:
+        if not claims:
+            return
+        ids = [job_id for job_id, _ in claims]
+        tokens = [token for _, token in claims]
+
+        async def work(conn: Connection) -> None:
+            await conn.execute(sql.RELEASE_JOBS, ids, tokens, next_at)
+
+        await self._run(work, transaction=True)
+        self._notify()  # they may be due at once, for another worker
+
+    async def wait_for_work(self, timeout: float) -> None:
+        if self._closed:
+            raise StoreUnavailable("the PostgreSQL store is closed")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        if self._listener is None or self._listener.is_closed():
+            # A failed reconnect is not an error here: the caller polls after `timeout` anyway,
+            # and its next claim reports an outage.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._listen(), max(deadline - loop.time(), 0.0))
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(self._wakeup.wait(), max(deadline - loop.time(), 0.0))
+        # Cleared before the caller claims: a notice arriving later is for jobs that claim may
+        # miss, so it must wake the next wait.
+        self._wakeup.clear()
+
+    # -- inspection and operations -----------------------------------------------------------
+
+    async def list_jobs(
+        self, *, status: Status | None = None, rule: str | None = None, limit: int = 50
+    ) -> list[JobSummary]:
+        status_text = None if status is None else str(status)
+
+        async def work(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql.LIST_JOBS, status_text, rule, limit)
+
+        return [sql.summary_from_row(row) for row in await self._run(work, transaction=False)]
+
+    async def get_job(self, job_id: str) -> JobDetail | None:
+        async def work(conn: Connection) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
+            # One snapshot for the job and its history.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                row = await conn.fetchrow(sql.GET_JOB, job_id)
+                history = await conn.fetch(sql.GET_ATTEMPTS, job_id) if row else []
+            return row, history
+
+        row, history = await self._run(work, transaction=False)
+        if row is None:
+            return None
+        return JobDetail(
+            summary=sql.summary_from_row(row),
+            spec=json.loads(row["spec"]),
+            record=json.loads(row["record"]),
+            history=tuple(sql.attempt_from_row(h) for h in history),
+        )
+
+    async def replay(self, job_ids: Sequence[str], *, now: float) -> list[str]:
+        wanted = list(dict.fromkeys(job_ids))
+
+        async def work(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql.REPLAY_JOBS, wanted, now)
+
+        replayed = {row["id"] for row in await self._run(work, transaction=True)}
+        if replayed:
+            self._notify()
+        return [job_id for job_id in wanted if job_id in replayed]
+
+    async def replay_dead(self, *, rule: str | None, now: float) -> int:
+        async def work(conn: Connection) -> int:
+            return int(await conn.fetchval(sql.REPLAY_DEAD, rule, now))
+
+        count = await self._run(work, transaction=True)
+        if count:
+            self._notify()
+        return count
+
+    async def stats(self, *, now: float) -> QueueStats:
+        async def work(conn: Connection) -> asyncpg.Record | None:
+            return await conn.fetchrow(sql.STATS)
+
+        row = await self._run(work, transaction=False)
+        assert row is not None  # an aggregate always yields a row
+        oldest = row["oldest"]
+        return QueueStats(
+            pending=row["pending"],
+            dead=row["dead"],
+            oldest_pending_age=None if oldest is None else max(now - oldest, 0.0),
+        )
+
+    async def purge(self, *, before: float, dedupe_before: float) -> int:
+        async def work(conn: Connection) -> int:
+            deleted = int(await conn.fetchval(sql.PURGE_JOBS, before))
+            await conn.execute(sql.PURGE_EVENTS, before)
+            await conn.execute(sql.PURGE_DEDUPE, dedupe_before)
+            return deleted
+
+        return await self._run(work, transaction=True)
+
+    # -- plumbing ----------------------------------------------------------------------------
+
+    async def _pool_or_connect(self) -> asyncpg.Pool[asyncpg.Record]:
+        if self._closed:
+            raise StoreUnavailable("the PostgreSQL store is closed")
+        async with self._pool_lock:
+            if self._pool is None:
+                self._pool = await asyncpg.create_pool(
+                    self._dsn,
+                    # No floor: during an outage asyncpg would keep reconnecting (and logging)
+                    # in the background; connections are made when needed instead.
+                    min_size=0,
+                    max_size=self.pool_size,
+                    timeout=self._connect_timeout,
+                    command_timeout=self._command_timeout,
+                    server_settings={"application_name": "router"},
+                )
+            return self._pool
+
+    async def _run(self, work: Callable[[Connection], Awaitable[T]], *, transaction: bool) -> T:
+        """Run `work` on a pooled connection (in a transaction if asked), translating outages
+        into StoreUnavailable.
+
+        A connection that died while idle in the pool (server restart, terminated backend)
+        fails on first use; that use is retried once on a fresh connection when nothing can
+        have been committed: a read, a claim (its leases expire), or a transaction that had
+        not reached COMMIT.
+        """
+        for attempt in (1, 2):
+            stage = "connect"
+            try:
+                pool = await self._pool_or_connect()
+                async with pool.acquire(timeout=ACQUIRE_TIMEOUT) as conn:
+                    stage = "work"
+                    if transaction:
+                        async with conn.transaction():
+                            result = await work(conn)
+                            stage = "commit"
+                    else:
+                        result = await work(conn)
+                    stage = "done"
+                return result
+            except Exception as exc:
+                if stage == "done":  # only giving the connection back failed; the pool drops it
+                    log.info("a PostgreSQL connection broke on release: %s", exc)
+                    return result
+                if attempt == 1 and stage == "work" and _is_connection_lost(exc):
+                    log.info("PostgreSQL connection lost; retrying on a new one: %s", exc)
+                    # What killed one pooled connection (a restart, a failover) most likely
+                    # killed its idle siblings: replace them all rather than meet each.
+                    await pool.expire_connections()
+                    continue
+                # Whatever the server says while we connect (no such database, connections
+                # not allowed, bad password) means it cannot serve us now.
+                refused = stage == "connect" and isinstance(exc, asyncpg.PostgresError)
+                if not (refused or _is_unavailable(exc)):
+                    raise
+                raise StoreUnavailable(
+                    f"PostgreSQL {self._target} is unavailable: {type(exc).__name__}: {exc}"
+                ) from exc
+        raise AssertionError("unreachable")
+
+    def _notify(self) -> None:
+        """Wake idle workers of every replica, once the caller's commit is done. Best effort:
+        the data is already committed, and workers poll when a notice is lost.
+
+        Notices go out from one background task, so a burst of commits shares one NOTIFY
+        (each costs a round trip and a cluster-wide lock); the flag is cleared before a notice
+        is sent, so every commit is followed by a notice that starts after it.
+        """
+        self._wakeup.set()  # this process's workers need not wait for the round trip
+        self._notice_wanted = True
+        if self._notifier is None or self._notifier.done():
+            self._notifier = asyncio.create_task(self._send_notices())
+
+    async def _send_notices(self) -> None:
+        while self._notice_wanted and not self._closed:
+            self._notice_wanted = False
+            try:
+                await self._run(lambda conn: conn.execute(sql.NOTIFY, CHANNEL), transaction=False)
+            except Exception as exc:
+                log.warning("could not notify workers of new jobs: %s", exc)
+
+    async def _listen(self) -> bool:
+        """Make sure the listening connection is up; False if it cannot be opened now."""
+        async with self._listener_lock:
+            if self._listener is not None and not self._listener.is_closed():
+                return True
+            reconnect = self._listener is not None
+            try:
+                conn = await asyncpg.connect(
+                    self._dsn,
+                    timeout=self._connect_timeout,
+                    command_timeout=self._command_timeout,
+                    server_settings={"application_name": "router-listener"},
+                )
+            except Exception as exc:
+                if not (isinstance(exc, asyncpg.PostgresError) or _is_unavailable(exc)):
+                    raise
+                log.warning("cannot listen for new jobs on PostgreSQL %s: %s", self._target, exc)
+                return False
+            try:
+                await conn.add_listener(CHANNEL, self._on_notify)
+            except Exception:
+                await conn.close()
+                raise
+            conn.add_termination_listener(self._on_listener_lost)
+            self._listener = conn
+            if reconnect:
+                self._wakeup.set()  # notices sent while we were not listening are lost
+            return True
+
+    def _on_notify(self, *_: object) -> None:
+        self._wakeup.set()
+
+    def _on_listener_lost(self, *_: object) -> None:
+        # Wake the waiter: it polls once, and its next wait reconnects.
+        self._wakeup.set()
