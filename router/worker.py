@@ -142,6 +142,7 @@ class Worker:
                 job.record, rule=job.rule, delivery_id=job.id, secrets=self.secrets
             )
             rendered = render_action(action, context)
+            rendered["rule"], rendered["event_id"] = job.rule, job.event_id
         except (RenderError, ValueError) as exc:
             self._finish(job, None, Outcome.DEAD, started, error=f"cannot render: {exc}")
             return None

@@ -22,7 +22,9 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
     # A slowish destination keeps jobs in flight and queued when the kill lands.
     with HttpSink(default=Reply(200, delay=0.01)) as sink:
         (rules_dir / "forward.toml").write_text(forward_rule(sink.url("/in")))
-        router = RouterProcess(tmp_path, rules_dir)
+        # A short lease: jobs in flight at the kill are claimable again soon after restart.
+        env = {"ROUTER_LEASE_SECONDS": "3"}
+        router = RouterProcess(tmp_path, rules_dir, env=env)
         router_factory.append(router)
         router.start()
 
@@ -66,7 +68,7 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
             thread.join(30)
         assert router.proc is not None and router.proc.returncode == -9
 
-        restarted = RouterProcess(tmp_path, rules_dir, port=router.port)
+        restarted = RouterProcess(tmp_path, rules_dir, port=router.port, env=env)
         router_factory.append(restarted)
         restarted.start()
 
