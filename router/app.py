@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from starlette.routing import Route
 from router.engine import Engine
 from router.events import normalise, parse_body
 from router.exceptions import RejectedBody, StoreUnavailable
+from router.metrics import Metrics
+from router.store.base import Store
 
 log = logging.getLogger("router.app")
 
@@ -113,17 +116,8 @@ def create_app(
             {"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202
         )
 
-    async def healthz(request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    async def readyz(request: Request) -> Response:
-        problems: list[str] = []
-        try:
-            await asyncio.wait_for(engine.store.ping(), READY_TIMEOUT)
-        except (StoreUnavailable, TimeoutError) as exc:
-            problems.append(f"store unavailable: {exc or 'timed out'}")
-        body: dict[str, Any] = {
-            "status": "ok" if not problems else "unavailable",
+    def describe() -> dict[str, Any]:
+        return {
             "ruleset": engine.ruleset.version,
             "rules": len(engine.ruleset.enabled),
             "last_reload": {
@@ -133,13 +127,51 @@ def create_app(
                 "errors": status.errors,
             },
         }
+
+    routes = [
+        Route("/webhooks/actito", intake, methods=["POST"]),
+        *operations_routes(engine.store, metrics, describe, engine.clock),
+    ]
+    return _starlette(routes, lifespan)
+
+
+def create_worker_app(
+    store: Store,
+    metrics: Metrics,
+    *,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+) -> Starlette:
+    """Health, readiness and metrics of a `router worker` (it has no intake)."""
+    return _starlette(
+        operations_routes(store, metrics, lambda: {"role": "worker"}, time.time), lifespan
+    )
+
+
+def operations_routes(
+    store: Store,
+    metrics: Metrics,
+    describe: Callable[[], dict[str, Any]],
+    clock: Callable[[], float],
+) -> list[Route]:
+    """/healthz (alive), /readyz (the store answers; plus `describe()`), /metrics."""
+
+    async def healthz(request: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        problems: list[str] = []
+        try:
+            await asyncio.wait_for(store.ping(), READY_TIMEOUT)
+        except (StoreUnavailable, TimeoutError) as exc:
+            problems.append(f"store unavailable: {exc or 'timed out'}")
+        body: dict[str, Any] = {"status": "ok" if not problems else "unavailable", **describe()}
         if problems:
             body["problems"] = problems
         return JSONResponse(body, status_code=200 if not problems else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         try:
-            stats = await asyncio.wait_for(engine.store.stats(now=engine.clock()), READY_TIMEOUT)
+            stats = await asyncio.wait_for(store.stats(now=clock()), READY_TIMEOUT)
         except (StoreUnavailable, TimeoutError):
             pass  # serve the counters anyway; the gauges keep their last values
         else:
@@ -148,6 +180,17 @@ def create_app(
             metrics.oldest_pending_age.set(stats.oldest_pending_age or 0.0)
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
+    return [
+        Route("/healthz", healthz, methods=["GET"]),
+        Route("/readyz", readyz, methods=["GET"]),
+        Route("/metrics", metrics_endpoint, methods=["GET"]),
+    ]
+
+
+def _starlette(
+    routes: list[Route],
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None,
+) -> Starlette:
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
@@ -158,12 +201,7 @@ def create_app(
         return JSONResponse({"error": "internal error; retry later"}, status_code=503)
 
     return Starlette(
-        routes=[
-            Route("/webhooks/actito", intake, methods=["POST"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
-            Route("/metrics", metrics_endpoint, methods=["GET"]),
-        ],
+        routes=routes,
         exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )

@@ -14,7 +14,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from router.actions import build_deliverers
-from router.app import IntakeConfig, ReloadStatus, create_app
+from router.app import IntakeConfig, ReloadStatus, create_app, create_worker_app
 from router.engine import Engine
 from router.exceptions import RuleSetInvalid, StoreUnavailable
 from router.loader import load_rules
@@ -63,13 +63,19 @@ def check_intake_security(settings: Settings) -> None:
     )
 
 
-async def open_checked_store(settings: Settings, *, migrate: bool) -> Store:
-    store = open_store(settings.store_url)
-    try:
+def preflight_store(settings: Settings, *, migrate: bool) -> None:
+    """Open the store once before serving, so a missing database or an old schema stops the
+    start with one clear sentence (the server then opens it again in its own event loop)."""
+
+    async def check() -> None:
+        store = open_store(settings.store_url)
         await store.open(migrate=migrate)
-    except StoreUnavailable as exc:
+        await store.close()
+
+    try:
+        asyncio.run(check())
+    except (StoreUnavailable, ValueError) as exc:
         raise StartupError(f"cannot open the store: {exc}") from exc
-    return store
 
 
 def build_worker(settings: Settings, store: Store, metrics: Metrics) -> Worker:
@@ -117,6 +123,7 @@ def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> N
     """Run the intake (and delivery workers) until SIGTERM/SIGINT."""
     check_intake_security(settings)
     ruleset = load_startup_rules(settings)
+    preflight_store(settings, migrate=migrate)
     metrics = Metrics()
     status = ReloadStatus(version=ruleset.version, at=time.time())
     metrics.last_reload_ok.set(1)
@@ -130,10 +137,7 @@ def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        try:
-            await store.open(migrate=migrate)
-        except StoreUnavailable as exc:
-            raise StartupError(f"cannot open the store: {exc}") from exc
+        await store.open(migrate=migrate)
         stop = asyncio.Event()
         tasks: list[asyncio.Task[None]] = []
         if settings.reload:
@@ -175,12 +179,18 @@ def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> N
         secret_header=settings.webhook_secret_header,
         max_body_bytes=settings.max_body_bytes,
     )
-    app = create_app(engine, config, status, lifespan=lifespan)
-    server = uvicorn.Server(
+    server = _server(
+        create_app(engine, config, status, lifespan=lifespan), settings.host, settings.port
+    )
+    _run(server)
+
+
+def _server(app: Starlette, host: str, port: int) -> uvicorn.Server:
+    return uvicorn.Server(
         uvicorn.Config(
             app,
-            host=settings.host,
-            port=settings.port,
+            host=host,
+            port=port,
             log_config=None,
             access_log=False,
             lifespan="on",
@@ -188,32 +198,69 @@ def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> N
             server_header=False,
         )
     )
+
+
+def _run(server: uvicorn.Server) -> None:
     server.run()
     if not server.started:
         raise StartupError("the server did not start; see the log above")
 
 
 def run_worker(settings: Settings, *, migrate: bool = True) -> None:
-    """Deliver jobs until SIGTERM/SIGINT (no intake)."""
+    """Deliver jobs until SIGTERM/SIGINT (no intake). /healthz, /readyz and /metrics are served
+    on ROUTER_WORKER_PORT unless it is 0."""
+    preflight_store(settings, migrate=migrate)
+    metrics = Metrics()
+    store = open_store(settings.store_url)
 
-    async def main() -> None:
-        store = await open_checked_store(settings, migrate=migrate)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        metrics = Metrics()
+    async def work(stop: asyncio.Event, fail: Callable[[str], None]) -> None:
         log.info("worker started (store %s)", settings.store_url.split("://", 1)[0])
         try:
             await asyncio.gather(
-                run_worker_until(build_worker(settings, store, metrics), stop),
-                purge_loop(store, settings, stop),
+                _guard(
+                    run_worker_until(build_worker(settings, store, metrics), stop), "worker", fail
+                ),
+                _guard(purge_loop(store, settings, stop), "purge", fail),
             )
         finally:
             await store.close()
             log.info("worker stopped")
 
-    asyncio.run(main())
+    if settings.worker_port == 0:
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            await store.open(migrate=migrate)
+            await work(stop, lambda name: stop.set())
+
+        asyncio.run(main())
+        return
+
+    server: uvicorn.Server
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        stop = asyncio.Event()
+
+        def fail(name: str) -> None:
+            log.error("the %s stopped; shutting down so it can be restarted", name)
+            server.should_exit = True
+
+        await store.open(migrate=migrate)
+        task = asyncio.create_task(work(stop, fail))
+        try:
+            yield
+        finally:
+            stop.set()
+            await task
+
+    server = _server(
+        create_worker_app(store, metrics, lifespan=lifespan), settings.host, settings.worker_port
+    )
+    _run(server)
 
 
 async def _guard(work: Awaitable[None], name: str, on_failure: Callable[[str], None]) -> None:

@@ -26,6 +26,9 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="Address the intake listens on.")
     port: int = Field(8080, ge=0, le=65535, description="Port the intake listens on.")
+    worker_port: int = Field(
+        8081, ge=0, le=65535, description="Health and metrics port of `router worker` (0: none)."
+    )
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Accepted shared secrets, comma-separated (several at once for rotation).",

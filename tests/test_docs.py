@@ -34,4 +34,4 @@ def test_every_setting_is_in_the_readme_with_its_default(name: str) -> None:
 def test_readme_table_has_no_unknown_settings() -> None:
     documented = set(re.findall(r"^\| `ROUTER_([A-Z_]+)`", README, flags=re.MULTILINE))
     known = {name.upper() for name in Settings.model_fields}
-    assert documented - known <= {"SECRET_<NAME>"}, documented - known
+    assert documented - known <= {"SECRET_"}, documented - known
