@@ -1,0 +1,215 @@
+"""`[[test]]` tables -> RuleTest: an event, the rules expected to match, the expected actions.
+
+Tests are read after every rule file, so a test can name any rule and its actions; a rule name
+nobody defines is a mistake only when every rule file could be read (otherwise the rule may be in
+the file that failed, which has its own diagnostic). Problems are reported through the same
+`_Context` as the rules' own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from router.events import Record, normalise, parse_body
+from router.exceptions import MalformedBody, NotAnEvent
+from router.rules import ExpectedAction, Location, RuleTest
+from router.schema import _closest, _Context, _kind
+from router.toml_positions import KeyPath
+
+_TEST_KEYS = ("name", "event", "expect", "expect_per_record", "action")
+_RENDERED_KEYS = {
+    "http": ("method", "url", "headers", "body", "body_json"),
+    "email": ("to", "subject", "text", "html"),
+    "log": ("level", "message"),
+}
+_TEST_ACTION_KEYS = ("rule", "action", "record", *sum(_RENDERED_KEYS.values(), ()))
+
+
+class _TestReader:
+    """Reads `[[test]]` tables against the rules of one load, once all of them are read."""
+
+    def __init__(
+        self,
+        defined: Mapping[str, Location],
+        action_types: Mapping[str, list[Any]],
+        complete: bool,
+    ) -> None:
+        self.defined = defined  # rule name -> where it is first defined
+        self.action_types = action_types  # rule name -> raw `type` of each action
+        self.complete = complete  # every rule file was read, so an unknown rule name is a mistake
+        self.tests: list[RuleTest] = []
+
+    def read(self, context: _Context, index: int, raw: Any, shown: str) -> None:
+        """Check test `index` of the file `shown`; keep it in `tests` if it has no error."""
+        path: KeyPath = ("test", index)
+        before = context.errors
+        table = context.table(path, raw, _TEST_KEYS)
+        if table is None:
+            return
+        name = context.text((*path, "name"), table.get("name")) or f"test {index + 1} of {shown}"
+        why = "give the event inline or as the path of a JSON file"
+        loaded = self._event(context, (*path, "event"), context.require(table, "event", path, why))
+        records = None if loaded is None else loaded[1]
+        expect = self._names(context, (*path, "expect"), table.get("expect"))
+        per_record: list[frozenset[str] | None] = []
+        value = table.get("expect_per_record")
+        if value is not None and not isinstance(value, list):
+            context.report(
+                (*path, "expect_per_record"), f"must be an array of lists, not {_kind(value)}"
+            )
+        elif value is not None:
+            per_record = [
+                self._names(context, (*path, "expect_per_record", i), v)
+                for i, v in enumerate(value)
+            ]
+            if records is not None and len(value) != len(records):
+                message = f"has {len(value)} list(s) but the event has {len(records)} record(s)"
+                context.report((*path, "expect_per_record"), f"{message}; give one per record")
+        if ("expect" in table) == ("expect_per_record" in table):
+            both = "not both" if "expect" in table else "one is required"
+            message = f"give expect (rules matching every record) or expect_per_record, {both}"
+            context.report((*path, "expect"), message)
+        raw_actions = table.get("action", [])
+        if not isinstance(raw_actions, list):
+            context.report((*path, "action"), "must be an array of tables: write [[test.action]]")
+            raw_actions = []
+        actions = [
+            self._expected(context, (*path, "action", i), item, records)
+            for i, item in enumerate(raw_actions)
+        ]
+        if context.errors > before or loaded is None:
+            return
+        self.tests.append(
+            RuleTest(
+                name=name,
+                location=Location(context.file, context.positions.line(path)),
+                event=loaded[0],
+                expect=expect,
+                expect_per_record=None
+                if value is None
+                else tuple(n for n in per_record if n is not None),
+                actions=tuple(a for a in actions if a is not None),
+            )
+        )
+
+    def _event(
+        self, context: _Context, path: KeyPath, value: Any
+    ) -> tuple[Any, list[Record]] | None:
+        event = value
+        if isinstance(value, str):
+            source = Path(os.path.dirname(context.file)) / value
+            try:
+                event = parse_body(source.read_bytes())
+            except OSError as exc:
+                context.report(
+                    path,
+                    f"cannot read '{value}' ({exc.strerror}); the path is relative to this file",
+                )
+                return None
+            except MalformedBody as exc:
+                context.report(path, f"'{value}': {exc}")
+                return None
+        elif isinstance(value, dict | list):
+            try:
+                json.dumps(value)
+            except TypeError:
+                context.report(
+                    path, "holds a date or time, which no event has; write it as a string"
+                )
+                return None
+        else:
+            if value is not None:
+                context.report(
+                    path, f"must be a table or the path of a JSON file, not {_kind(value)}"
+                )
+            return None
+        try:
+            return event, normalise(event)
+        except NotAnEvent as exc:
+            context.report(path, f"is not an ACTITO event: {exc}")
+            return None
+
+    def _names(self, context: _Context, path: KeyPath, value: Any) -> frozenset[str] | None:
+        if value is not None and not isinstance(value, list):
+            context.report(path, f"must be a list of rule names, not {_kind(value)}")
+            return None
+        names = context.texts(path, value)
+        if names is None:
+            return None
+        for index, name in enumerate(names):
+            self._known(context, (*path, index), name)
+        return frozenset(names)
+
+    def _known(self, context: _Context, path: KeyPath, name: str) -> bool:
+        if name in self.defined or not self.complete:
+            return name in self.defined
+        close = _closest(name, self.defined)
+        context.report(
+            path, f"no rule is named '{name}'" + (f"; did you mean '{close}'?" if close else "")
+        )
+        return False
+
+    def _expected(
+        self, context: _Context, path: KeyPath, raw: Any, records: list[Record] | None
+    ) -> ExpectedAction | None:
+        before = context.errors
+        table = context.table(path, raw, _TEST_ACTION_KEYS)
+        if table is None:
+            return None
+        value = context.require(table, "rule", path, "name the rule whose action is checked")
+        rule = context.text((*path, "rule"), value)
+        action = _index(context, (*path, "action"), table.get("action", 0))
+        record = _index(context, (*path, "record"), table.get("record", 0))
+        kind = None
+        if rule is not None and self._known(context, (*path, "rule"), rule) and action is not None:
+            kinds = self.action_types.get(rule)
+            if kinds is not None and action >= len(kinds):
+                message = f"rule '{rule}' has {len(kinds)} action(s); action is an index from 0"
+                context.report((*path, "action"), message)
+            elif (
+                kinds is not None
+                and isinstance(kinds[action], str)
+                and kinds[action] in _RENDERED_KEYS
+            ):
+                kind = kinds[action]
+        if record is not None and records is not None and record >= len(records):
+            message = f"the event has {len(records)} record(s); record is an index from 0"
+            context.report((*path, "record"), message)
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            at = (*path, key)
+            if key in ("rule", "action", "record") or key not in _TEST_ACTION_KEYS:
+                continue
+            if kind is not None and key not in _RENDERED_KEYS[kind]:
+                context.report(
+                    at,
+                    f"a {kind} action has no {key}; it renders {', '.join(_RENDERED_KEYS[kind])}",
+                )
+            elif key == "body_json":
+                values[key] = value
+            elif key == "headers" and not isinstance(value, dict):
+                context.report(at, f"must be a table of header name = value, not {_kind(value)}")
+            elif key == "headers":
+                values[key] = {n: context.text((*at, n), v) for n, v in value.items()}
+            elif key == "to":
+                values[key] = context.texts(at, value)
+            else:
+                text = context.text(at, value)
+                values[key] = text.upper() if key == "method" and text else text
+                values[key] = text.lower() if key == "level" and text else values[key]
+        if context.errors > before or rule is None or action is None or record is None:
+            return None
+        return ExpectedAction(
+            rule, action, record, values, Location(context.file, context.positions.line(path))
+        )
+
+
+def _index(context: _Context, path: KeyPath, value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    context.report(path, f"must be an index (an integer from 0), not {value!r}")
+    return None
