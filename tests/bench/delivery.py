@@ -22,14 +22,14 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from router.actions import build_deliverers  # noqa: E402
-from router.loader import load_rules  # noqa: E402
-from router.retry import RetryPolicy  # noqa: E402
-from router.settings import Settings  # noqa: E402
-from router.store import open_store  # noqa: E402
-from router.store.base import IncomingRecord, NewJob  # noqa: E402
-from router.worker import Worker, WorkerLimits  # noqa: E402
-from tests.bench.common import (  # noqa: E402
+from router.actions import build_deliverers
+from router.loader import load_rules
+from router.retry import RetryPolicy
+from router.settings import Settings
+from router.store import open_store
+from router.store.base import IncomingRecord, NewJob
+from router.worker import Worker, WorkerLimits
+from tests.bench.common import (
     LOAD_CORE,
     SERVER_CORE,
     pinned,
@@ -38,7 +38,7 @@ from tests.bench.common import (  # noqa: E402
     stop,
     wait_port,
 )
-from tests.sinks import free_port  # noqa: E402
+from tests.sinks import free_port
 
 BATCH = 500  # records per accept() while building the backlog
 
@@ -132,9 +132,8 @@ def main() -> None:
                 asyncio.run(backlog(url, sink, args.jobs, Path(tmp_name)))
                 rate = asyncio.run(drain(url, args.concurrency))
                 name = url.split(":", 1)[0]
-                print(
-                    f"{name:<12} {args.jobs:>7} {rate:>9.0f} {baseline:>13.0f} {rate / baseline:>6.2f}"
-                )
+                ratio = rate / baseline
+                print(f"{name:<12} {args.jobs:>7} {rate:>9.0f} {baseline:>13.0f} {ratio:>6.2f}")
     finally:
         stop(sink_proc)
 

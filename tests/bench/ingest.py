@@ -20,9 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench.common import (  # noqa: E402
+from tests.bench.common import (
     LOAD_CORE,
-    REPO,
     SECRET,
     SERVER_CORE,
     median,
@@ -33,7 +32,7 @@ from tests.bench.common import (  # noqa: E402
     wait_ready,
     write_rules,
 )
-from tests.sinks import free_port  # noqa: E402
+from tests.sinks import free_port
 
 LUA = Path(__file__).with_name("ingest.wrk.lua")
 

@@ -22,9 +22,9 @@ from aiohttp import web
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests.bench import sink as sink_module  # noqa: E402
-from tests.bench.common import SECRET, SERVER_CORE, pinned, python, start, stop, wait_ready  # noqa: E402
-from tests.sinks import free_port  # noqa: E402
+from tests.bench import sink as sink_module
+from tests.bench.common import SECRET, SERVER_CORE, pinned, python, start, stop, wait_ready
+from tests.sinks import free_port
 
 
 async def measure(router_port: int, sink_port: int, rate: int, seconds: int) -> list[float]:
@@ -101,7 +101,7 @@ def main() -> None:
             stop(router)
     ms = [x * 1000 for x in latencies]
     q = statistics.quantiles(ms, n=100)
-    print(f"pushes/s  pushes   p50 ms   p90 ms   p99 ms   max ms")
+    print("pushes/s  pushes   p50 ms   p90 ms   p99 ms   max ms")
     print(f"{args.rate:>8} {len(ms):>7} {q[49]:>8.1f} {q[89]:>8.1f} {q[98]:>8.1f} {max(ms):>8.1f}")
 
 

@@ -105,7 +105,7 @@ def test_unknown_paths_and_methods_are_json(served: tuple[RouterProcess, HttpSin
 def test_duplicates_are_acknowledged_but_route_nothing(
     served: tuple[RouterProcess, HttpSink],
 ) -> None:
-    router, sink = served
+    router, _sink = served
     payload = {**SAMPLE, "id": "dup-check-1"}
     assert router.push(payload).json() == {"accepted": 1, "duplicates": 0}
     assert router.push(payload).json() == {"accepted": 0, "duplicates": 1}
