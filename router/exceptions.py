@@ -1,15 +1,15 @@
 """One root error for the router; each class is named for what its caller does next.
 
-    RouterError
-    ├── RejectedBody          the request body is refused (the intake answers 4xx)
-    │   ├── MalformedBody     not JSON, not UTF-8            -> 400
-    │   └── NotAnEvent        JSON, but no ACTITO event      -> 422
-    ├── RuleSetInvalid        fix the rule files (carries every diagnostic)
-    ├── StoreUnavailable      retry later (the intake answers 503)
-    ├── RenderError           a template failed on this record: the delivery cannot be made
-    └── DeliveryFailed        one delivery attempt failed
-        ├── RetryLater        transient (connection, timeout, 408/429/5xx, SMTP 4xx)
-        └── GiveUp            permanent (other 4xx, SMTP 5xx): the job is dead at once
+RouterError
+├── RejectedBody          the request body is refused (the intake answers 4xx)
+│   ├── MalformedBody     not JSON, not UTF-8            -> 400
+│   └── NotAnEvent        JSON, but no ACTITO event      -> 422
+├── RuleSetInvalid        fix the rule files (carries every diagnostic)
+├── StoreUnavailable      retry later (the intake answers 503)
+├── RenderError           a template failed on this record: the delivery cannot be made
+└── DeliveryFailed        one delivery attempt failed
+    ├── RetryLater        transient (connection, timeout, 408/429/5xx, SMTP 4xx)
+    └── GiveUp            permanent (other 4xx, SMTP 5xx): the job is dead at once
 """
 
 from __future__ import annotations

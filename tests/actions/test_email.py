@@ -1,0 +1,227 @@
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from router.actions.email import SENT, EmailDeliverer
+from router.exceptions import DeliveryFailed, GiveUp, RetryLater
+from router.settings import Settings
+from tests.sinks import (
+    SmtpSink,
+    client_tls_context,
+    free_port,
+    self_signed_cert,
+    server_tls_context,
+)
+
+Outcome = int | None | DeliveryFailed
+PASSWORD = "Sm7pPassw0rd"
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    with SmtpSink() as running:
+        yield running
+
+
+def attempt(
+    deliverer: EmailDeliverer, rendered: Mapping[str, Any], job_id: str = "job-1"
+) -> Outcome:
+    async def go() -> Outcome:
+        await deliverer.start()
+        try:
+            return await deliverer.deliver(rendered, job_id=job_id, timeout=5.0)
+        except DeliveryFailed as exc:
+            return exc
+        finally:
+            await deliverer.close()
+
+    return asyncio.run(go())
+
+
+def to(sink: SmtpSink, **options: Any) -> EmailDeliverer:
+    return EmailDeliverer(host=sink.host, port=sink.port, sender="router@acme.test", **options)
+
+
+def mail(**fields: Any) -> dict[str, Any]:
+    return {
+        "type": "email",
+        "to": ["ops@acme.test"],
+        "subject": "New subscriber",
+        "text": None,
+        "html": None,
+        **fields,
+    }
+
+
+def test_plain_text(smtp: SmtpSink) -> None:
+    outcome = attempt(to(smtp), mail(text="Profile 42 subscribed.\n"), job_id="01HXJOB")
+    assert outcome == SENT
+    (received,) = smtp.wait_for(1)
+    assert received.mail_from == "router@acme.test"
+    assert received.rcpt_tos == ("ops@acme.test",)
+    assert received.login is None
+    message = received.message
+    assert message["From"] == "router@acme.test"
+    assert message["To"] == "ops@acme.test"
+    assert message["Subject"] == "New subscriber"
+    assert message["Message-ID"] == "<01HXJOB@acme.test>"
+    assert message["Date"]
+    assert message.get_content_type() == "text/plain"
+    assert message.get_content() == "Profile 42 subscribed.\n"
+
+
+def test_html_and_text_make_multipart_alternative(smtp: SmtpSink) -> None:
+    rendered = mail(to=["a@acme.test", "b@acme.test"], text="plain ö", html="<p>rich ö</p>")
+    assert attempt(to(smtp), rendered) == SENT
+    (received,) = smtp.wait_for(1)
+    assert received.rcpt_tos == ("a@acme.test", "b@acme.test")
+    message = received.message
+    assert message.get_content_type() == "multipart/alternative"
+    parts = {part.get_content_type(): part.get_content() for part in message.iter_parts()}
+    assert parts == {"text/plain": "plain ö\n", "text/html": "<p>rich ö</p>\n"}
+
+
+def test_html_only(smtp: SmtpSink) -> None:
+    assert attempt(to(smtp), mail(html="<b>hi</b>")) == SENT
+    (received,) = smtp.wait_for(1)
+    assert received.message.get_content_type() == "text/html"
+
+
+def test_from_in_the_action_overrides_the_default(smtp: SmtpSink) -> None:
+    assert attempt(to(smtp), mail(text="x", **{"from": "crm@acme.test"})) == SENT
+    (received,) = smtp.wait_for(1)
+    assert received.mail_from == "crm@acme.test"
+
+
+def test_auth() -> None:
+    with SmtpSink(users={"router": PASSWORD}) as smtp:
+        deliverer = to(smtp, username="router", password=PASSWORD)
+        assert attempt(deliverer, mail(text="x")) == SENT
+        (received,) = smtp.wait_for(1)
+        assert received.login == "router"
+
+
+def test_wrong_password_is_permanent_and_not_echoed() -> None:
+    with SmtpSink(users={"router": PASSWORD}) as smtp:
+        outcome = attempt(to(smtp, username="router", password="Wr0ngS3cret"), mail(text="x"))
+        assert isinstance(outcome, GiveUp)
+        assert outcome.status_code == 535
+        assert "Wr0ngS3cret" not in str(outcome)
+        assert smtp.messages == []
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind", "code"),
+    [
+        ("451 4.3.0 Mailbox busy, try later", RetryLater, 451),
+        ("452 4.3.1 Insufficient storage", RetryLater, 452),
+        ("554 5.7.1 Message rejected as spam", GiveUp, 554),
+        ("552 5.3.4 Message too big", GiveUp, 552),
+    ],
+)
+def test_data_replies(smtp: SmtpSink, reply: str, kind: type[DeliveryFailed], code: int) -> None:
+    smtp.script(reply)
+    outcome = attempt(to(smtp), mail(text="x"))
+    assert type(outcome) is kind
+    assert isinstance(outcome, DeliveryFailed)
+    assert outcome.status_code == code
+    assert str(outcome).startswith(f"SMTP {code} from 127.0.0.1:{smtp.port}: ")
+    assert reply[4:] in str(outcome)
+
+
+@pytest.mark.parametrize(
+    ("refusals", "recipients", "kind", "code", "delivered"),
+    [
+        ({"gone@acme.test": "550 5.1.1 No such user"}, ["gone@acme.test"], GiveUp, 550, 0),
+        ({"full@acme.test": "450 4.2.1 Try later"}, ["full@acme.test"], RetryLater, 450, 0),
+        # One of two refused: the message reached the other; the refusal decides the outcome.
+        ({"gone@acme.test": "550 5.1.1 No such user"}, ["ok@acme.test", "gone@acme.test"],
+         GiveUp, 550, 1),
+        ({"full@acme.test": "450 4.2.1 Try later"}, ["ok@acme.test", "full@acme.test"],
+         RetryLater, 450, 1),
+        # A 5xx among 4xx refusals is permanent.
+        ({"full@acme.test": "450 4.2.1 Try later", "gone@acme.test": "550 5.1.1 No such user"},
+         ["full@acme.test", "gone@acme.test"], GiveUp, 550, 0),
+    ],
+)  # fmt: skip
+def test_refused_recipients(
+    smtp: SmtpSink,
+    refusals: dict[str, str],
+    recipients: list[str],
+    kind: type[DeliveryFailed],
+    code: int,
+    delivered: int,
+) -> None:
+    for address, reply in refusals.items():
+        smtp.refuse(address, reply)
+    outcome = attempt(to(smtp), mail(to=recipients, text="x"))
+    assert type(outcome) is kind
+    assert isinstance(outcome, DeliveryFailed)
+    assert outcome.status_code == code
+    assert all(address in str(outcome) for address in refusals)
+    assert len(smtp.messages) == delivered
+
+
+def test_connection_refused_is_retried() -> None:
+    port = free_port()
+    outcome = attempt(
+        EmailDeliverer(host="127.0.0.1", port=port, password=PASSWORD), mail(text="x")
+    )
+    assert isinstance(outcome, RetryLater)
+    assert str(outcome) == f"cannot connect to SMTP server 127.0.0.1:{port}"
+
+
+def test_starttls_required_but_not_offered_is_retried(smtp: SmtpSink) -> None:
+    outcome = attempt(to(smtp, tls="starttls", password=PASSWORD), mail(text="x"))
+    assert isinstance(outcome, RetryLater)
+    assert "STARTTLS" in str(outcome) or "starttls" in str(outcome).lower()
+    assert PASSWORD not in str(outcome)
+
+
+def test_starttls(tmp_path: Path) -> None:
+    pair = self_signed_cert(tmp_path)
+    if pair is None:
+        pytest.skip("the openssl command is needed to make a test certificate")
+    cert, key = pair
+    with SmtpSink(starttls=server_tls_context(cert, key)) as smtp:
+        deliverer = to(smtp, tls="starttls", tls_context=client_tls_context(cert))
+        assert attempt(deliverer, mail(text="over TLS")) == SENT
+        (received,) = smtp.wait_for(1)
+        assert received.tls
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"to": []}, "e-mail has no recipient"),
+        ({"to": ["  "]}, "e-mail has no recipient"),
+        ({"subject": "hi\r\nBcc: spy@evil.test"}, "e-mail headers are invalid"),
+    ],
+)
+def test_invalid_messages_are_permanent(
+    smtp: SmtpSink, fields: dict[str, Any], message: str
+) -> None:
+    outcome = attempt(to(smtp), mail(text="x") | fields)
+    assert isinstance(outcome, GiveUp)
+    assert str(outcome).startswith(message)
+    assert "spy@evil.test" not in str(outcome)
+    assert smtp.messages == []
+
+
+def test_from_settings_and_destination() -> None:
+    settings = Settings(
+        _env_file=None,  # type: ignore[call-arg]
+        smtp_host="127.0.0.1",
+        smtp_port=2525,
+        smtp_username="u",
+        smtp_password=PASSWORD,  # type: ignore[arg-type]
+        email_from="router@acme.test",
+    )
+    deliverer = EmailDeliverer.from_settings(settings)
+    assert deliverer.destination(mail()) == "smtp"
+    assert PASSWORD not in repr(vars(deliverer))

@@ -1,0 +1,315 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+
+from router.actions.http import USER_AGENT, HttpDeliverer
+from router.exceptions import DeliveryFailed, GiveUp, RetryLater
+from tests.sinks import HttpSink, Reply, free_port
+
+Outcome = int | None | DeliveryFailed
+
+
+@pytest.fixture
+def sink() -> Iterator[HttpSink]:
+    with HttpSink() as running:
+        yield running
+
+
+async def _attempts(
+    renders: list[Mapping[str, Any]], *, timeout: float, job_id: str, **options: Any
+) -> list[Outcome]:
+    deliverer = HttpDeliverer(**options)
+    await deliverer.start()
+    outcomes: list[Outcome] = []
+    try:
+        for rendered in renders:
+            try:
+                outcomes.append(await deliverer.deliver(rendered, job_id=job_id, timeout=timeout))
+            except DeliveryFailed as exc:
+                outcomes.append(exc)
+    finally:
+        await deliverer.close()
+    return outcomes
+
+
+def attempt(
+    rendered: Mapping[str, Any], *, times: int = 1, timeout: float = 5.0, job_id: str = "job-1"
+) -> list[Outcome]:
+    """Deliver `rendered` `times` times through one deliverer; each outcome or error."""
+    return asyncio.run(_attempts([rendered] * times, timeout=timeout, job_id=job_id))
+
+
+def post(url: str, body: str = '{"a": 1}', **extra: Any) -> dict[str, Any]:
+    return {"type": "http", "method": "POST", "url": url, "headers": {}, "body": body, **extra}
+
+
+def _http_date(offset: float) -> str:
+    return format_datetime(datetime.fromtimestamp(time.time() + offset, UTC), usegmt=True)
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind", "status"),
+    [
+        (Reply(200), None, 200),
+        (Reply(201), None, 201),
+        (Reply(204), None, 204),
+        (Reply(408), RetryLater, 408),
+        (Reply(429), RetryLater, 429),
+        (Reply(500), RetryLater, 500),
+        (Reply(502), RetryLater, 502),
+        (Reply(503), RetryLater, 503),
+        (Reply(400), GiveUp, 400),
+        (Reply(401), GiveUp, 401),
+        (Reply(404), GiveUp, 404),
+        (Reply(422), GiveUp, 422),
+        (Reply(301, headers={"Location": "/elsewhere"}), GiveUp, 301),
+        (Reply(307, headers={"Location": "/elsewhere"}), GiveUp, 307),
+    ],
+)
+def test_status_outcomes(
+    sink: HttpSink, reply: Reply, kind: type[DeliveryFailed] | None, status: int
+) -> None:
+    sink.script(reply)
+    (outcome,) = attempt(post(sink.url("/hook")))
+    if kind is None:
+        assert outcome == status
+    else:
+        assert type(outcome) is kind
+        assert isinstance(outcome, DeliveryFailed)
+        assert outcome.status_code == status
+        assert str(outcome).startswith(f"HTTP {status} from 127.0.0.1:{sink.port}")
+    assert len(sink.requests) == 1  # redirects are not followed
+
+
+def test_redirect_message_says_why(sink: HttpSink) -> None:
+    sink.script(Reply(302, headers={"Location": sink.url("/other")}))
+    (outcome,) = attempt(post(sink.url("/hook")))
+    assert str(outcome) == f"HTTP 302 from 127.0.0.1:{sink.port} (redirects are not followed)"
+
+
+def test_503_twice_then_200_with_a_stable_idempotency_key(sink: HttpSink) -> None:
+    sink.script(Reply(503), Reply(503))
+    outcomes = attempt(post(sink.url("/hook")), times=3, job_id="01HX-job")
+    assert [type(o) for o in outcomes] == [RetryLater, RetryLater, int]
+    assert outcomes[2] == 200
+    assert [r.headers["Idempotency-Key"] for r in sink.requests] == ["01HX-job"] * 3
+
+
+@pytest.mark.parametrize(
+    ("retry_after", "low", "high"),
+    [
+        (None, None, None),
+        ("7", 7.0, 7.0),
+        ("0", 0.0, 0.0),
+        ("-3", 0.0, 0.0),
+        ("whenever", None, None),
+        (_http_date(120), 115.0, 120.0),  # HTTP dates have whole seconds
+        (_http_date(-60), 0.0, 0.0),
+    ],
+)
+def test_retry_after_is_parsed(
+    sink: HttpSink, retry_after: str | None, low: float | None, high: float | None
+) -> None:
+    sink.script(Reply(429, headers={"Retry-After": retry_after} if retry_after else {}))
+    (outcome,) = attempt(post(sink.url("/hook")))
+    assert isinstance(outcome, RetryLater)
+    if low is None or high is None:
+        assert outcome.retry_after is None
+    else:
+        assert outcome.retry_after is not None
+        assert low <= outcome.retry_after <= high
+
+
+def test_slow_destination_times_out(sink: HttpSink) -> None:
+    sink.script(Reply(200, delay=5.0))
+    started = time.monotonic()
+    (outcome,) = attempt(post(sink.url("/slow")), timeout=0.3)
+    assert time.monotonic() - started < 3.0
+    assert isinstance(outcome, RetryLater)
+    assert str(outcome) == f"no answer from 127.0.0.1:{sink.port} within 0.3 s"
+    assert outcome.status_code is None
+
+
+def test_connection_refused_is_retried() -> None:
+    port = free_port()
+    (outcome,) = attempt(post(f"http://127.0.0.1:{port}/hook"))
+    assert isinstance(outcome, RetryLater)
+    assert str(outcome) == f"connection refused by 127.0.0.1:{port}"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("", "invalid URL: empty"),
+        ("not a url", "invalid URL: no scheme, expected http or https"),
+        ("ftp://files.example.com/x", "invalid URL: scheme 'ftp', expected http or https"),
+        ("file:///etc/passwd", "invalid URL: scheme 'file', expected http or https"),
+        ("http:///only-a-path", "invalid URL: no host"),
+        ("http://example.com:99999/", "invalid URL: it cannot be parsed"),
+    ],
+)
+def test_invalid_url_is_permanent(url: str, message: str) -> None:
+    (outcome,) = attempt(post(url))
+    assert isinstance(outcome, GiveUp)
+    assert str(outcome) == message
+
+
+def test_headers_arrive(sink: HttpSink) -> None:
+    rendered = post(
+        sink.url("/hook"), headers={"Authorization": "Bearer abc", "X-Source": "actito"}
+    )
+    attempt(rendered, job_id="job-42")
+    (request,) = sink.requests
+    assert request.method == "POST"
+    assert request.headers["Authorization"] == "Bearer abc"
+    assert request.headers["X-Source"] == "actito"
+    assert request.headers["Idempotency-Key"] == "job-42"
+    assert request.headers["User-Agent"] == USER_AGENT
+    assert USER_AGENT.startswith("actito-router/")
+    assert request.headers["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize("name", ["Content-Type", "content-type", "CONTENT-TYPE"])
+def test_rule_content_type_replaces_the_default(sink: HttpSink, name: str) -> None:
+    attempt(post(sink.url("/hook"), body="a=1", headers={name: "text/plain"}))
+    (request,) = sink.requests
+    assert request.headers.getall("Content-Type") == ["text/plain"]
+
+
+@pytest.mark.parametrize(
+    ("method", "body"),
+    [("GET", None), ("DELETE", None), ("PUT", '{"put": true}'), ("PATCH", "[1]")],
+)
+def test_methods(sink: HttpSink, method: str, body: str | None) -> None:
+    (outcome,) = attempt(post(sink.url("/m?page=2"), body=body or "", method=method))
+    assert outcome == 200
+    (request,) = sink.requests
+    assert (request.method, request.path, request.query) == (method, "/m", "page=2")
+    assert request.body == (body or "").encode()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"email": "zoë@example.com", "emoji": "\U0001f680"}',
+        "line one\r\nline two\n\ttabbed  ",
+        "",
+        "x" * 300_000,
+    ],
+)
+def test_body_arrives_byte_exact(sink: HttpSink, body: str) -> None:
+    attempt(post(sink.url("/hook"), body=body))
+    (request,) = sink.requests
+    assert request.body == body.encode("utf-8")
+
+
+def test_large_answer_is_read_bounded_and_ignored(sink: HttpSink) -> None:
+    sink.script(Reply(200, body=b"z" * 2_000_000))
+    assert attempt(post(sink.url("/hook"))) == [200]
+
+
+def test_connections_are_reused_across_50_deliveries(sink: HttpSink) -> None:
+    outcomes = attempt(post(sink.url("/hook")), times=50)
+    assert outcomes == [200] * 50
+    assert len(sink.requests) == 50
+    assert sink.connections == 1
+
+
+def test_concurrent_deliveries_share_a_bounded_pool(sink: HttpSink) -> None:
+    async def burst() -> list[int | None]:
+        deliverer = HttpDeliverer(concurrency=16, per_host_concurrency=4)
+        await deliverer.start()
+        try:
+            return await asyncio.gather(
+                *(
+                    deliverer.deliver(post(sink.url("/hook")), job_id=f"job-{i}", timeout=5.0)
+                    for i in range(50)
+                )
+            )
+        finally:
+            await deliverer.close()
+
+    assert asyncio.run(burst()) == [200] * 50
+    assert 1 <= sink.connections <= 4
+    assert {r.headers["Idempotency-Key"] for r in sink.requests} == {f"job-{i}" for i in range(50)}
+
+
+SECRETS = ("HdrS3cret", "QueryS3cret", "Us3rName", "Passw0rdX", "PathS3cret")
+
+
+def _secret_request(url_base: str) -> dict[str, Any]:
+    host = url_base.removeprefix("http://")
+    return post(
+        f"http://Us3rName:Passw0rdX@{host}/PathS3cret?token=QueryS3cret",
+        headers={"X-Api-Key": "HdrS3cret", "Cookie": "session=HdrS3cret"},
+    )
+
+
+@pytest.mark.parametrize(
+    "reply", [Reply(503), Reply(400), Reply(429, headers={"Retry-After": "x"}), Reply(delay=5)]
+)
+def test_errors_hold_no_secret(sink: HttpSink, reply: Reply) -> None:
+    sink.script(reply)
+    (outcome,) = attempt(_secret_request(sink.url("")), timeout=0.5)
+    assert isinstance(outcome, DeliveryFailed)
+    assert not [secret for secret in SECRETS if secret in str(outcome)]
+    (request,) = sink.wait_for(1)  # the request itself went out with all of them
+    assert request.query == "token=QueryS3cret"
+    assert request.headers["X-Api-Key"] == "HdrS3cret"
+
+
+def test_url_credentials_and_authorization_header_conflict(sink: HttpSink) -> None:
+    rendered = post(
+        sink.url("/hook").replace("http://", "http://u:p@"),
+        headers={"Authorization": "Bearer HdrS3cret"},
+    )
+    (outcome,) = attempt(rendered)
+    assert isinstance(outcome, GiveUp)
+    assert "HdrS3cret" not in str(outcome)
+    assert "Authorization" in str(outcome)
+
+
+def test_url_credentials_are_sent_as_basic_auth(sink: HttpSink) -> None:
+    assert attempt(post(sink.url("/hook").replace("http://", "http://us3r:pw@"))) == [200]
+    (request,) = sink.requests
+    assert request.headers["Authorization"] == "Basic dXMzcjpwdw=="
+
+
+def test_connection_errors_hold_no_secret() -> None:
+    (outcome,) = attempt(_secret_request(f"http://127.0.0.1:{free_port()}"))
+    assert isinstance(outcome, RetryLater)
+    assert not [secret for secret in SECRETS if secret in str(outcome)]
+
+
+def test_header_with_a_line_break_is_permanent_and_not_echoed(sink: HttpSink) -> None:
+    (outcome,) = attempt(post(sink.url("/hook"), headers={"X-Token": "HdrS3cret\r\nX-Evil: 1"}))
+    assert isinstance(outcome, GiveUp)
+    assert "HdrS3cret" not in str(outcome)
+    assert sink.requests == []
+
+
+@pytest.mark.parametrize(
+    ("spec", "destination"),
+    [
+        ({"url": "https://crm.example.com/contacts/{{ data.id }}"}, "crm.example.com:443"),
+        ({"url": "http://Shop.Example.com:8080/x?token={{ secrets.T }}"}, "shop.example.com:8080"),
+        ({"url": "http://127.0.0.1:9/"}, "127.0.0.1:9"),
+        ({"url": "https://{{ secrets.HOST }}/x"}, "http"),
+        ({"url": "{{ record.url }}"}, "http"),
+        ({}, "http"),
+    ],
+)
+def test_destination_key(spec: dict[str, Any], destination: str) -> None:
+    assert HttpDeliverer().destination(spec) == destination
+
+
+def test_deliver_before_start_is_a_programming_error() -> None:
+    with pytest.raises(RuntimeError, match="start"):
+        asyncio.run(HttpDeliverer().deliver(post("http://127.0.0.1:9/"), job_id="j", timeout=1))
