@@ -14,22 +14,23 @@ from urllib.parse import urlsplit
 
 from router.events import Record, dedupe_key
 from router.metrics import Metrics
-from router.rules import Action, HttpAction, RuleSet
+from router.rules import Action, HttpAction, RuleSet, spec_hash
 from router.store.base import AcceptResult, IncomingRecord, NewJob, Store
 
 log = logging.getLogger("router.engine")
 
 
 def destination_of(action: Action) -> str:
-    """The per-destination key a job is stored with: the URL's host when the template does
-    not compute it, else a generic key (the worker limits by the rendered host anyway)."""
+    """The destination a job is stored with; the worker limits concurrency per destination.
+    It is the URL's host[:port] when the template writes it out, else (a host computed by the
+    template, e.g. from a secret) one destination per action."""
     if isinstance(action, HttpAction):
         try:
             netloc = urlsplit(action.url.source).netloc
         except ValueError:
             netloc = ""
         host = "" if "{" in netloc else netloc.rpartition("@")[2]
-        return host or "http"
+        return host or f"http:{spec_hash(action.spec)[:12]}"
     return "smtp" if action.type == "email" else "log"
 
 

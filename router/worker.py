@@ -1,7 +1,8 @@
 """Delivery: claim -> render -> deliver -> record, with bounded concurrency.
 
-Concurrency is bounded overall and per destination host. Jobs claimed for a saturated host wait
-in a short local queue; beyond that they are released back to the store, so a slow or dead
+Concurrency is bounded overall and per destination (an HTTP host, the SMTP server, the log).
+Claims skip destinations whose slots are all busy; jobs one claim brings beyond a destination's
+slots wait in a short local queue, and beyond that go back to the store. So a slow or dead
 destination never fills the worker and holds up the others.
 """
 
@@ -15,7 +16,6 @@ from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit
 
 from router.actions.base import Deliverer
 from router.exceptions import DeliveryFailed, RenderError, RetryLater, StoreUnavailable
@@ -30,8 +30,7 @@ log = logging.getLogger("router.worker")
 
 CLAIM_BATCH = 200  # most jobs claimed in one store round trip
 IDLE_WAIT = 1.0  # seconds an idle worker waits before looking for due jobs again
-HOST_QUEUE_FACTOR = 2  # jobs waiting per saturated host, as a multiple of its concurrency
-RELEASE_DELAY = 1.0  # seconds before a released job may be claimed again
+HOST_QUEUE_FACTOR = 2  # jobs queued here per busy destination, as a multiple of its slots
 STORE_RETRY = 1.0  # seconds between attempts to reach an unavailable store
 ACTION_CACHE_SIZE = 4096
 
@@ -87,6 +86,8 @@ class Worker:
         self._flushing: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._actions: dict[str, Action] = {}
+        self._backlogged: set[str] = set()  # destinations with more due jobs than room here
+        self._look = True  # whether a general claim may find due jobs
         self.delivered = 0  # attempts finished (any outcome), for tests and logs
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
@@ -94,26 +95,69 @@ class Worker:
         then let in-flight deliveries finish within the grace period."""
         try:
             while not stop.is_set():
-                room = self.limits.concurrency - self._active - self._waiting
-                jobs: list[Job] = []
-                if room > 0:
-                    try:
-                        jobs = await self.store.claim(
-                            limit=min(room, CLAIM_BATCH), lease=self.limits.lease, now=self.clock()
-                        )
-                    except StoreUnavailable as exc:
-                        log.warning("cannot claim jobs: %s", exc)
-                        await _first_of(stop.wait(), asyncio.sleep(STORE_RETRY))
-                        continue
-                if jobs:
-                    await self._admit(jobs)
+                try:
+                    claimed = await self._refill() + await self._claim()
+                except StoreUnavailable as exc:
+                    log.warning("cannot claim jobs: %s", exc)
+                    await _first_of(stop.wait(), asyncio.sleep(STORE_RETRY))
+                    continue
+                if claimed:
                     continue
                 if drain and self._active == 0 and self._waiting == 0 and not self._results:
                     break
                 self._wake.clear()
-                await _first_of(self.store.wait_for_work(IDLE_WAIT), self._wake.wait(), stop.wait())
+                await _first_of(self._new_work(), self._wake.wait(), stop.wait())
         finally:
             await self._shutdown()
+
+    async def _new_work(self) -> None:
+        await self.store.wait_for_work(IDLE_WAIT)
+        self._look = True  # new jobs, or time for due retries: look again
+
+    async def _claim(self) -> int:
+        """Claim due jobs for every destination that is neither busy nor backlogged, when a
+        claim may find some (not after every delivery: that is what _look saves)."""
+        room = self.limits.concurrency - self._active - self._waiting
+        if room <= 0 or not self._look:
+            return 0
+        limit = min(room, CLAIM_BATCH)
+        busy = [key for key, host in self._hosts.items() if host.active >= self.limits.per_host]
+        jobs = await self.store.claim(
+            limit=limit,
+            lease=self.limits.lease,
+            now=self.clock(),
+            exclude=[*busy, *self._backlogged],
+        )
+        self._look = len(jobs) == limit  # a full batch: there may be more
+        await self._admit(jobs)
+        return len(jobs)
+
+    async def _refill(self) -> int:
+        """Top up the local queue of each backlogged destination (one that had more due jobs
+        than it could take) with a claim of its own jobs, once half of its queue is free."""
+        claimed = 0
+        capacity = self._destination_capacity
+        for key in list(self._backlogged):
+            host = self._hosts.get(key)
+            held = host.active + len(host.waiting) if host else 0
+            if capacity - held < self.limits.per_host:
+                continue
+            jobs = await self.store.claim(
+                limit=capacity - held,
+                lease=self.limits.lease,
+                now=self.clock(),
+                destination=key,
+            )
+            if len(jobs) < capacity - held:
+                self._backlogged.discard(key)  # its backlog is in hand
+            await self._admit(jobs)
+            claimed += len(jobs)
+        return claimed
+
+    @property
+    def _destination_capacity(self) -> int:
+        """Jobs one destination may hold here: its slots plus a short local queue."""
+        return self.limits.per_host * (1 + HOST_QUEUE_FACTOR)
 
     async def _admit(self, jobs: list[Job]) -> None:
         release: list[tuple[str, str]] = []
@@ -124,13 +168,16 @@ class Worker:
             host = self._hosts[prepared.host]
             if host.active < self.limits.per_host:
                 self._start(prepared)
-            elif len(host.waiting) < self.limits.per_host * HOST_QUEUE_FACTOR:
+            elif host.active + len(host.waiting) < self._destination_capacity:
                 host.waiting.append(prepared)
                 self._waiting += 1
             else:
                 release.append((job.id, job.lease_token))
+                self._backlogged.add(prepared.host)
         if release:
-            await self.store.release(release, next_at=self.clock() + RELEASE_DELAY)
+            # Due again at once: from now on this destination is refilled by claims of its
+            # own, and another worker with free slots may take these meanwhile.
+            await self.store.release(release, next_at=self.clock())
 
     def _prepare(self, job: Job) -> _Prepared | None:
         """Rebuild the action from the job's stored spec and render it; a job that cannot be
@@ -146,13 +193,7 @@ class Worker:
         except (RenderError, ValueError) as exc:
             self._finish(job, None, Outcome.DEAD, started, error=f"cannot render: {exc}")
             return None
-        host = "log" if action.type == "log" else "smtp"
-        if action.type == "http":
-            try:
-                host = urlsplit(rendered["url"]).netloc.rpartition("@")[2] or "http"
-            except ValueError:
-                host = "http"
-        return _Prepared(job, action, rendered, host)
+        return _Prepared(job, action, rendered, job.destination)
 
     def _action(self, spec: Mapping[str, Any]) -> Action:
         key = spec_hash(spec)
@@ -193,8 +234,11 @@ class Worker:
             if host.waiting:
                 self._waiting -= 1
                 self._start(host.waiting.popleft())
-            elif host.active == 0:
-                del self._hosts[prepared.host]
+            else:
+                # The last claim may have skipped this destination while it was busy.
+                self._look = self._look or prepared.host not in self._backlogged
+                if host.active == 0:
+                    del self._hosts[prepared.host]
             self._wake.set()
 
     def _failed(self, job: Job, action: Action, started: float, failure: DeliveryFailed) -> None:
@@ -286,6 +330,7 @@ class Worker:
                     return
         finally:
             self._flushing = None
+            self._wake.set()  # a draining run may now see that nothing is left
 
     async def _shutdown(self) -> None:
         # Jobs waiting for a saturated host have not started: hand them back now.

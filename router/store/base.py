@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import abc
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,9 +168,19 @@ class Store(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def claim(self, *, limit: int, lease: float, now: float) -> list[Job]:
+    async def claim(
+        self,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+        exclude: Collection[str] = (),
+        destination: str | None = None,
+    ) -> list[Job]:
         """Reserve up to `limit` due jobs (pending, next_at <= now, no live lease), oldest due
-        first, for `lease` seconds. A job is never held by two claims at once."""
+        first, for `lease` seconds. A job is never held by two claims at once. Jobs whose
+        destination is in `exclude` (the worker's busy destinations) are left alone; with
+        `destination`, only that destination's jobs are claimed (a busy one's refill)."""
 
     @abc.abstractmethod
     async def record(self, results: Sequence[AttemptResult], *, now: float) -> None:

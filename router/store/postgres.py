@@ -15,7 +15,7 @@ import contextlib
 import json
 import logging
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -220,13 +220,22 @@ class PostgresStore(Store):
 
     # -- delivery ----------------------------------------------------------------------------
 
-    async def claim(self, *, limit: int, lease: float, now: float) -> list[Job]:
+    async def claim(
+        self,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+        exclude: Collection[str] = (),
+        destination: str | None = None,
+    ) -> list[Job]:
         if limit < 1:
             return []
         token = uuid.uuid4().hex
+        skip = sorted(exclude)
 
         async def work(conn: Connection) -> list[asyncpg.Record]:
-            return await conn.fetch(sql.CLAIM_JOBS, now, limit, token, lease)
+            return await conn.fetch(sql.CLAIM_JOBS, now, limit, token, lease, skip, destination)
 
         # Safe to retry: a claim lost in transit only leaves leases that expire.
         return [sql.job_from_row(row) for row in await self._run(work, transaction=False)]

@@ -182,6 +182,8 @@ WITH due AS (
     SELECT id FROM jobs
     WHERE status = 'pending' AND next_at <= $1::float8
       AND (lease_until IS NULL OR lease_until < $1::float8)
+      AND destination <> ALL($5::text[])
+      AND ($6::text IS NULL OR destination = $6::text)
     ORDER BY next_at, seq
     LIMIT $2
     FOR UPDATE SKIP LOCKED

@@ -119,6 +119,8 @@ INSERT_JOB = """
 SELECT_DUE = """
     SELECT id FROM jobs
     WHERE status = 'pending' AND next_at <= :now AND (lease_until IS NULL OR lease_until < :now)
+      AND destination NOT IN (SELECT value FROM json_each(:exclude))
+      AND (:only IS NULL OR destination = :only)
     ORDER BY next_at
     LIMIT :limit
 """
@@ -277,8 +279,16 @@ def accept(
     return AcceptResult(accepted=accepted, duplicates=duplicates)
 
 
-def claim(conn: sqlite3.Connection, limit: int, until: float, now: float) -> list[Job]:
-    due = [row[0] for row in conn.execute(SELECT_DUE, {"now": now, "limit": limit})]
+def claim(
+    conn: sqlite3.Connection,
+    limit: int,
+    until: float,
+    now: float,
+    exclude: Sequence[str] = (),
+    only: str | None = None,
+) -> list[Job]:
+    params = {"now": now, "limit": limit, "exclude": json.dumps(list(exclude)), "only": only}
+    due = [row[0] for row in conn.execute(SELECT_DUE, params)]
     if not due:
         return []
     token = uuid.uuid4().hex

@@ -18,7 +18,7 @@ import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -270,10 +270,21 @@ class SQLiteStore(Store):
             self._work_added.set()
         return result
 
-    async def claim(self, *, limit: int, lease: float, now: float) -> list[Job]:
+    async def claim(
+        self,
+        *,
+        limit: int,
+        lease: float,
+        now: float,
+        exclude: Collection[str] = (),
+        destination: str | None = None,
+    ) -> list[Job]:
         if limit <= 0:
             return []
-        return await self._write(lambda conn: sql.claim(conn, limit, now + lease, now))
+        skip = sorted(exclude)
+        return await self._write(
+            lambda conn: sql.claim(conn, limit, now + lease, now, skip, destination)
+        )
 
     async def record(self, results: Sequence[AttemptResult], *, now: float) -> None:
         for result in results:

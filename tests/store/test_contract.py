@@ -206,6 +206,22 @@ def test_claim_takes_the_oldest_due_first_up_to_limit(backend: Backend) -> None:
     backend.run(body)
 
 
+def test_claim_skips_excluded_destinations_or_takes_only_one(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        slow = [new_job("slow", destination="slow.example.com") for _ in range(3)]
+        fast = new_job("fast", destination="fast.example.com")
+        mail = new_job("mail", action_type="email", destination="smtp")
+        await accept(store, incoming(None, jobs=[*slow, fast, mail]), now=T0)
+        first = await store.claim(limit=10, lease=LEASE, now=T0, exclude={"slow.example.com"})
+        assert {job.destination for job in first} == {"fast.example.com", "smtp"}
+        one = await store.claim(limit=1, lease=LEASE, now=T0, destination="slow.example.com")
+        assert [job.id for job in one] == [slow[0].id]
+        rest = await store.claim(limit=10, lease=LEASE, now=T0, exclude=())
+        assert sorted(job.id for job in rest) == sorted(job.id for job in slow[1:])
+
+    backend.run(body)
+
+
 def test_not_yet_accepted_time_is_not_due(backend: Backend) -> None:
     async def body(store: Store) -> None:
         await accept(store, incoming("k"), now=T0)
