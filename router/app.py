@@ -99,7 +99,8 @@ def create_app(
             reason = "malformed" if exc.status_code == 400 else "not_an_event"
             return reject(reason, exc.status_code, str(exc))
         try:
-            result = await asyncio.wait_for(engine.accept(records), ACCEPT_TIMEOUT)
+            async with asyncio.timeout(ACCEPT_TIMEOUT):
+                result = await engine.accept(records)
         except (StoreUnavailable, TimeoutError) as exc:
             log.error(
                 "cannot store a push: %s", exc or "timed out", extra={"records": len(records)}

@@ -7,8 +7,8 @@ The engine holds the rule set that serves. A reload builds a whole new RuleSet e
 from __future__ import annotations
 
 import logging
+import random
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
@@ -18,6 +18,12 @@ from router.rules import Action, HttpAction, RuleSet, spec_hash
 from router.store.base import AcceptResult, IncomingRecord, NewJob, Store
 
 log = logging.getLogger("router.engine")
+
+
+def new_job_id() -> str:
+    """A random 128-bit job id (also the Idempotency-Key). It needs to be unique, not secret:
+    the Mersenne Twister, seeded from os.urandom in each process, costs a fifth of uuid4()."""
+    return f"{random.getrandbits(128):032x}"
 
 
 def destination_of(action: Action) -> str:
@@ -71,7 +77,7 @@ class Engine:
             rules = match(record)
             jobs = tuple(
                 NewJob(
-                    id=uuid.uuid4().hex,
+                    id=new_job_id(),
                     rule=rule.name,
                     action_index=index,
                     action_type=action.type,

@@ -240,15 +240,34 @@ def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_default)
 
 
+SpecCache = dict[int, tuple[Mapping[str, Any], str]]
+SPEC_CACHE_MAX = 4096
+
+
+def _stored_spec(conn: sqlite3.Connection, spec: Mapping[str, Any], cache: SpecCache) -> str:
+    """The hash of `spec`, written to the specs table once per store instance. The cache is
+    keyed by the identity of the (long-lived, immutable) spec object of a loaded action and
+    keeps the object, so an id cannot be reused; spec rows are never deleted."""
+    known = cache.get(id(spec))
+    if known is not None and known[0] is spec:
+        return known[1]
+    digest = spec_hash(spec)
+    conn.execute(INSERT_SPEC, (digest, _dumps(spec)))
+    if len(cache) >= SPEC_CACHE_MAX:
+        cache.clear()
+    cache[id(spec)] = (spec, digest)
+    return digest
+
+
 def accept(
     conn: sqlite3.Connection,
     records: Sequence[IncomingRecord],
     ruleset_version: str,
     window: float,
     now: float,
+    specs: SpecCache,
 ) -> AcceptResult:
     accepted = duplicates = 0
-    hashes: dict[int, str] = {}  # id(spec) -> hash: one rule's spec object recurs across records
     for incoming in records:
         if incoming.dedupe_key is not None and window > 0:
             params = {"key": incoming.dedupe_key, "now": now, "cutoff": now - window}
@@ -264,10 +283,7 @@ def accept(
         )
         (event,) = conn.execute(INSERT_EVENT, event_row).fetchone()
         for job in incoming.jobs:
-            digest = hashes.get(id(job.spec))
-            if digest is None:
-                digest = hashes[id(job.spec)] = spec_hash(job.spec)
-                conn.execute(INSERT_SPEC, (digest, _dumps(job.spec)))
+            digest = _stored_spec(conn, job.spec, specs)
             row = (job.id, event, job.rule, job.action_index, job.action_type, digest)
             try:
                 conn.execute(

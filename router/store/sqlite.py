@@ -73,13 +73,14 @@ class _Request:
     future: asyncio.Future[Any]
 
 
-def _settle(future: asyncio.Future[Any], ok: bool, value: Any) -> None:
-    if future.done():  # the caller was cancelled; the work is committed all the same
-        return
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
+def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
+    for future, ok, value in outcomes:
+        if future.done():  # the caller was cancelled; the work is committed all the same
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 
 
 class _Writer(threading.Thread):
@@ -90,6 +91,7 @@ class _Writer(threading.Thread):
         self.conn = conn
         self.requests: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
         self.commits = 0
+        self.on_rollback: list[Callable[[], None]] = []  # caches of what a rollback undid
 
     def run(self) -> None:
         try:
@@ -128,6 +130,7 @@ class _Writer(threading.Thread):
                         raise
                     conn.execute("ROLLBACK TO request")
                     conn.execute("RELEASE request")
+                    self._rolled_back()
                     outcomes.append((False, exc))
                 else:
                     conn.execute("RELEASE request")
@@ -139,10 +142,19 @@ class _Writer(threading.Thread):
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
+            self._rolled_back()
             outcomes = [(False, _wrap(exc)) for _ in batch]
+        # One wake-up per event loop for the whole batch, not one per request.
+        by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for request, (ok, value) in zip(batch, outcomes, strict=True):
+            by_loop.setdefault(request.loop, []).append((request.future, ok, value))
+        for loop, settled in by_loop.items():
             with contextlib.suppress(RuntimeError):  # the caller's loop is closed: nobody waits
-                request.loop.call_soon_threadsafe(_settle, request.future, ok, value)
+                loop.call_soon_threadsafe(_settle, settled)
+
+    def _rolled_back(self) -> None:
+        for forget in self.on_rollback:
+            forget()
 
 
 def _connect(path: str, *, create: bool, busy_timeout: float) -> sqlite3.Connection:
@@ -163,6 +175,7 @@ class SQLiteStore(Store):
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._work_added = asyncio.Event()
+        self._specs: sql.SpecCache = {}  # action specs already in the specs table
 
     @property
     def commits(self) -> int:
@@ -225,7 +238,9 @@ class SQLiteStore(Store):
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(f"the SQLite store cannot be opened: {exc}") from exc
         self._work_added = asyncio.Event()
+        self._specs.clear()
         self._writer = _Writer(conn)
+        self._writer.on_rollback.append(self._specs.clear)
         self._writer.start()
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
 
@@ -264,7 +279,7 @@ class SQLiteStore(Store):
         now: float,
     ) -> AcceptResult:
         result = await self._write(
-            lambda conn: sql.accept(conn, records, ruleset_version, dedupe_window, now)
+            lambda conn: sql.accept(conn, records, ruleset_version, dedupe_window, now, self._specs)
         )
         if result.accepted:
             self._work_added.set()
