@@ -16,6 +16,7 @@ import json
 import logging
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -51,6 +52,7 @@ CONNECT_TIMEOUT = 5.0  # seconds to open one connection
 COMMAND_TIMEOUT = 10.0  # seconds one statement may run
 ACQUIRE_TIMEOUT = 10.0  # seconds to wait for a free pooled connection
 CLOSE_TIMEOUT = 10.0  # seconds close() waits for borrowed connections before cutting them
+ACCEPT_BATCH = 256  # most pushes written by one group-commit transaction
 
 _NEXT_STATUS = {Outcome.DONE: Status.DONE, Outcome.RETRY: Status.PENDING, Outcome.DEAD: Status.DEAD}
 # SQLSTATE classes that mean "not now" rather than "wrong query": connection exception,
@@ -82,6 +84,17 @@ def _is_unavailable(exc: BaseException) -> bool:
         state = exc.sqlstate or ""
         return state[:2] in _TRANSIENT_CLASSES or state == _READ_ONLY_TRANSACTION
     return False
+
+
+@dataclass(frozen=True, slots=True)
+class _Accept:
+    """One accept() call waiting for its group commit."""
+
+    records: Sequence[IncomingRecord]
+    ruleset_version: str
+    dedupe_window: float
+    now: float
+    future: asyncio.Future[AcceptResult]
 
 
 class PostgresStore(Store):
@@ -122,6 +135,8 @@ class PostgresStore(Store):
         self._wakeup = asyncio.Event()
         self._notice_wanted = False
         self._notifier: asyncio.Task[None] | None = None
+        self._accepts: list[_Accept] = []  # pushes waiting for the next group commit
+        self._accepting: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -141,6 +156,10 @@ class PostgresStore(Store):
             raise
 
     async def close(self) -> None:
+        accepting = self._accepting
+        if accepting is not None:  # pushes already queued get their commit
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(accepting, CLOSE_TIMEOUT)
         notifier = self._notifier
         if notifier is not None:  # let the last notice out first
             with contextlib.suppress(Exception):
@@ -181,25 +200,70 @@ class PostgresStore(Store):
     ) -> AcceptResult:
         if not records:
             return AcceptResult(accepted=0, duplicates=0)
+        if self._closed:
+            raise StoreUnavailable("the store is closed")
+        # Group commit: pushes that arrive while a transaction is in flight are written
+        # together by the next one, so concurrent pushes share a transaction and its commit.
+        future: asyncio.Future[AcceptResult] = asyncio.get_running_loop().create_future()
+        self._accepts.append(_Accept(records, ruleset_version, dedupe_window, now, future))
+        if self._accepting is None or self._accepting.done():
+            self._accepting = asyncio.create_task(self._write_accepts())
+        return await asyncio.shield(future)
+
+    async def _write_accepts(self) -> None:
+        try:
+            while self._accepts:
+                batch, self._accepts = self._accepts[:ACCEPT_BATCH], self._accepts[ACCEPT_BATCH:]
+                groups: dict[tuple[str, float], list[_Accept]] = {}
+                for request in batch:  # one group unless a reload or a setting changed
+                    key = (request.ruleset_version, request.dedupe_window)
+                    groups.setdefault(key, []).append(request)
+                for (version, window), group in groups.items():
+                    try:
+                        results = await self._accept_group(group, version, window)
+                    except Exception as exc:
+                        for request in group:
+                            if not request.future.done():
+                                request.future.set_exception(exc)
+                        continue
+                    for request, result in zip(group, results, strict=True):
+                        if not request.future.done():
+                            request.future.set_result(result)
+        finally:
+            for request in self._accepts if self._closed else ():
+                if not request.future.done():
+                    request.future.set_exception(StoreUnavailable("the store is closed"))
+
+    async def _accept_group(
+        self, group: list[_Accept], ruleset_version: str, dedupe_window: float
+    ) -> list[AcceptResult]:
+        now = max(request.now for request in group)
         # Sorted keys take row locks in one order everywhere, so concurrent accepts that share
         # keys wait for each other instead of deadlocking.
-        keys = sorted({r.dedupe_key for r in records if r.dedupe_key is not None})
-        if dedupe_window <= 0:
-            keys = []
+        keys: list[str] = []
+        if dedupe_window > 0:
+            keys = sorted(
+                {r.dedupe_key for q in group for r in q.records if r.dedupe_key is not None}
+            )
 
-        async def work(conn: Connection) -> tuple[AcceptResult, bool]:
+        async def work(conn: Connection) -> tuple[list[AcceptResult], bool]:
             fresh: set[str] = set()
             if keys:
                 rows = await conn.fetch(sql.CLAIM_DEDUPE_KEYS, keys, now, now - dedupe_window)
                 fresh = {row[0] for row in rows}
             kept: list[IncomingRecord] = []
-            for incoming in records:
-                key = incoming.dedupe_key if keys else None
-                if key is None:
-                    kept.append(incoming)
-                elif key in fresh:
-                    fresh.discard(key)  # a second copy within this very batch is a duplicate
-                    kept.append(incoming)
+            results: list[AcceptResult] = []
+            for request in group:
+                before = len(kept)
+                for incoming in request.records:
+                    key = incoming.dedupe_key if keys else None
+                    if key is None:
+                        kept.append(incoming)
+                    elif key in fresh:
+                        fresh.discard(key)  # a second copy in this very batch is a duplicate
+                        kept.append(incoming)
+                accepted = len(kept) - before
+                results.append(AcceptResult(accepted, len(request.records) - accepted))
             if kept:
                 try:
                     await conn.execute(
@@ -210,13 +274,12 @@ class PostgresStore(Store):
                     )
                 except asyncpg.UniqueViolationError as exc:
                     raise ValueError(f"a job id already exists: {exc.detail}") from exc
-            result = AcceptResult(accepted=len(kept), duplicates=len(records) - len(kept))
-            return result, any(incoming.jobs for incoming in kept)
+            return results, any(incoming.jobs for incoming in kept)
 
-        result, created = await self._run(work, transaction=True)
+        results, created = await self._run(work, transaction=True)
         if created:
             self._notify()
-        return result
+        return results
 
     # -- delivery ----------------------------------------------------------------------------
 
