@@ -30,6 +30,7 @@ log = logging.getLogger("router.worker")
 
 CLAIM_BATCH = 200  # most jobs claimed in one store round trip
 IDLE_WAIT = 1.0  # seconds an idle worker waits before looking for due jobs again
+RETRY_SLACK = 0.005  # seconds past a retry's time before claiming it: the store compares `<=`
 HOST_QUEUE_FACTOR = 2  # jobs queued here per busy destination, as a multiple of its slots
 STORE_RETRY = 1.0  # seconds between attempts to reach an unavailable store
 ACTION_CACHE_SIZE = 4096
@@ -88,6 +89,7 @@ class Worker:
         self._actions: dict[str, Action] = {}
         self._backlogged: set[str] = set()  # destinations with more due jobs than room here
         self._look = True  # whether a general claim may find due jobs
+        self._next_retry: float | None = None  # earliest retry this worker scheduled
         self.delivered = 0  # attempts finished (any outcome), for tests and logs
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
@@ -111,7 +113,14 @@ class Worker:
             await self._shutdown()
 
     async def _new_work(self) -> None:
-        await self.store.wait_for_work(IDLE_WAIT)
+        # Wake for new jobs, for the earliest retry this worker scheduled, or to poll (jobs
+        # of other processes, retries scheduled elsewhere).
+        wait = IDLE_WAIT
+        if self._next_retry is not None:
+            wait = min(wait, max(0.0, self._next_retry - self.clock()) + RETRY_SLACK)
+        await self.store.wait_for_work(wait)
+        if self._next_retry is not None and self._next_retry <= self.clock():
+            self._next_retry = None
         self._look = True  # new jobs, or time for due retries: look again
 
     async def _claim(self) -> int:
@@ -254,6 +263,8 @@ class Worker:
                 job, action, Outcome.DEAD, started, status=failure.status_code, error=error
             )
         else:
+            if self._next_retry is None or decision.retry_at < self._next_retry:
+                self._next_retry = decision.retry_at
             self._finish(
                 job,
                 action,
