@@ -95,9 +95,12 @@ def _add_serve(sub: _Sub) -> None:
     parser.add_argument("--rules", metavar="DIR", help="rules directory (ROUTER_RULES_DIR)")
     _add_store_option(parser)
     parser.add_argument("--host", help="listen address (ROUTER_HOST)")
-    parser.add_argument("--port", type=int, help="listen port (ROUTER_PORT)")
+    parser.add_argument("--port", type=int, metavar="PORT", help="listen port (ROUTER_PORT)")
     parser.add_argument(
-        "--concurrency", type=int, help="deliveries in flight at once (ROUTER_CONCURRENCY)"
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="deliveries in flight at once (ROUTER_CONCURRENCY)",
     )
     parser.add_argument(
         "--no-worker", action="store_true", help="intake only: leave delivery to `router worker`"
@@ -148,9 +151,16 @@ def _add_worker(sub: _Sub) -> None:
     )
     _add_store_option(parser)
     parser.add_argument(
-        "--concurrency", type=int, help="deliveries in flight at once (ROUTER_CONCURRENCY)"
+        "--concurrency",
+        type=int,
+        metavar="N",
+        help="deliveries in flight at once (ROUTER_CONCURRENCY)",
     )
-    parser.add_argument("--no-migrate", action="store_true", help="do not migrate the schema")
+    parser.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="refuse to start if the store schema is not current instead of migrating it",
+    )
     parser.set_defaults(func=_run_worker)
 
 
@@ -236,32 +246,45 @@ def _add_deliveries(sub: _Sub) -> None:
     listing = actions.add_parser(
         "list",
         help="list jobs, newest first",
+        description="List delivery jobs, newest first: id, status, rule, action, attempts, "
+        "last update and last error.",
         epilog=_DELIVERIES_EPILOG,
         formatter_class=_Formatter,
     )
-    listing.add_argument("--status", choices=[s.value for s in Status])
-    listing.add_argument("--rule", metavar="NAME")
-    listing.add_argument("--limit", type=int, default=50, metavar="N")
+    listing.add_argument(
+        "--status",
+        choices=[s.value for s in Status],
+        help="pending (waiting or retrying), done (delivered) or dead (gave up)",
+    )
+    listing.add_argument("--rule", metavar="NAME", help="only jobs of this rule")
+    listing.add_argument(
+        "--limit", type=int, default=50, metavar="N", help="at most N jobs (default 50)"
+    )
     _add_common(listing)
     listing.set_defaults(func=_run_list)
 
     show = actions.add_parser(
         "show",
         help="one job with its attempts",
+        description="Show one job: its status, the action as it was when the event arrived, "
+        "the record's data, and every attempt (time, outcome, status code, duration, error). "
+        "Secrets are never stored, so they never show.",
         epilog=_DELIVERIES_EPILOG,
         formatter_class=_Formatter,
     )
-    show.add_argument("id", metavar="ID")
+    show.add_argument("id", metavar="ID", help="the job id (as listed; also its Idempotency-Key)")
     _add_common(show)
     show.set_defaults(func=_run_show)
 
     replay = actions.add_parser(
         "replay",
         help="deliver dead jobs again",
+        description="Make dead jobs pending again, due now, with a fresh retry budget. Jobs "
+        "that are not dead are left alone (exit status 1 names them).",
         epilog=_DELIVERIES_EPILOG,
         formatter_class=_Formatter,
     )
-    replay.add_argument("ids", nargs="*", metavar="ID")
+    replay.add_argument("ids", nargs="*", metavar="ID", help="the dead jobs to replay")
     replay.add_argument("--all-dead", action="store_true", help="every dead job (see --rule)")
     replay.add_argument("--rule", metavar="NAME", help="with --all-dead: only this rule's jobs")
     _add_common(replay)
@@ -270,7 +293,9 @@ def _add_deliveries(sub: _Sub) -> None:
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     _add_store_option(parser)
-    parser.add_argument("--format", choices=["text", "json"], default="text")
+    parser.add_argument(
+        "--format", choices=["text", "json"], default="text", help="output format (default text)"
+    )
 
 
 def _run_list(args: argparse.Namespace) -> int:
