@@ -9,6 +9,7 @@ import logging
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
@@ -185,8 +186,19 @@ def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> N
     _run(server)
 
 
+class _Server(uvicorn.Server):
+    """uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, so the process dies by the
+    signal (exit status 143). After a complete drain the router exits 0 instead."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list):
+            captured.clear()
+
+
 def _server(app: Starlette, host: str, port: int) -> uvicorn.Server:
-    return uvicorn.Server(
+    return _Server(
         uvicorn.Config(
             app,
             host=host,

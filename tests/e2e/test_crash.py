@@ -82,3 +82,20 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
         duplicates = len(sink.requests) - len(delivered())
         # At-least-once: repeats are possible only for what was in flight at the kill.
         assert duplicates <= 64 + 200
+
+
+def test_sigterm_finishes_deliveries_in_flight(
+    tmp_path: Path, rules_dir: Path, router_factory: list[RouterProcess]
+) -> None:
+    with HttpSink(default=Reply(200, delay=1.0)) as sink:
+        (rules_dir / "forward.toml").write_text(forward_rule(sink.url("/in")))
+        router = RouterProcess(tmp_path, rules_dir)
+        router_factory.append(router)
+        router.start()
+        for n in range(3):
+            assert router.push({"id": f"term-{n}", "data": {"seq": n}}).status_code == 202
+        sink.wait_for(1)  # deliveries are in flight (the sink answers after 1 s)
+        assert router.stop() == 0  # SIGTERM: a clean exit ...
+        listed = router.cli("deliveries", "list", "--status", "done", "--format", "json")
+        # ... after the deliveries in flight were answered and recorded as done.
+        assert len(json.loads(listed.stdout)) == len(sink.requests) == 3
