@@ -53,6 +53,7 @@ class IntakeConfig:
     secrets: tuple[bytes, ...]  # accepted shared secrets; empty: intake is unauthenticated
     secret_header: str = "X-Authorization"
     max_body_bytes: int = 10 * 1024 * 1024
+    max_records: int = 10_000
 
 
 def create_app(
@@ -98,9 +99,18 @@ def create_app(
         except RejectedBody as exc:
             reason = "malformed" if exc.status_code == 400 else "not_an_event"
             return reject(reason, exc.status_code, str(exc))
+        if len(records) > config.max_records:
+            return reject(
+                "too_many_records",
+                413,
+                f"the push holds {len(records)} records; at most {config.max_records} are "
+                "accepted at once (ROUTER_MAX_RECORDS)",
+            )
         try:
             async with asyncio.timeout(ACCEPT_TIMEOUT):
                 result = await engine.accept(records)
+        except RecursionError:  # nesting deep enough to parse, too deep to serialise again
+            return reject("malformed", 400, "the JSON body is nested too deeply")
         except (StoreUnavailable, TimeoutError) as exc:
             log.error(
                 "cannot store a push: %s", exc or "timed out", extra={"records": len(records)}

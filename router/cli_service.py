@@ -196,22 +196,23 @@ def _add_migrate(sub: _Sub) -> None:
 def _run_migrate(args: argparse.Namespace) -> int:
     settings = load_settings(store_url=args.store)
 
-    async def check() -> bool:
+    async def problem() -> str | None:
         store = open_store(settings.store_url)
         try:
             await store.open(migrate=False)
-        except StoreUnavailable:
-            return False
+        except StoreUnavailable as exc:
+            return str(exc)  # an old or missing schema, or no store at all: the reason says
         await store.close()
-        return True
+        return None
 
-    if _run(check()):
+    found = _run(problem())
+    if found is None:
         print("the store schema is current")
         return 0
     if args.check:
-        print("the store schema needs migrations; run `router migrate`")
+        print(f"the store is not ready: {found}")
         return 1
-    _run(_with_store(settings, lambda store: _noop()))
+    _run(_with_store(settings, lambda store: _noop(), migrate=True))
     print("migrations applied; the store schema is current")
     return 0
 
@@ -387,10 +388,17 @@ def _run_replay(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- helpers
 
 
-async def _with_store(settings: Settings, work: Callable[[Store], Coroutine[Any, Any, _T]]) -> _T:
+async def _with_store(
+    settings: Settings,
+    work: Callable[[Store], Coroutine[Any, Any, _T]],
+    *,
+    migrate: bool = False,
+) -> _T:
+    """Run `work` on the store. Inspecting never creates or migrates a store: only
+    `router migrate` (and starting processes) change the schema."""
     store = open_store(settings.store_url)
     try:
-        await store.open(migrate=True)
+        await store.open(migrate=migrate)
         return await work(store)
     finally:
         await store.close()
@@ -401,6 +409,8 @@ def _run(coro: Coroutine[Any, Any, _T]) -> _T:
         return asyncio.run(coro)
     except StoreUnavailable as exc:
         raise CommandError(f"the store is unavailable: {exc}") from None
+    except ValueError as exc:  # a malformed store URL
+        raise CommandError(str(exc)) from None
 
 
 def _when(at: float) -> str:

@@ -27,6 +27,13 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value in (float("inf"), float("-inf")):  # e.g. 1e999: no store or receiver can keep it
+        raise ValueError(f"the number {text[:40]} is out of range")
+    return value
+
+
 def parse_body(body: bytes) -> Any:
     """Decode a request body as strict JSON (UTF-8, no NaN/Infinity), or raise MalformedBody."""
     if not body.strip():
@@ -36,7 +43,7 @@ def parse_body(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise MalformedBody(f"the body is not valid UTF-8 (byte {exc.start})") from exc
     try:
-        return json.loads(text, parse_constant=_refuse_constant)
+        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
     except RecursionError as exc:
         raise MalformedBody("the JSON body is nested too deeply") from exc
     except ValueError as exc:
@@ -84,7 +91,7 @@ def _records_of(envelope: dict[str, Any], where: str) -> list[Record]:
         if value is not None and not isinstance(value, str):
             raise NotAnEvent(f"{where}{key} must be a string or null, not {_kind(value)}")
     table_id = envelope.get("tableId")
-    if table_id is not None and not isinstance(table_id, str | int):
+    if table_id is not None and (isinstance(table_id, bool) or not isinstance(table_id, str | int)):
         raise NotAnEvent(f"{where}tableId must be a string, not {_kind(table_id)}")
 
     base: Record = dict.fromkeys(STANDARD_KEYS)

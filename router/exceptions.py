@@ -7,6 +7,7 @@ RouterError
 ├── RuleSetInvalid        fix the rule files (carries every diagnostic)
 ├── StoreUnavailable      retry later (the intake answers 503)
 ├── RenderError           a template failed on this record: the delivery cannot be made
+│   └── MissingSecret     ...because this process lacks a secret: retry once it is set
 └── DeliveryFailed        one delivery attempt failed
     ├── RetryLater        transient (connection, timeout, 408/429/5xx, SMTP 4xx)
     └── GiveUp            permanent (other 4xx, SMTP 5xx): the job is dead at once
@@ -54,6 +55,11 @@ class StoreUnavailable(RouterError):
 
 class RenderError(RouterError):
     """A template could not be rendered for this record (a missing name, a sandbox refusal)."""
+
+
+class MissingSecret(RenderError):
+    """A template reads a secret this process does not have: a configuration problem to fix
+    and retry, not a reason to give the job up."""
 
 
 class DeliveryFailed(RouterError):

@@ -40,7 +40,8 @@ class JsonFormatter(logging.Formatter):
                 line[name] = value
         if record.exc_info:
             line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, ensure_ascii=False, default=str)
+        # ASCII escapes: a lone surrogate from a sender's JSON cannot break the log stream.
+        return json.dumps(line, default=str)
 
 
 class TextFormatter(logging.Formatter):

@@ -334,6 +334,11 @@ def _log(
     message = context.template(
         (*path, "message"), context.require(raw, "message", path, "give the message to log")
     )
+    if message is not None and message.secrets:
+        # Secrets never reach a log line; a log action's message is one.
+        names = ", ".join(f"secrets.{name}" for name in sorted(message.secrets))
+        context.report((*path, "message"), f"a log message cannot show secrets ({names})")
+        return None
     if level is None or message is None:
         return None
     return LogAction(copy.deepcopy(raw), level.lower(), message, retry)

@@ -179,6 +179,7 @@ def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> N
         secrets=tuple(s.get_secret_value().encode() for s in settings.webhook_secrets),
         secret_header=settings.webhook_secret_header,
         max_body_bytes=settings.max_body_bytes,
+        max_records=settings.max_records,
     )
     server = _server(
         create_app(engine, config, status, lifespan=lifespan), settings.host, settings.port

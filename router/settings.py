@@ -37,6 +37,9 @@ class Settings(BaseSettings):
         "X-Authorization", description="Request header that carries the shared secret."
     )
     max_body_bytes: int = Field(10 * 1024 * 1024, ge=1024, description="Largest accepted body.")
+    max_records: int = Field(
+        10_000, ge=1, description="Most records one push may hold (a BULK push's items)."
+    )
     dedupe_window: float = Field(
         86400.0, ge=0, description="Seconds a repeated push is recognised as a duplicate (0: off)."
     )

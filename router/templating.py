@@ -30,7 +30,7 @@ from jinja2.defaults import DEFAULT_NAMESPACE
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from router.exceptions import RenderError
+from router.exceptions import MissingSecret, RenderError
 from router.rules import Action, EmailAction, HttpAction, LogAction
 from router.settings import SECRET_PREFIX
 
@@ -87,7 +87,7 @@ class EnvSecrets(_SecretsBase):
         try:
             return self._values[name]
         except KeyError:
-            raise RenderError(f"secret {name} is not set ({SECRET_PREFIX}{name})") from None
+            raise MissingSecret(f"secret {name} is not set ({SECRET_PREFIX}{name})") from None
 
     def __contains__(self, name: object) -> bool:
         return name in self._values
@@ -109,7 +109,13 @@ def _tojson(value: Any) -> str:
     # Jinja's own tojson HTML-escapes (<, >, &, '); a JSON body wants plain, valid JSON.
     if isinstance(value, jinja2.Undefined):
         str(value)  # StrictUndefined raises its UndefinedError here
-    return json.dumps(value, ensure_ascii=False, allow_nan=False)
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate the sender escaped: keep it escaped
+            text = json.dumps(value, allow_nan=False)
+    return text
 
 
 class _Environment(ImmutableSandboxedEnvironment):
@@ -164,9 +170,17 @@ class Template:
         starts with "template for <where>: " and never contains a secret value."""
         try:
             return self._compiled.render(context)
+        except MissingSecret as exc:
+            prefix = f"template for {where}" if where else "template"
+            raise MissingSecret(f"{prefix}: {exc}") from None
         except Exception as exc:
             prefix = f"template for {where}" if where else "template"
-            reason = _redact(_reason(exc), self.secrets, context.get("secrets"))
+            if self.secrets and isinstance(context.get("secrets"), EnvSecrets):
+                # A secret can reach an error message through a lookup such as
+                # data[secrets.KEY | upper], in forms no redaction can recognise: say nothing.
+                reason = f"{type(exc).__name__} (details withheld: this template reads secrets)"
+            else:
+                reason = _reason(exc)
             raise RenderError(f"{prefix}: {reason}") from None
 
 
@@ -177,17 +191,6 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, jinja2.TemplateError | SecurityError):
         return text
     return f"{type(exc).__name__}: {text}"
-
-
-def _redact(message: str, names: frozenset[str], secrets: Any) -> str:
-    # A secret can reach an error message through a lookup such as data[secrets.KEY].
-    if not isinstance(secrets, EnvSecrets):
-        return message
-    for name in names:
-        value = secrets.get(name)
-        if isinstance(value, str) and value:
-            message = message.replace(value, f"<secret {name}>")
-    return message
 
 
 def compile_template(source: str) -> Template:

@@ -18,7 +18,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.actions.base import Deliverer
-from router.exceptions import DeliveryFailed, RenderError, RetryLater, StoreUnavailable
+from router.exceptions import (
+    DeliveryFailed,
+    MissingSecret,
+    RenderError,
+    RetryLater,
+    StoreUnavailable,
+)
 from router.loader import parse_action
 from router.metrics import Metrics
 from router.retry import RetryPolicy
@@ -90,13 +96,17 @@ class Worker:
         self._backlogged: set[str] = set()  # destinations with more due jobs than room here
         self._look = True  # whether a general claim may find due jobs
         self._next_retry: float | None = None  # earliest retry this worker scheduled
+        self._held: dict[str, str] = {}  # job id -> lease token, for jobs in flight or queued
         self.delivered = 0  # attempts finished (any outcome), for tests and logs
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Work until `stop` is set (or, with drain=True, until nothing is due or in flight),
         then let in-flight deliveries finish within the grace period."""
+        renewing = asyncio.create_task(self._renew_leases())
         try:
             while not stop.is_set():
+                if self._results and self._flushing is None:  # an earlier record() failed
+                    self._flushing = asyncio.create_task(self._flush())
                 try:
                     claimed = await self._refill() + await self._claim()
                 except StoreUnavailable as exc:
@@ -110,7 +120,26 @@ class Worker:
                 self._wake.clear()
                 await _first_of(self._new_work(), self._wake.wait(), stop.wait())
         finally:
-            await self._shutdown()
+            try:
+                await self._shutdown()  # leases stay renewed while in-flight work drains
+            finally:
+                renewing.cancel()
+                await asyncio.gather(renewing, return_exceptions=True)
+
+    async def _renew_leases(self) -> None:
+        """Keep the leases of held jobs alive: a delivery may outlast one lease (a long
+        timeout, a wait in a busy destination's queue) and must not be claimed again."""
+        every = self.limits.lease / 3
+        while True:
+            await asyncio.sleep(every)
+            if not self._held:
+                continue
+            try:
+                await self.store.renew(
+                    list(self._held.items()), until=self.clock() + self.limits.lease
+                )
+            except StoreUnavailable as exc:
+                log.warning("cannot renew %d lease(s): %s", len(self._held), exc)
 
     async def _new_work(self) -> None:
         # Wake for new jobs, for the earliest retry this worker scheduled, or to poll (jobs
@@ -174,6 +203,7 @@ class Worker:
             prepared = self._prepare(job)
             if prepared is None:
                 continue
+            self._held[job.id] = job.lease_token
             host = self._hosts[prepared.host]
             if host.active < self.limits.per_host:
                 self._start(prepared)
@@ -182,6 +212,7 @@ class Worker:
                 self._waiting += 1
             else:
                 release.append((job.id, job.lease_token))
+                del self._held[job.id]
                 self._backlogged.add(prepared.host)
         if release:
             # Due again at once: from now on this destination is refilled by claims of its
@@ -194,13 +225,20 @@ class Worker:
         started = self.clock()
         try:
             action = self._action(job.spec)
+        except ValueError as exc:
+            self._finish(job, None, Outcome.DEAD, started, error=f"invalid action: {exc}")
+            return None
+        try:
             context = build_context(
                 job.record, rule=job.rule, delivery_id=job.id, secrets=self.secrets
             )
             rendered = render_action(action, context)
             rendered["rule"], rendered["event_id"] = job.rule, job.event_id
+        except MissingSecret as exc:  # this process is misconfigured: retry, do not give up
+            self._failed(job, action, started, RetryLater(f"cannot render: {exc}"))
+            return None
         except (RenderError, ValueError) as exc:
-            self._finish(job, None, Outcome.DEAD, started, error=f"cannot render: {exc}")
+            self._finish(job, action, Outcome.DEAD, started, error=f"cannot render: {exc}")
             return None
         return _Prepared(job, action, rendered, job.destination)
 
@@ -287,6 +325,7 @@ class Worker:
         next_at: float | None = None,
     ) -> None:
         now = self.clock()
+        self._held.pop(job.id, None)
         self._results.append(
             AttemptResult(
                 job_id=job.id,

@@ -446,18 +446,20 @@ VALID = {
         type = "email"
         to = "ops@example.com"
         subject = "Profile {{ data.profileId }}"
-        text = "hello"
+        text = "hello {{ secrets.AUDIT }}"
         [[rule.action]]
         type = "log"
         level = "WARNING"
-        message = "{{ rule.name }} {{ secrets.AUDIT }}"
+        message = "{{ rule.name }}"
 
         [[rule]]
         name = "off"
         enabled = false
         [[rule.action]]
-        type = "log"
-        message = "{{ secrets.LATER }}"
+        type = "email"
+        to = "x@example.com"
+        subject = "{{ secrets.LATER }}"
+        text = "t"
         """,
     "tests/crm.toml": """\
         [[test]]
@@ -515,7 +517,7 @@ def test_valid_set_in_name_order_with_version_and_secrets(rules: Path) -> None:
     ]
     # Only the enabled rules' unset secrets are reported; every referenced one is listed.
     assert [str(d) for d in result.diagnostics] == [
-        "rules/10-crm.toml:16: rule 'crm': action[1].message: warning: secrets.AUDIT is not set; "
+        "rules/10-crm.toml:12: rule 'crm': action[0].text: warning: secrets.AUDIT is not set; "
         "set the environment variable ROUTER_SECRET_AUDIT"
     ]
     assert ruleset.secrets == {"CHAT_PATH", "CHAT_TOKEN", "AUDIT", "LATER"}
@@ -711,3 +713,24 @@ def test_expect_per_record_may_expect_no_rule(rules: Path) -> None:
     [test] = load_rules("rules").tests
     assert test.expect_per_record == (frozenset(), frozenset({"r"}))
     assert test.expect is None
+
+
+def test_a_log_message_cannot_show_secrets(rules: Path) -> None:
+    write(
+        rules,
+        {
+            "a.toml": """\
+            [[rule]]
+            name = "leaky"
+            [[rule.action]]
+            type = "log"
+            message = "token {{ secrets.TOKEN }}"
+            """
+        },
+    )
+    result = load("rules", secrets={"TOKEN"})
+    assert result.ruleset is None
+    assert [str(d) for d in result.diagnostics] == [
+        "rules/a.toml:5: rule 'leaky': action[0].message: "
+        "a log message cannot show secrets (secrets.TOKEN)"
+    ]

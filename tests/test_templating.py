@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from router.exceptions import RenderError
+from router.exceptions import MissingSecret, RenderError
 from router.rules import EmailAction, HttpAction, LogAction, RetryOverride
 from router.templating import (
     CONTEXT_NAMES,
@@ -228,12 +228,31 @@ def test_missing_secret_names_the_variable_not_a_value() -> None:
     )
 
 
-def test_secret_value_is_redacted_from_render_errors() -> None:
-    template = compile_template("{{ data[secrets.KEY] }}")
+@pytest.mark.parametrize(
+    "source",
+    [
+        "{{ data[secrets.KEY] }}",
+        "{{ data[secrets.KEY | upper] }}",
+        "{{ data[secrets.KEY[1:]] }}",
+        "{{ data[secrets.KEY | reverse | join] }}",
+        "{{ data[secrets.KEY ~ 'x'] }}",
+    ],
+)
+def test_render_errors_of_templates_that_read_secrets_hold_no_detail(source: str) -> None:
+    value = "s3cr3t-Value\twith  spaces"
+    template = compile_template(source)
     with pytest.raises(RenderError) as caught:
-        template.render(context(EnvSecrets({"KEY": "s3cr3t-value"})))
-    assert "s3cr3t-value" not in str(caught.value)
-    assert "<secret KEY>" in str(caught.value)
+        template.render(context(EnvSecrets({"KEY": value})))
+    message = str(caught.value)
+    assert "details withheld" in message
+    for fragment in ("s3cr3t", "S3CR3T", "3tr3cs", "eulaV", "spaces"):
+        assert fragment.lower() not in message.lower()
+
+
+def test_a_missing_secret_is_named_not_valued() -> None:
+    template = compile_template("Bearer {{ secrets.OTHER }}")
+    with pytest.raises(MissingSecret, match="secret OTHER is not set"):
+        template.render(context(EnvSecrets({"KEY": "s3cr3t"})))
 
 
 def test_placeholder_secrets_never_give_a_value() -> None:

@@ -73,14 +73,23 @@ async def backlog(store: SQLiteStore, action: Action, rule: str, count: int) -> 
     await store.accept(records, ruleset_version="t", dedupe_window=0, now=time.time())
 
 
-def make_worker(store: SQLiteStore, *, concurrency: int, per_host: int) -> Worker:
-    settings = Settings(retry_base_delay=0.01, retry_max_delay=0.05)
+def make_worker(
+    store: SQLiteStore,
+    *,
+    concurrency: int,
+    per_host: int,
+    lease: float = 60.0,
+    backoff: float = 0.01,
+) -> Worker:
+    settings = Settings(retry_base_delay=backoff, retry_max_delay=max(backoff, 0.05))
     return Worker(
         store,
         build_deliverers(settings),
         RetryPolicy.from_settings(settings),
         secrets={},
-        limits=WorkerLimits(concurrency=concurrency, per_host=per_host, drain_grace=10),
+        limits=WorkerLimits(
+            concurrency=concurrency, per_host=per_host, lease=lease, drain_grace=10
+        ),
     )
 
 
@@ -189,3 +198,57 @@ def test_stop_lets_deliveries_in_flight_finish(tmp_path: Path) -> None:
         # What was started was finished and recorded; the rest is pending, not lost or dead.
         assert done == len(sink.requests) >= 1
         assert done + pending == 20
+
+
+def test_a_delivery_longer_than_the_lease_is_not_claimed_again(tmp_path: Path) -> None:
+    # Leases are renewed while a job is held, so neither this worker nor another claims it
+    # a second time, however long the destination takes.
+    with HttpSink(default=Reply(200, delay=1.5)) as sink:
+        action = action_for(
+            tmp_path, "slow", f'type = "http"\nurl = "{sink.url("/x")}"\ntimeout = 5'
+        )
+
+        async def scenario() -> list[int]:
+            store = SQLiteStore(f"sqlite:///{tmp_path / 'w.db'}")
+            await store.open()
+            await backlog(store, action, "slow", 3)
+            worker = make_worker(store, concurrency=1, per_host=1, lease=0.5)
+            other = make_worker(store, concurrency=4, per_host=4, lease=0.5)
+            stop = asyncio.Event()
+            others = asyncio.create_task(run_worker(other, stop))
+            await run_worker(worker, asyncio.Event(), drain=True)
+            stop.set()
+            await others
+            jobs = await store.list_jobs()
+            await store.close()
+            return [job.attempts for job in jobs if job.status is Status.DONE]
+
+        attempts = asyncio.run(scenario())
+        assert attempts == [1, 1, 1]
+        assert len(sink.requests) == 3
+        assert len({r.headers["Idempotency-Key"] for r in sink.requests}) == 3
+
+
+def test_a_secret_missing_in_this_process_retries_instead_of_killing_the_job(
+    tmp_path: Path,
+) -> None:
+    action = action_for(
+        tmp_path,
+        "crm",
+        'type = "http"\nurl = "http://127.0.0.1:9/x"\n'
+        'headers = { Authorization = "Bearer {{ secrets.CRM_TOKEN }}" }',
+    )
+
+    async def scenario() -> tuple[Status, int, str]:
+        store = SQLiteStore(f"sqlite:///{tmp_path / 'w.db'}")
+        await store.open()
+        await backlog(store, action, "crm", 1)
+        worker = make_worker(store, concurrency=1, per_host=1, backoff=3600)
+        await run_worker(worker, asyncio.Event(), drain=True)
+        (job,) = await store.list_jobs()
+        await store.close()
+        return job.status, job.attempts, job.last_error or ""
+
+    status, attempts, error = asyncio.run(scenario())
+    assert (status, attempts) == (Status.PENDING, 1)
+    assert "secret CRM_TOKEN is not set" in error

@@ -99,10 +99,10 @@ class HttpDeliverer(Deliverer):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Self:
-        return cls(
-            concurrency=settings.concurrency,
-            per_host_concurrency=settings.per_host_concurrency,
-        )
+        # The worker limits deliveries per destination itself (ROUTER_PER_HOST_CONCURRENCY).
+        # A second per-host limit here, on aiohttp's own key, would queue requests inside
+        # the client, where the wait counts against their timeout.
+        return cls(concurrency=settings.concurrency, per_host_concurrency=0)
 
     async def start(self) -> None:
         if self._session is not None:

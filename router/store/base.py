@@ -197,6 +197,12 @@ class Store(abc.ABC):
         destination is saturated), so one slow destination never holds up others."""
 
     @abc.abstractmethod
+    async def renew(self, claims: Sequence[tuple[str, str]], *, until: float) -> None:
+        """Extend the leases of jobs still held by their (job_id, lease_token) to `until`.
+        The worker renews what it holds (in flight or queued) well before the lease ends, so
+        a slow delivery is never claimed a second time while it is still running."""
+
+    @abc.abstractmethod
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new jobs may be due (or after `timeout` seconds), so idle workers do not
         depend on a poll interval."""

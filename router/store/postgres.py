@@ -219,20 +219,31 @@ class PostgresStore(Store):
                     key = (request.ruleset_version, request.dedupe_window)
                     groups.setdefault(key, []).append(request)
                 for (version, window), group in groups.items():
-                    try:
-                        results = await self._accept_group(group, version, window)
-                    except Exception as exc:
-                        for request in group:
-                            if not request.future.done():
-                                request.future.set_exception(exc)
-                        continue
-                    for request, result in zip(group, results, strict=True):
-                        if not request.future.done():
-                            request.future.set_result(result)
+                    await self._commit_group(group, version, window)
         finally:
             for request in self._accepts if self._closed else ():
                 if not request.future.done():
                     request.future.set_exception(StoreUnavailable("the store is closed"))
+
+    async def _commit_group(self, group: list[_Accept], version: str, window: float) -> None:
+        try:
+            results = await self._accept_group(group, version, window)
+        except StoreUnavailable as exc:
+            for request in group:
+                if not request.future.done():
+                    request.future.set_exception(exc)
+            return
+        except Exception as exc:
+            if len(group) > 1:  # one push's bad data must not fail the pushes beside it
+                for request in group:
+                    await self._commit_group([request], version, window)
+                return
+            if not group[0].future.done():
+                group[0].future.set_exception(exc)
+            return
+        for request, result in zip(group, results, strict=True):
+            if not request.future.done():
+                request.future.set_result(result)
 
     async def _accept_group(
         self, group: list[_Accept], ruleset_version: str, dedupe_window: float
@@ -342,6 +353,17 @@ class PostgresStore(Store):
 
         await self._run(work, transaction=True)
         self._notify()  # they may be due at once, for another worker
+
+    async def renew(self, claims: Sequence[tuple[str, str]], *, until: float) -> None:
+        if not claims:
+            return
+        ids = [job_id for job_id, _ in claims]
+        tokens = [token for _, token in claims]
+
+        async def work(conn: Connection) -> None:
+            await conn.execute(sql.RENEW_LEASES, ids, tokens, until)
+
+        await self._run(work, transaction=True)
 
     async def wait_for_work(self, timeout: float) -> None:
         if self._closed:

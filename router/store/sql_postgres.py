@@ -231,6 +231,12 @@ FROM unnest($1::text[], $2::text[]) AS r (id, token)
 WHERE jobs.id = r.id AND jobs.lease_token = r.token AND jobs.status = 'pending'
 """
 
+RENEW_LEASES = """
+UPDATE jobs SET lease_until = $3::float8
+FROM unnest($1::text[], $2::text[]) AS r (id, token)
+WHERE jobs.id = r.id AND jobs.lease_token = r.token AND jobs.status = 'pending'
+"""
+
 _REPLAY_SET = """
 UPDATE jobs SET status = 'pending', next_at = $2::float8, attempts = 0,
     budget_since = $2::float8, updated_at = $2::float8, lease_token = NULL, lease_until = NULL

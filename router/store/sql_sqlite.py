@@ -158,6 +158,11 @@ RELEASE_JOB = """
     WHERE id = :id AND lease_token = :token AND status = 'pending'
 """
 
+RENEW_LEASE = """
+    UPDATE jobs SET lease_until = :until
+    WHERE id = :id AND lease_token = :token AND status = 'pending'
+"""
+
 # -- replay
 REPLAY_JOB = """
     UPDATE jobs SET status = 'pending', attempts = 0, budget_since = :now, next_at = :now,
@@ -237,7 +242,9 @@ def _json_default(value: Any) -> Any:
 
 
 def _dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=_json_default)
+    # ASCII-only JSON: a lone surrogate a sender wrote as an escape stays an escape (SQLite
+    # cannot store it as UTF-8 text).
+    return json.dumps(value, separators=(",", ":"), default=_json_default)
 
 
 SpecCache = dict[int, tuple[Mapping[str, Any], str]]
@@ -351,6 +358,11 @@ def record(conn: sqlite3.Connection, results: Sequence[AttemptResult], now: floa
 def release(conn: sqlite3.Connection, claims: Sequence[tuple[str, str]], next_at: float) -> None:
     params = [{"id": job_id, "token": token, "next_at": next_at} for job_id, token in claims]
     conn.executemany(RELEASE_JOB, params)
+
+
+def renew(conn: sqlite3.Connection, claims: Sequence[tuple[str, str]], until: float) -> None:
+    params = [{"id": job_id, "token": token, "until": until} for job_id, token in claims]
+    conn.executemany(RENEW_LEASE, params)
 
 
 def replay(conn: sqlite3.Connection, job_ids: Sequence[str], now: float) -> list[str]:

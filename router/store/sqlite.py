@@ -312,6 +312,10 @@ class SQLiteStore(Store):
         if claims:
             await self._write(lambda conn: sql.release(conn, claims, next_at))
 
+    async def renew(self, claims: Sequence[tuple[str, str]], *, until: float) -> None:
+        if claims:
+            await self._write(lambda conn: sql.renew(conn, claims, until))
+
     async def wait_for_work(self, timeout: float) -> None:
         try:
             await asyncio.wait_for(self._work_added.wait(), timeout)

@@ -143,8 +143,9 @@ def test_unset_secret_refuses_to_start(
 [[rule]]
 name = "with-secret"
 [[rule.action]]
-type = "log"
-message = "{{ secrets.MISSING_ONE }}"
+type = "http"
+url = "http://127.0.0.1:9/x"
+headers = { Authorization = "Bearer {{ secrets.MISSING_ONE }}" }
 """
     )
     router = RouterProcess(tmp_path, rules_dir)

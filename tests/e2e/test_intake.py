@@ -11,7 +11,7 @@ import httpx
 import pytest
 
 from tests.e2e.conftest import forward_rule
-from tests.e2e.harness import RouterProcess
+from tests.e2e.harness import RouterProcess, poll
 from tests.sinks import HttpSink
 
 SAMPLE = json.loads(
@@ -49,6 +49,15 @@ CASES = [
     ("data not a list or object", {}, b'{"id": "1", "data": 3}', 422),
     ("JSON scalar", {}, b"42", 422),
     ("too large", {}, b'{"data": "' + b"x" * (11 * 1024 * 1024) + b'"}', 413),
+    ("too many records", {}, b'{"id": "m", "data": [' + b",".join([b"{}"] * 10_001) + b"]}", 413),
+    ("number out of range", {}, b'{"id": "n", "data": {"x": 1e999}}', 400),
+    ("boolean tableId", {}, b'{"id": "b", "tableId": true, "data": {}}', 422),
+    (
+        "nested deeper than can be stored",
+        {},
+        b'{"id": "d", "data": ' + b"[" * 990 + b"]" * 990 + b"}",
+        400,
+    ),
 ]
 
 
@@ -115,3 +124,16 @@ def test_duplicates_are_acknowledged_but_route_nothing(
     assert listed.returncode == 0, listed.stderr
     jobs = [j for j in json.loads(listed.stdout) if j["event_id"] in ("dup-check-1", "dup-check-2")]
     assert sorted(j["event_id"] for j in jobs) == ["dup-check-1", "dup-check-2"]
+
+
+def test_lone_surrogate_reaches_the_destination_escaped(
+    served: tuple[RouterProcess, HttpSink],
+) -> None:
+    router, sink = served
+    assert router.push(b'{"id": "surrogate-2", "data": {"mark": "s2 \\ud800"}}').status_code == 202
+
+    def arrived() -> list[bytes]:
+        return [r.body for r in sink.requests if b"s2 " in r.body]
+
+    (body,) = poll(arrived)
+    assert json.loads(body) == {"mark": "s2 \ud800"}

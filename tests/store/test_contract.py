@@ -222,6 +222,21 @@ def test_claim_skips_excluded_destinations_or_takes_only_one(backend: Backend) -
     backend.run(body)
 
 
+def test_renewed_lease_keeps_the_job_from_other_claims(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        await accept(store, incoming(None, jobs=[new_job(), new_job("other")]), now=T0)
+        held, other = await store.claim(limit=2, lease=LEASE, now=T0)
+        await store.renew(
+            [(held.id, held.lease_token), (other.id, "not-its-token")], until=T0 + 3 * LEASE
+        )
+        later = await store.claim(limit=10, lease=LEASE, now=T0 + 2 * LEASE)
+        assert [job.id for job in later] == [other.id]  # only the lease that was not renewed
+        await store.record([done(held, T0 + 2 * LEASE)], now=T0 + 2 * LEASE)
+        assert (await store.stats(now=T0 + 2 * LEASE)).pending == 1
+
+    backend.run(body)
+
+
 def test_not_yet_accepted_time_is_not_due(backend: Backend) -> None:
     async def body(store: Store) -> None:
         await accept(store, incoming("k"), now=T0)

@@ -144,6 +144,26 @@ def test_dedupe_holds_across_replicas(pg: Backend) -> None:
     assert asyncio.run(main()) == (50, 50)
 
 
+@pytest.mark.postgres
+def test_one_bad_push_does_not_fail_the_pushes_sharing_its_commit(pg: Backend) -> None:
+    # Concurrent pushes share a transaction (group commit); a push the database refuses
+    # (here a non-finite number, which the intake rejects but the store must not trust)
+    # fails alone.
+    async def main() -> list[object]:
+        async with replicas(pg.url, 1) as (store,):
+            bad = incoming("bad", record={"id": "bad", "data": {"x": float("inf")}})
+            return await asyncio.gather(
+                accept(store, incoming("good-1")),
+                accept(store, bad),
+                accept(store, incoming("good-2")),
+                return_exceptions=True,
+            )
+
+    first, second, third = asyncio.run(main())
+    assert first == AcceptResult(1, 0) and third == AcceptResult(1, 0)
+    assert isinstance(second, Exception) and not isinstance(second, StoreUnavailable)
+
+
 Trigger = Callable[[Store, str, tuple[str, str]], Awaitable[object]]
 # name -> (what the intake replica does, given a dead job id and a held claim; wakes workers?)
 TRIGGERS: dict[str, tuple[Trigger, bool]] = {
