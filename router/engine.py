@@ -32,11 +32,13 @@ def destination_of(action: Action) -> str:
     template, e.g. from a secret) one destination per action."""
     if isinstance(action, HttpAction):
         try:
-            netloc = urlsplit(action.url.source).netloc
+            parts = urlsplit(action.url.source.strip())
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
         except ValueError:
-            netloc = ""
-        host = "" if "{" in netloc else netloc.rpartition("@")[2]
-        return host or f"http:{spec_hash(action.spec)[:12]}"
+            parts, port = None, None
+        if parts is None or "{" in parts.netloc or not parts.hostname or port is None:
+            return f"http:{spec_hash(action.spec)[:12]}"
+        return f"{parts.hostname}:{port}"  # hostname is lower-cased, userinfo dropped
     return "smtp" if action.type == "email" else "log"
 
 

@@ -50,11 +50,3 @@ class Deliverer(abc.ABC):
         Error messages are one sentence and must never hold a secret: no header values, no
         URL query or userinfo, no password.
         """
-
-    def destination(self, rendered_or_spec: Mapping[str, Any]) -> str:
-        """Key for per-destination concurrency (HTTP host:port, "smtp", "log").
-
-        Accepts a rendered action or a raw spec; must not fail on a value that is still a
-        template. The default is one destination per action type.
-        """
-        return self.type

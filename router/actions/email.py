@@ -77,9 +77,6 @@ class EmailDeliverer(Deliverer):
             sender=settings.email_from,
         )
 
-    def destination(self, rendered_or_spec: Mapping[str, Any]) -> str:
-        return "smtp"
-
     async def deliver(
         self, rendered: Mapping[str, Any], *, job_id: str, timeout: float | None
     ) -> int | None:

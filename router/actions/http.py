@@ -126,19 +126,6 @@ class HttpDeliverer(Deliverer):
         if session is not None:
             await session.close()
 
-    def destination(self, rendered_or_spec: Mapping[str, Any]) -> str:
-        raw = rendered_or_spec.get("url")
-        try:
-            url = URL(str(raw))
-        except (ValueError, TypeError):
-            return self.type
-        if url.raw_host is None or "{" in url.raw_host:  # absent, or still a template
-            return self.type
-        try:
-            return f"{url.raw_host.lower()}:{url.port}"
-        except ValueError:
-            return self.type
-
     async def deliver(
         self, rendered: Mapping[str, Any], *, job_id: str, timeout: float | None
     ) -> int | None:

@@ -223,5 +223,4 @@ def test_from_settings_and_destination() -> None:
         email_from="router@acme.test",
     )
     deliverer = EmailDeliverer.from_settings(settings)
-    assert deliverer.destination(mail()) == "smtp"
     assert PASSWORD not in repr(vars(deliverer))

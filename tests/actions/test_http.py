@@ -295,21 +295,6 @@ def test_header_with_a_line_break_is_permanent_and_not_echoed(sink: HttpSink) ->
     assert sink.requests == []
 
 
-@pytest.mark.parametrize(
-    ("spec", "destination"),
-    [
-        ({"url": "https://crm.example.com/contacts/{{ data.id }}"}, "crm.example.com:443"),
-        ({"url": "http://Shop.Example.com:8080/x?token={{ secrets.T }}"}, "shop.example.com:8080"),
-        ({"url": "http://127.0.0.1:9/"}, "127.0.0.1:9"),
-        ({"url": "https://{{ secrets.HOST }}/x"}, "http"),
-        ({"url": "{{ record.url }}"}, "http"),
-        ({}, "http"),
-    ],
-)
-def test_destination_key(spec: dict[str, Any], destination: str) -> None:
-    assert HttpDeliverer().destination(spec) == destination
-
-
 def test_deliver_before_start_is_a_programming_error() -> None:
     with pytest.raises(RuntimeError, match="start"):
         asyncio.run(HttpDeliverer().deliver(post("http://127.0.0.1:9/"), job_id="j", timeout=1))

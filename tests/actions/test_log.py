@@ -55,10 +55,6 @@ def test_unknown_level_is_permanent(caplog: pytest.LogCaptureFixture) -> None:
     assert caplog.records == []
 
 
-def test_destination_is_one_per_type() -> None:
-    assert LogDeliverer().destination({"type": "log"}) == "log"
-
-
 def test_registry_builds_one_deliverer_per_type() -> None:
     deliverers = build_deliverers(Settings(_env_file=None))  # type: ignore[call-arg]
     assert set(deliverers) == set(REGISTRY) == {"http", "email", "log"}
