@@ -35,6 +35,7 @@ from router.templating import EnvSecrets, build_context, render_action
 log = logging.getLogger("router.worker")
 
 CLAIM_BATCH = 200  # most jobs claimed in one store round trip
+CLAIM_WHEN_FREE = 8  # while busy, claim once 1/8 of the slots are free
 IDLE_WAIT = 1.0  # seconds an idle worker waits before looking for due jobs again
 RETRY_SLACK = 0.005  # seconds past a retry's time before claiming it: the store compares `<=`
 HOST_QUEUE_FACTOR = 2  # jobs queued here per busy destination, as a multiple of its slots
@@ -158,6 +159,8 @@ class Worker:
         room = self.limits.concurrency - self._active - self._waiting
         if room <= 0 or not self._look:
             return 0
+        if self._active and room < self.limits.concurrency // CLAIM_WHEN_FREE:
+            return 0  # wait for a few more slots: one claim for several, not one each
         limit = min(room, CLAIM_BATCH)
         busy = [key for key, host in self._hosts.items() if host.active >= self.limits.per_host]
         jobs = await self.store.claim(
