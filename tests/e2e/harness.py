@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -139,3 +140,55 @@ class RouterProcess:
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)
+
+
+class Load:
+    """Bounded load from several threads: pushes numbered 0..limit-1 spread over `targets`,
+    remembering which got a 202. Use as a context manager; leaving it stops the pushers."""
+
+    def __init__(
+        self, targets: list[RouterProcess], *, prefix: str, limit: int, threads: int = 4
+    ) -> None:
+        self.targets = targets
+        self.prefix = prefix
+        self.acknowledged: set[int] = set()
+        self._lock = threading.Lock()
+        self._counter = iter(range(limit))
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._push) for _ in range(threads)]
+
+    def __enter__(self) -> Load:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(30)
+
+    def _push(self) -> None:
+        with httpx.Client(timeout=10) as client:
+            while not self._stop.is_set():
+                with self._lock:
+                    seq = next(self._counter, None)
+                if seq is None:
+                    return
+                target = self.targets[seq % len(self.targets)]
+                event = {
+                    "id": f"{self.prefix}-{seq}",
+                    "tableType": "PROFILE_TABLE",
+                    "operation": "CREATE",
+                    "data": {"seq": seq},
+                }
+                try:
+                    response = client.post(
+                        f"{target.base}/webhooks/actito",
+                        json=event,
+                        headers={"X-Authorization": target.secret or ""},
+                    )
+                except httpx.HTTPError:
+                    continue  # that process died mid-request: not acknowledged
+                if response.status_code == 202:
+                    with self._lock:
+                        self.acknowledged.add(seq)

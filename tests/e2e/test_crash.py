@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
 from pathlib import Path
 
-import httpx
-
 from tests.e2e.conftest import forward_rule
-from tests.e2e.harness import RouterProcess, poll
+from tests.e2e.harness import Load, RouterProcess, poll
 from tests.sinks import HttpSink, Reply
 
 PUSHERS = 4
@@ -28,44 +25,10 @@ def test_kill_9_under_load_loses_nothing_acknowledged(
         router_factory.append(router)
         router.start()
 
-        acknowledged: set[int] = set()
-        lock = threading.Lock()
-        counter = iter(range(MAX_PUSHES))
-        stop = threading.Event()
-
-        def pusher() -> None:
-            with httpx.Client(timeout=10) as client:
-                while not stop.is_set():
-                    with lock:
-                        seq = next(counter, None)
-                    if seq is None:
-                        return
-                    event = {
-                        "id": f"crash-{seq}",
-                        "tableType": "PROFILE_TABLE",
-                        "operation": "CREATE",
-                        "data": {"seq": seq},
-                    }
-                    try:
-                        response = client.post(
-                            f"{router.base}/webhooks/actito",
-                            json=event,
-                            headers={"X-Authorization": router.secret or ""},
-                        )
-                    except httpx.HTTPError:
-                        continue  # the router died mid-request: not acknowledged
-                    if response.status_code == 202:
-                        with lock:
-                            acknowledged.add(seq)
-
-        threads = [threading.Thread(target=pusher) for _ in range(PUSHERS)]
-        for thread in threads:
-            thread.start()
-        poll(lambda: len(acknowledged) >= 300, timeout=60)
-        router.kill()
-        stop.set()
-        for thread in threads:
-            thread.join(30)
+        with Load([router], prefix="crash", limit=MAX_PUSHES, threads=PUSHERS) as load:
+            poll(lambda: len(load.acknowledged) >= 300, timeout=60)
+            router.kill()
+        acknowledged = load.acknowledged
         assert router.proc is not None and router.proc.returncode == -9
 
         restarted = RouterProcess(tmp_path, rules_dir, port=router.port, env=env)

@@ -9,18 +9,16 @@ expire. Repeats stay within what the dead worker held. Dedupe holds across intak
 from __future__ import annotations
 
 import json
-import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.e2e.conftest import forward_rule
-from tests.e2e.harness import RouterProcess, poll
+from tests.e2e.harness import Load, RouterProcess, poll
 from tests.e2e.pg import Unavailable, fresh_database
 from tests.sinks import HttpRequest, HttpSink, Reply, free_port
 
@@ -115,52 +113,15 @@ def test_sigkill_one_replica_under_load_loses_nothing_acknowledged(
         replicas = start_replicas(tmp_path, rules_dir, pg_url, env, router_factory)
         doomed = replicas.by_role(victim)
 
-        acknowledged: set[int] = set()
-        lock = threading.Lock()
-        counter = iter(range(MAX_PUSHES))
-        stop = threading.Event()
-        targets = [replicas.intake, replicas.serve]
-
-        def pusher() -> None:
-            with httpx.Client(timeout=10) as client:
-                while not stop.is_set():
-                    with lock:
-                        seq = next(counter, None)
-                    if seq is None:
-                        return
-                    target = targets[seq % len(targets)]  # spread over both intakes
-                    event = {
-                        "id": f"replica-{seq}",
-                        "tableType": "PROFILE_TABLE",
-                        "operation": "CREATE",
-                        "data": {"seq": seq},
-                    }
-                    try:
-                        response = client.post(
-                            f"{target.base}/webhooks/actito",
-                            json=event,
-                            headers={"X-Authorization": target.secret or ""},
-                        )
-                    except httpx.HTTPError:
-                        continue  # that replica is dead: not acknowledged
-                    if response.status_code == 202:
-                        with lock:
-                            acknowledged.add(seq)
-
-        threads = [threading.Thread(target=pusher) for _ in range(PUSHERS)]
-        for thread in threads:
-            thread.start()
-        try:
+        targets = [replicas.intake, replicas.serve]  # pushes spread over both intakes
+        with Load(targets, prefix="replica", limit=MAX_PUSHES, threads=PUSHERS) as load:
+            acknowledged = load.acknowledged
             poll(lambda: len(acknowledged) >= KILL_AFTER, timeout=DEADLINE)
             if victim != "intake":  # kill it while it is delivering, not before
                 poll(lambda: delivered_count(doomed) >= 10, timeout=DEADLINE)
             doomed.kill()
             at_kill = len(acknowledged)
             poll(lambda: len(acknowledged) >= at_kill + PUSH_AFTER_KILL, timeout=DEADLINE)
-        finally:
-            stop.set()
-            for thread in threads:
-                thread.join(15)
         assert doomed.proc is not None and doomed.proc.returncode == -9
 
         def missing() -> set[int]:
