@@ -74,7 +74,6 @@ class Engine:
         match = ruleset.matcher.match
         dedupe = self.dedupe_window > 0
         incoming: list[IncomingRecord] = []
-        matches: list[str] = []
         for position, record in enumerate(records):
             rules = match(record)
             jobs = tuple(
@@ -90,7 +89,6 @@ class Engine:
                 for index, action in enumerate(rule.actions)
             )
             names = tuple(rule.name for rule in rules)
-            matches.extend(names)
             event_id = record.get("id")
             incoming.append(
                 IncomingRecord(
@@ -107,17 +105,17 @@ class Engine:
             dedupe_window=self.dedupe_window,
             now=self.clock(),
         )
-        self._count(result, incoming, matches)
+        self._count(result, incoming)
         return result
 
-    def _count(
-        self, result: AcceptResult, incoming: list[IncomingRecord], matches: list[str]
-    ) -> None:
+    def _count(self, result: AcceptResult, incoming: list[IncomingRecord]) -> None:
         m = self.metrics
         m.records_received.inc(result.accepted)
         m.records_duplicate.inc(result.duplicates)
-        if result.duplicates:
-            return  # which records were repeats is the store's secret; count only clean pushes
-        m.records_unmatched.inc(sum(1 for item in incoming if not item.matched))
-        for name in matches:
-            m.rule_matches.labels(rule=name).inc()
+        for position, item in enumerate(incoming):
+            if position in result.repeated:
+                continue  # routed when it first came
+            if not item.matched:
+                m.records_unmatched.inc()
+            for name in item.matched:
+                m.rule_matches.labels(rule=name).inc()

@@ -57,6 +57,7 @@ class IncomingRecord:
 class AcceptResult:
     accepted: int
     duplicates: int
+    repeated: frozenset[int] = frozenset()  # positions (in the call's records) of duplicates
 
 
 @dataclass(frozen=True, slots=True)

@@ -265,16 +265,18 @@ class PostgresStore(Store):
             kept: list[IncomingRecord] = []
             results: list[AcceptResult] = []
             for request in group:
-                before = len(kept)
-                for incoming in request.records:
+                repeated: set[int] = set()
+                for position, incoming in enumerate(request.records):
                     key = incoming.dedupe_key if keys else None
                     if key is None:
                         kept.append(incoming)
                     elif key in fresh:
                         fresh.discard(key)  # a second copy in this very batch is a duplicate
                         kept.append(incoming)
-                accepted = len(kept) - before
-                results.append(AcceptResult(accepted, len(request.records) - accepted))
+                    else:
+                        repeated.add(position)
+                accepted = len(request.records) - len(repeated)
+                results.append(AcceptResult(accepted, len(repeated), frozenset(repeated)))
             if kept:
                 try:
                     await conn.execute(

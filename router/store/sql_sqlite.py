@@ -274,12 +274,13 @@ def accept(
     now: float,
     specs: SpecCache,
 ) -> AcceptResult:
-    accepted = duplicates = 0
-    for incoming in records:
+    accepted = 0
+    repeated: set[int] = set()
+    for position, incoming in enumerate(records):
         if incoming.dedupe_key is not None and window > 0:
             params = {"key": incoming.dedupe_key, "now": now, "cutoff": now - window}
             if conn.execute(CLAIM_DEDUPE_KEY, params).fetchone() is None:
-                duplicates += 1
+                repeated.add(position)
                 continue
         event_row = (
             incoming.event_id,
@@ -299,7 +300,7 @@ def accept(
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"job id {job.id!r} already exists") from exc
         accepted += 1
-    return AcceptResult(accepted=accepted, duplicates=duplicates)
+    return AcceptResult(accepted, len(repeated), frozenset(repeated))
 
 
 def claim(

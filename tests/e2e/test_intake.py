@@ -115,6 +115,7 @@ def test_duplicates_are_acknowledged_but_route_nothing(
     served: tuple[RouterProcess, HttpSink],
 ) -> None:
     router, _sink = served
+    before = rule_matches(router)
     payload = {**SAMPLE, "id": "dup-check-1"}
     assert router.push(payload).json() == {"accepted": 1, "duplicates": 0}
     assert router.push(payload).json() == {"accepted": 0, "duplicates": 1}
@@ -124,6 +125,17 @@ def test_duplicates_are_acknowledged_but_route_nothing(
     assert listed.returncode == 0, listed.stderr
     jobs = [j for j in json.loads(listed.stdout) if j["event_id"] in ("dup-check-1", "dup-check-2")]
     assert sorted(j["event_id"] for j in jobs) == ["dup-check-1", "dup-check-2"]
+    # A push mixing a repeat and a new record routes (and counts) only the new one.
+    mixed = [payload, {**payload, "id": "dup-check-3"}]
+    assert router.push(mixed).json() == {"accepted": 1, "duplicates": 1}
+    assert rule_matches(router) - before == 3
+
+
+def rule_matches(router: RouterProcess) -> float:
+    for line in router.get("/metrics").text.splitlines():
+        if line.startswith('router_rule_matches_total{rule="forward-all"}'):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
 
 
 def test_lone_surrogate_reaches_the_destination_escaped(

@@ -157,6 +157,10 @@ def test_dedupe_within_one_call(
         records = [incoming(key, event_id=str(i)) for i, key in enumerate(keys)]
         result = await accept(store, *records, window=window)
         assert (result.accepted, result.duplicates) == (accepted, duplicates)
+        # Which positions were repeats (the engine counts rule matches of the others only).
+        first = {key: keys.index(key) for key in keys}
+        expected = {i for i, key in enumerate(keys) if window and first[key] != i}
+        assert result.repeated == expected
         claimed = await claim_all(store, T0)
         # The first record of each key is the one kept, with its jobs; duplicates store nothing.
         kept = [records[keys.index(k)] for k in dict.fromkeys(keys)] if window else records
