@@ -25,7 +25,15 @@ from router.exceptions import RuleSetInvalid
 from router.matching import Matcher
 from router.rules import Action, Location, Rule, RuleSet
 from router.ruletests import _TestReader
-from router.schema import UnsetSecrets, _action, _Context, _kind, _match, _unknown, parse_action
+from router.schema import (
+    Context,
+    UnsetSecrets,
+    compile_action,
+    compile_match,
+    kind_of,
+    parse_action,
+    unknown_keys,
+)
 from router.toml_positions import KeyPath, positions
 
 __all__ = ["LoadResult", "UnsetSecrets", "load", "load_rules", "parse_action"]
@@ -101,7 +109,7 @@ class _Loader:
                 elif key in _RULE_KEYS and "rule" in allowed:
                     context.report((key,), "is outside any rule; put it under a [[rule]] table")
                 elif key not in allowed:
-                    context.report((key,), _unknown(key, allowed))
+                    context.report((key,), unknown_keys(key, allowed))
             for index, raw in enumerate(
                 _array(context, document, "rule") if "rule" in allowed else ()
             ):
@@ -147,7 +155,7 @@ class _Loader:
             )
         return files
 
-    def _read(self, file: _File) -> tuple[_File, dict[str, Any], _Context] | None:
+    def _read(self, file: _File) -> tuple[_File, dict[str, Any], Context] | None:
         try:
             data = file.path.read_bytes()
         except OSError as exc:
@@ -169,17 +177,17 @@ class _Loader:
             where = f" at column {found[2]}" if found else ""
             message = f"invalid TOML{where}: {reason[:1].lower()}{reason[1:]}"
         else:
-            context = _Context(file.shown, positions(source), self.out, self.secrets, self.unset)
+            context = Context(file.shown, positions(source), self.out, self.secrets, self.unset)
             context.used_secrets = self.used_secrets
             return file, document, context
         self.complete = self.complete and file.name.startswith("tests/")
         self.out.append(Diagnostic(file.shown, line, message))
         return None
 
-    def _rule(self, context: _Context, path: KeyPath, raw: Any) -> None:
+    def _rule(self, context: Context, path: KeyPath, raw: Any) -> None:
         context.rule, context.hidden = None, 0
         if not isinstance(raw, dict):
-            context.report(path, f"must be a table, not {_kind(raw)}")
+            context.report(path, f"must be a table, not {kind_of(raw)}")
             return
         location = Location(context.file, context.positions.line(path))
         value = context.require(raw, "name", path, "give the rule a unique name")
@@ -198,8 +206,8 @@ class _Loader:
         description = context.text((*path, "description"), table.get("description", ""))
         enabled = table.get("enabled", True)
         if not isinstance(enabled, bool):
-            context.report((*path, "enabled"), f"must be true or false, not {_kind(enabled)}")
-        match = _match(context, (*path, "match"), table.get("match"))
+            context.report((*path, "enabled"), f"must be true or false, not {kind_of(enabled)}")
+        match = compile_match(context, (*path, "match"), table.get("match"))
         # A disabled rule may wait for its secret to be set: only enabled rules need theirs.
         context.secrets = self.secrets if enabled is not False else None
         actions: list[Action] = []
@@ -213,13 +221,15 @@ class _Loader:
                     item.get("type") if isinstance(item, dict) else None for item in raw_actions
                 ]
                 self.action_types.setdefault(name, kinds)
-            built = [_action(context, (*path, "action", i), a) for i, a in enumerate(raw_actions)]
+            built = [
+                compile_action(context, (*path, "action", i), a) for i, a in enumerate(raw_actions)
+            ]
             actions = [action for action in built if action is not None]
         if context.errors == before and name and description is not None and match is not None:
             self.rules.append(Rule(name, description, enabled, match, tuple(actions), location))
 
 
-def _array(context: _Context, document: dict[str, Any], key: str) -> list[Any]:
+def _array(context: Context, document: dict[str, Any], key: str) -> list[Any]:
     context.rule, context.hidden = None, 0
     value = document.get(key, [])
     if isinstance(value, list):

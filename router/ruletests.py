@@ -3,7 +3,7 @@
 Tests are read after every rule file, so a test can name any rule and its actions; a rule name
 nobody defines is a mistake only when every rule file could be read (otherwise the rule may be in
 the file that failed, which has its own diagnostic). Problems are reported through the same
-`_Context` as the rules' own.
+`Context` as the rules' own.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from router.events import Record, normalise, parse_body
 from router.exceptions import MalformedBody, NotAnEvent
 from router.rules import ExpectedAction, Location, RuleTest
-from router.schema import _closest, _Context, _kind
+from router.schema import Context, closest, kind_of
 from router.toml_positions import KeyPath
 
 _TEST_KEYS = ("name", "event", "expect", "expect_per_record", "action")
@@ -43,7 +43,7 @@ class _TestReader:
         self.complete = complete  # every rule file was read, so an unknown rule name is a mistake
         self.tests: list[RuleTest] = []
 
-    def read(self, context: _Context, index: int, raw: Any, shown: str) -> None:
+    def read(self, context: Context, index: int, raw: Any, shown: str) -> None:
         """Check test `index` of the file `shown`; keep it in `tests` if it has no error."""
         path: KeyPath = ("test", index)
         before = context.errors
@@ -59,7 +59,7 @@ class _TestReader:
         value = table.get("expect_per_record")
         if value is not None and not isinstance(value, list):
             context.report(
-                (*path, "expect_per_record"), f"must be an array of lists, not {_kind(value)}"
+                (*path, "expect_per_record"), f"must be an array of lists, not {kind_of(value)}"
             )
         elif value is not None:
             per_record = [
@@ -97,7 +97,7 @@ class _TestReader:
         )
 
     def _event(
-        self, context: _Context, path: KeyPath, value: Any
+        self, context: Context, path: KeyPath, value: Any
     ) -> tuple[Any, list[Record]] | None:
         event = value
         if isinstance(value, str):
@@ -124,7 +124,7 @@ class _TestReader:
         else:
             if value is not None:
                 context.report(
-                    path, f"must be a table or the path of a JSON file, not {_kind(value)}"
+                    path, f"must be a table or the path of a JSON file, not {kind_of(value)}"
                 )
             return None
         try:
@@ -133,9 +133,9 @@ class _TestReader:
             context.report(path, f"is not an ACTITO event: {exc}")
             return None
 
-    def _names(self, context: _Context, path: KeyPath, value: Any) -> frozenset[str] | None:
+    def _names(self, context: Context, path: KeyPath, value: Any) -> frozenset[str] | None:
         if value is not None and not isinstance(value, list):
-            context.report(path, f"must be a list of rule names, not {_kind(value)}")
+            context.report(path, f"must be a list of rule names, not {kind_of(value)}")
             return None
         names = context.texts(path, value)
         if names is None:
@@ -144,17 +144,17 @@ class _TestReader:
             self._known(context, (*path, index), name)
         return frozenset(names)
 
-    def _known(self, context: _Context, path: KeyPath, name: str) -> bool:
+    def _known(self, context: Context, path: KeyPath, name: str) -> bool:
         if name in self.defined or not self.complete:
             return name in self.defined
-        close = _closest(name, self.defined)
+        close = closest(name, self.defined)
         context.report(
             path, f"no rule is named '{name}'" + (f"; did you mean '{close}'?" if close else "")
         )
         return False
 
     def _expected(
-        self, context: _Context, path: KeyPath, raw: Any, records: list[Record] | None
+        self, context: Context, path: KeyPath, raw: Any, records: list[Record] | None
     ) -> ExpectedAction | None:
         before = context.errors
         table = context.table(path, raw, _TEST_ACTION_KEYS)
@@ -192,7 +192,7 @@ class _TestReader:
             elif key == "body_json":
                 values[key] = value
             elif key == "headers" and not isinstance(value, dict):
-                context.report(at, f"must be a table of header name = value, not {_kind(value)}")
+                context.report(at, f"must be a table of header name = value, not {kind_of(value)}")
             elif key == "headers":
                 values[key] = {n: context.text((*at, n), v) for n, v in value.items()}
             elif key == "to":
@@ -208,7 +208,7 @@ class _TestReader:
         )
 
 
-def _index(context: _Context, path: KeyPath, value: Any) -> int | None:
+def _index(context: Context, path: KeyPath, value: Any) -> int | None:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
         return value
     context.report(path, f"must be an index (an integer from 0), not {value!r}")

@@ -1,6 +1,6 @@
 """The schema of a rule's match and actions: validate one table, compile it, report diagnostics.
 
-Every check reports through a `_Context` (the file, its line map, the rule being read) and goes
+Every check reports through a `Context` (the file, its line map, the rule being read) and goes
 on, so one pass finds every mistake; a part with an error compiles to None. The loader runs these
 checks on each rule; the worker runs `parse_action` on the spec a delivery job stored, so a job
 is rebuilt by the very code that validated it.
@@ -53,15 +53,15 @@ _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RF
 def parse_action(spec: Mapping[str, Any]) -> Action:
     """Rebuild the action compiled from `spec` (an `Action.spec` stored with a delivery job);
     ValueError if the spec is not a valid action."""
-    context = _Context("action", Positions(), [])
-    action = _action(context, (), dict(spec))
+    context = Context("action", Positions(), [])
+    action = compile_action(context, (), dict(spec))
     if action is None:
         raise ValueError("; ".join(f"{d.key or 'action'}: {d.message}" for d in context.out))
     return action
 
 
 @dataclass
-class _Context:
+class Context:
     """Where checks of one file report to, and which rule (if any) they are inside."""
 
     file: str
@@ -93,11 +93,11 @@ class _Context:
 
     def table(self, path: KeyPath, value: Any, keys: Collection[str]) -> dict[str, Any] | None:
         if not isinstance(value, dict):
-            self.report(path, f"must be a table, not {_kind(value)}")
+            self.report(path, f"must be a table, not {kind_of(value)}")
             return None
         for key in value:
             if key not in keys:
-                self.report((*path, key), _unknown(key, keys))
+                self.report((*path, key), unknown_keys(key, keys))
         return value
 
     def require(self, table: Mapping[str, Any], key: str, path: KeyPath, why: str) -> Any:
@@ -108,7 +108,7 @@ class _Context:
     def text(self, path: KeyPath, value: Any) -> str | None:
         if value is None or isinstance(value, str):
             return value
-        self.report(path, f"must be a string, not {_kind(value)}")
+        self.report(path, f"must be a string, not {kind_of(value)}")
         return None
 
     def texts(self, path: KeyPath, value: Any, *, numbers: bool = False) -> list[str] | None:
@@ -125,10 +125,10 @@ class _Context:
             elif numbers and isinstance(item, int) and not isinstance(item, bool):
                 texts.append(str(item))
             elif ok:
-                self.report((*path, index), f"must be {what}, not {_kind(item)}")
+                self.report((*path, index), f"must be {what}, not {kind_of(item)}")
             else:
                 plural = "strings or integers" if numbers else "strings"
-                self.report(path, f"must be {what} or a list of {plural}, not {_kind(item)}")
+                self.report(path, f"must be {what} or a list of {plural}, not {kind_of(item)}")
         return texts if len(texts) == len(items) else None
 
     def number(
@@ -136,7 +136,7 @@ class _Context:
     ) -> float | None:
         what = "an integer" if integer else "a number"
         if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
-            self.report(path, f"must be {what}, not {_kind(value)}")
+            self.report(path, f"must be {what}, not {kind_of(value)}")
             return None
         low, high = bounds
         if not low <= value <= high:
@@ -145,7 +145,7 @@ class _Context:
         return value
 
     def choice(self, path: KeyPath, value: str, known: Collection[str], what: str) -> None:
-        close = _closest(value, known)
+        close = closest(value, known)
         hint = f"; did you mean '{close}'?" if close else ""
         self.report(path, f"'{value}' is not a known {what}{hint} (known: {', '.join(known)})")
 
@@ -168,7 +168,7 @@ class _Context:
         return compiled
 
 
-def _kind(value: Any) -> str:
+def kind_of(value: Any) -> str:
     kinds: tuple[tuple[type, str], ...] = (
         (bool, "a boolean"),
         (int, "an integer"),
@@ -180,24 +180,24 @@ def _kind(value: Any) -> str:
     return next((name for cls, name in kinds if isinstance(value, cls)), "a date or time")
 
 
-def _closest(word: str, known: Collection[str]) -> str | None:
+def closest(word: str, known: Collection[str]) -> str | None:
     folded = {name.lower(): name for name in known}
     close = difflib.get_close_matches(word.lower(), list(folded), n=1, cutoff=0.6)
     return folded[close[0]] if close else None
 
 
-def _unknown(key: str, known: Collection[str]) -> str:
+def unknown_keys(key: str, known: Collection[str]) -> str:
     if tuple(known) in _ACTION_KEYS.values():
         owners = [kind for kind, keys in _ACTION_KEYS.items() if key in keys]
         if owners:
             return f"unknown key: only {' and '.join(owners)} actions have {key}"
-    close = _closest(key, known)
+    close = closest(key, known)
     if close:
         return f"unknown key; did you mean '{close}'?"
     return f"unknown key; use one of {', '.join(known)}"
 
 
-def _match(context: _Context, path: KeyPath, value: Any) -> Match | None:
+def compile_match(context: Context, path: KeyPath, value: Any) -> Match | None:
     if value is None:
         return Match()
     table = context.table(path, value, _MATCH_KEYS)
@@ -233,11 +233,11 @@ def _match(context: _Context, path: KeyPath, value: Any) -> Match | None:
     )
 
 
-def _action(context: _Context, path: KeyPath, value: Any) -> Action | None:
+def compile_action(context: Context, path: KeyPath, value: Any) -> Action | None:
     """One action table (from a rule, or a stored spec); None after reporting any problem."""
     before = context.errors
     if not isinstance(value, dict):
-        context.report(path, f"must be a table, not {_kind(value)}")
+        context.report(path, f"must be a table, not {kind_of(value)}")
         return None
     kind = context.text((*path, "type"), context.require(value, "type", path, "set type"))
     if kind is None:
@@ -251,7 +251,7 @@ def _action(context: _Context, path: KeyPath, value: Any) -> Action | None:
     return built if context.errors == before else None
 
 
-def _retry(context: _Context, path: KeyPath, value: Any) -> RetryOverride:
+def _retry(context: Context, path: KeyPath, value: Any) -> RetryOverride:
     table = {} if value is None else context.table(path, value, _RETRY_KEYS) or {}
     attempts = table.get("max_attempts")
     if attempts is not None:
@@ -268,7 +268,7 @@ def _retry(context: _Context, path: KeyPath, value: Any) -> RetryOverride:
 
 
 def _http(
-    context: _Context, path: KeyPath, raw: dict[str, Any], retry: RetryOverride
+    context: Context, path: KeyPath, raw: dict[str, Any], retry: RetryOverride
 ) -> Action | None:
     method = context.text((*path, "method"), raw.get("method", "POST"))
     if method is not None and method.upper() not in HTTP_METHODS:
@@ -280,7 +280,7 @@ def _http(
     table = raw.get("headers", {})
     if not isinstance(table, dict):
         context.report(
-            (*path, "headers"), f"must be a table of name = template, not {_kind(table)}"
+            (*path, "headers"), f"must be a table of name = template, not {kind_of(table)}"
         )
     else:
         for name, value in table.items():
@@ -300,7 +300,7 @@ def _http(
 
 
 def _email(
-    context: _Context, path: KeyPath, raw: dict[str, Any], retry: RetryOverride
+    context: Context, path: KeyPath, raw: dict[str, Any], retry: RetryOverride
 ) -> Action | None:
     value = context.require(raw, "to", path, "give at least one recipient address")
     to = context.texts((*path, "to"), value)
@@ -326,7 +326,7 @@ def _email(
 
 
 def _log(
-    context: _Context, path: KeyPath, raw: dict[str, Any], retry: RetryOverride
+    context: Context, path: KeyPath, raw: dict[str, Any], retry: RetryOverride
 ) -> Action | None:
     level = context.text((*path, "level"), raw.get("level", "info"))
     if level is not None and level.lower() not in LOG_LEVELS:
