@@ -80,7 +80,8 @@ class HttpDeliverer(Deliverer):
 
     Headers sent: the rendered ones, plus `Idempotency-Key: <job id>`, `User-Agent` and
     `Content-Type: application/json` unless the rule set its own (names compare case-
-    insensitively; the rule's value wins). The body is sent as UTF-8 bytes, exactly as rendered.
+    insensitively; the rule's value wins). The body is sent as UTF-8 bytes, as rendered (a
+    lone surrogate, which UTF-8 cannot carry, becomes "?").
     """
 
     type = "http"
@@ -139,7 +140,9 @@ class HttpDeliverer(Deliverer):
             # aiohttp refuses the pair; say which rule fix is needed instead of "malformed".
             raise GiveUp("invalid request: the URL holds credentials and an Authorization header")
         body = rendered.get("body")
-        data = body.encode() if isinstance(body, str) else body
+        # A lone surrogate (a sender's escape, inserted raw by a template) has no UTF-8 form:
+        # it goes out as "?" rather than failing the delivery on every attempt.
+        data = body.encode("utf-8", "replace") if isinstance(body, str) else body
         seconds = timeout if timeout is not None else rendered.get("timeout")
         client_timeout = aiohttp.ClientTimeout(total=float(seconds or self._default_timeout))
         try:

@@ -298,3 +298,9 @@ def test_header_with_a_line_break_is_permanent_and_not_echoed(sink: HttpSink) ->
 def test_deliver_before_start_is_a_programming_error() -> None:
     with pytest.raises(RuntimeError, match="start"):
         asyncio.run(HttpDeliverer().deliver(post("http://127.0.0.1:9/"), job_id="j", timeout=1))
+
+
+def test_a_lone_surrogate_in_a_body_is_sent_not_fatal(sink: HttpSink) -> None:
+    (outcome,) = attempt(post(sink.url("/hook"), body="half \ud800 pair"))
+    assert outcome == 200
+    assert sink.wait_for(1)[0].body == b"half ? pair"
