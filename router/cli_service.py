@@ -97,24 +97,29 @@ def _add_serve(sub: _Sub) -> None:
     parser.add_argument("--host", help="listen address (ROUTER_HOST)")
     parser.add_argument("--port", type=int, metavar="PORT", help="listen port (ROUTER_PORT)")
     parser.add_argument(
+        "--no-worker", action="store_true", help="intake only: leave delivery to `router worker`"
+    )
+    _add_process_options(parser)
+    parser.set_defaults(func=_run_serve)
+
+
+def _add_process_options(parser: argparse.ArgumentParser) -> None:
+    """Options `serve` and `worker` share."""
+    parser.add_argument(
         "--concurrency",
         type=int,
         metavar="N",
         help="deliveries in flight at once (ROUTER_CONCURRENCY)",
     )
     parser.add_argument(
-        "--no-worker", action="store_true", help="intake only: leave delivery to `router worker`"
-    )
-    parser.add_argument(
         "--no-migrate",
         action="store_true",
         help="refuse to start if the store schema is not current instead of migrating it",
     )
-    parser.set_defaults(func=_run_serve)
 
 
 def _run_serve(args: argparse.Namespace) -> int:
-    from router.service import StartupError, serve
+    from router.service import serve
 
     settings = load_settings(
         rules_dir=args.rules,
@@ -123,12 +128,9 @@ def _run_serve(args: argparse.Namespace) -> int:
         port=args.port,
         concurrency=args.concurrency,
     )
-    logs.configure(settings.log_level, settings.log_format)
-    try:
-        serve(settings, worker=not args.no_worker, migrate=not args.no_migrate)
-    except StartupError as exc:
-        raise CommandError(str(exc)) from None
-    return 0
+    return _run_process(
+        lambda: serve(settings, worker=not args.no_worker, migrate=not args.no_migrate), settings
+    )
 
 
 _WORKER_EPILOG = """\
@@ -150,27 +152,23 @@ def _add_worker(sub: _Sub) -> None:
         formatter_class=_Formatter,
     )
     _add_store_option(parser)
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        metavar="N",
-        help="deliveries in flight at once (ROUTER_CONCURRENCY)",
-    )
-    parser.add_argument(
-        "--no-migrate",
-        action="store_true",
-        help="refuse to start if the store schema is not current instead of migrating it",
-    )
+    _add_process_options(parser)
     parser.set_defaults(func=_run_worker)
 
 
 def _run_worker(args: argparse.Namespace) -> int:
-    from router.service import StartupError, run_worker
+    from router.service import run_worker
 
     settings = load_settings(store_url=args.store, concurrency=args.concurrency)
+    return _run_process(lambda: run_worker(settings, migrate=not args.no_migrate), settings)
+
+
+def _run_process(run: Callable[[], None], settings: Settings) -> int:
+    from router.service import StartupError
+
     logs.configure(settings.log_level, settings.log_format)
     try:
-        run_worker(settings, migrate=not args.no_migrate)
+        run()
     except StartupError as exc:
         raise CommandError(str(exc)) from None
     return 0
@@ -196,29 +194,23 @@ def _add_migrate(sub: _Sub) -> None:
 def _run_migrate(args: argparse.Namespace) -> int:
     settings = load_settings(store_url=args.store)
 
-    async def problem() -> str | None:
-        store = open_store(settings.store_url)
-        try:
-            await store.open(migrate=False)
-        except StoreUnavailable as exc:
-            return str(exc)  # an old or missing schema, or no store at all: the reason says
-        await store.close()
-        return None
+    from router.service import StartupError, preflight_store
 
-    found = _run(problem())
-    if found is None:
+    try:
+        preflight_store(settings, migrate=False)
+    except StartupError as exc:  # an old or missing schema, or no store at all: it says which
+        if args.check:
+            print(f"the store is not ready: {exc}")
+            return 1
+    else:
         print("the store schema is current")
         return 0
-    if args.check:
-        print(f"the store is not ready: {found}")
-        return 1
-    _run(_with_store(settings, lambda store: _noop(), migrate=True))
+    try:
+        preflight_store(settings, migrate=True)
+    except StartupError as exc:
+        raise CommandError(str(exc)) from None
     print("migrations applied; the store schema is current")
     return 0
-
-
-async def _noop() -> None:
-    return None
 
 
 # ---------------------------------------------------------------- deliveries

@@ -10,6 +10,7 @@ import logging
 import random
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from router.events import Record, dedupe_key
@@ -42,6 +43,19 @@ def destination_of(action: Action) -> str:
     return "smtp" if action.type == "email" else "log"
 
 
+@dataclass(frozen=True, slots=True)
+class _Serving:
+    """A rule set with what the intake derives from it once, not per push."""
+
+    ruleset: RuleSet
+    destinations: dict[int, str]  # id(action) -> destination_of(action)
+
+    @classmethod
+    def of(cls, ruleset: RuleSet) -> _Serving:
+        actions = [action for rule in ruleset.rules for action in rule.actions]
+        return cls(ruleset, {id(action): destination_of(action) for action in actions})
+
+
 class Engine:
     def __init__(
         self,
@@ -53,7 +67,7 @@ class Engine:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
-        self._ruleset = ruleset
+        self._serving = _Serving.of(ruleset)
         self.dedupe_window = dedupe_window
         self.metrics = metrics or Metrics()
         self.clock = clock
@@ -61,16 +75,17 @@ class Engine:
 
     @property
     def ruleset(self) -> RuleSet:
-        return self._ruleset
+        return self._serving.ruleset
 
     def swap(self, ruleset: RuleSet) -> None:
         """Make `ruleset` the one that serves; pushes already matching keep the old one."""
-        self._ruleset = ruleset
+        self._serving = _Serving.of(ruleset)
         self.metrics.set_ruleset(ruleset.version)
 
     async def accept(self, records: Sequence[Record]) -> AcceptResult:
         """Match every record and store it with its jobs; durable when this returns."""
-        ruleset = self._ruleset
+        serving = self._serving  # one reference read: the whole push sees one rule set
+        ruleset, destinations = serving.ruleset, serving.destinations
         match = ruleset.matcher.match
         dedupe = self.dedupe_window > 0
         incoming: list[IncomingRecord] = []
@@ -83,7 +98,7 @@ class Engine:
                     action_index=index,
                     action_type=action.type,
                     spec=action.spec,
-                    destination=destination_of(action),
+                    destination=destinations[id(action)],
                 )
                 for rule in rules
                 for index, action in enumerate(rule.actions)

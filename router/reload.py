@@ -40,7 +40,6 @@ class Reloader:
         self.status = status
         self.secrets = secrets
         self.clock = clock
-        self.reloads = 0  # attempts that found a changed set (ok or refused)
 
     def reload(self) -> bool:
         """Load the directory now; swap in the new set if it is valid and differs.
@@ -51,7 +50,6 @@ class Reloader:
             errors = [str(d) for d in result.diagnostics if d.severity == "error"]
             if self.status.errors == errors and not self.status.ok:
                 return False  # the same broken set again: said already
-            self.reloads += 1
             self.status.ok = False
             self.status.at = self.clock()
             self.status.errors = errors
@@ -68,7 +66,6 @@ class Reloader:
                 self.status.ok, self.status.errors, self.status.at = True, [], self.clock()
                 metrics.last_reload_ok.set(1)
             return False
-        self.reloads += 1
         self.engine.swap(result.ruleset)
         self.status.version = result.ruleset.version
         self.status.ok, self.status.errors, self.status.at = True, [], self.clock()
