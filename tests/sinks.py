@@ -173,6 +173,7 @@ class HttpSink(_Sink):
         self._listener: socket.socket | None = None
         self._server: web.Server | None = None
         self._connecting: set[asyncio.Task[None]] = set()
+        self._transports: set[asyncio.Transport] = set()  # accepted, to abort at stop
         self._stopping: asyncio.Event | None = None
         self.port = 0
 
@@ -244,9 +245,13 @@ class HttpSink(_Sink):
     async def _connect(self, conn: socket.socket) -> None:
         assert self._server is not None
         try:
-            await asyncio.get_running_loop().connect_accepted_socket(self._server, conn)
+            transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
+                self._server, conn
+            )
         except OSError:  # the client went away before we got to it
             conn.close()
+            return
+        self._transports.add(transport)
 
     async def _stop(self) -> None:
         assert self._stopping and self._listener and self._server
@@ -257,6 +262,11 @@ class HttpSink(_Sink):
         await asyncio.gather(*self._connecting)
         self._server.pre_shutdown()
         await self._server.shutdown(SHUTDOWN_SECONDS)
+        # A transport still flushing to a client that died (kill -9 mid-request) would stay
+        # "closing" past the loop's end and leak its socket: drop what it still holds.
+        for transport in self._transports:
+            transport.abort()
+        self._transports.clear()
         # Closed transports release their sockets on the next loop turns.
         for _ in range(CLOSE_TURNS):
             await asyncio.sleep(0)

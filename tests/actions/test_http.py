@@ -110,14 +110,16 @@ def test_503_twice_then_200_with_a_stable_idempotency_key(sink: HttpSink) -> Non
         ("0", 0.0, 0.0),
         ("-3", 0.0, 0.0),
         ("whenever", None, None),
-        (_http_date(120), 115.0, 120.0),  # HTTP dates have whole seconds
-        (_http_date(-60), 0.0, 0.0),
+        (120.0, 115.0, 120.0),  # an HTTP date 120 s ahead (dates have whole seconds)
+        (-60.0, 0.0, 0.0),  # an HTTP date in the past
     ],
 )
 def test_retry_after_is_parsed(
-    sink: HttpSink, retry_after: str | None, low: float | None, high: float | None
+    sink: HttpSink, retry_after: str | float | None, low: float | None, high: float | None
 ) -> None:
-    sink.script(Reply(429, headers={"Retry-After": retry_after} if retry_after else {}))
+    # Dates are written when the test runs, not at collection: time passes in between.
+    value = _http_date(retry_after) if isinstance(retry_after, float) else retry_after
+    sink.script(Reply(429, headers={"Retry-After": value} if value else {}))
     (outcome,) = attempt(post(sink.url("/hook")))
     assert isinstance(outcome, RetryLater)
     if low is None or high is None:
