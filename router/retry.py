@@ -48,7 +48,7 @@ class Decision:
 class RetryPolicy:
     """How often and how long a failing delivery is retried. All durations in seconds."""
 
-    max_attempts: int
+    max_attempts: int  # 0: no limit (the max age decides)
     max_age: float
     base_delay: float
     max_delay: float
@@ -95,7 +95,7 @@ class RetryPolicy:
         """
         if not isinstance(failure, RetryLater):
             return Decision(None, REASON_PERMANENT)
-        if attempts >= self.max_attempts:
+        if self.max_attempts and attempts >= self.max_attempts:
             plural = "" if attempts == 1 else "s"
             return Decision(None, f"gave up after {attempts} attempt{plural}")
         delay = (rng or _DEFAULT_RNG).uniform(0.0, self.backoff_cap(attempts))
@@ -103,9 +103,8 @@ class RetryPolicy:
             delay = max(delay, min(max(failure.retry_after, 0.0), self.retry_after_cap))
         if now + delay > budget_since + self.max_age:
             return Decision(None, REASON_TOO_OLD)
-        return Decision(
-            now + delay, f"retry {attempts + 1} of {self.max_attempts} in {delay:.1f} s"
-        )
+        of = f" of {self.max_attempts}" if self.max_attempts else ""
+        return Decision(now + delay, f"retry {attempts + 1}{of} in {delay:.1f} s")
 
 
 def parse_retry_after(value: str | None, *, now: float) -> float | None:

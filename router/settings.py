@@ -47,7 +47,12 @@ class Settings(BaseSettings):
     per_host_concurrency: int = Field(
         8, ge=1, description="Deliveries in flight at once to one destination host."
     )
-    retry_max_attempts: int = Field(10, ge=1, le=100, description="Attempts before a job is dead.")
+    retry_max_attempts: int = Field(
+        0,
+        ge=0,
+        le=10_000,
+        description="Attempts before a job is dead; 0: no limit, the max age alone decides.",
+    )
     retry_max_age: float = Field(
         86400.0, gt=0, description="Seconds after acceptance when a job stops being retried."
     )

@@ -181,3 +181,35 @@ def _http_date(offset: float) -> str:
 )
 def test_parse_retry_after(value: str | None, expected: float | None) -> None:
     assert parse_retry_after(value, now=NOW) == expected
+
+
+@pytest.mark.parametrize("outage", [60.0, 3600.0, 6 * 3600.0])
+def test_default_policy_rides_out_an_outage(outage: float) -> None:
+    # 2,000 jobs fail on every attempt while the destination is down; with the default
+    # settings none of them may die before it is back, however the jitter falls.
+    policy = RetryPolicy.from_settings(Settings())  # type: ignore[call-arg]
+    rng = random.Random(11)
+    dead = 0
+    for job in range(2000):
+        accepted = now = NOW + job * 0.01
+        attempts = 0
+        while now < NOW + outage:
+            attempts += 1
+            decision = policy.decide(
+                attempts=attempts, budget_since=accepted, now=now, failure=RetryLater("x"), rng=rng
+            )
+            if decision.retry_at is None:
+                dead += 1
+                break
+            now = decision.retry_at
+    assert dead == 0
+    assert policy.max_age == 86400.0 and policy.max_delay == 3600.0
+
+
+def test_max_attempts_zero_means_no_limit() -> None:
+    unlimited = RetryPolicy(
+        max_attempts=0, max_age=86400.0, base_delay=1.0, max_delay=60.0, retry_after_cap=600.0
+    )
+    decision = decide(RetryLater("x"), attempts=5000, policy=unlimited)
+    assert not decision.dead
+    assert decision.reason.startswith("retry 5001 in ")
