@@ -6,6 +6,7 @@ RouterError
 │   └── NotAnEvent        JSON, but no ACTITO event      -> 422
 ├── RuleSetInvalid        fix the rule files (carries every diagnostic)
 ├── StoreUnavailable      retry later (the intake answers 503)
+│   └── StoreGone         the store's file was deleted or replaced: restart the router
 ├── RenderError           a template failed on this record: the delivery cannot be made
 │   └── MissingSecret     ...because this process lacks a secret: retry once it is set
 └── DeliveryFailed        one delivery attempt failed
@@ -51,6 +52,11 @@ class RuleSetInvalid(RouterError):
 
 class StoreUnavailable(RouterError):
     """The store cannot take or give work right now; callers retry later."""
+
+
+class StoreGone(StoreUnavailable):
+    """The store's database file was deleted or replaced while the router ran: nothing can be
+    accepted until it is restarted (and whatever the orphaned file held is recovered)."""
 
 
 class RenderError(RouterError):

@@ -16,6 +16,18 @@ from typing import Any
 Record = dict[str, Any]
 
 
+def storable_text(value: str | None) -> str | None:
+    """Text a database column can hold. A sender controls event ids (and error messages may
+    quote what it sent): neither SQLite's UTF-8 text nor PostgreSQL's can hold a lone surrogate,
+    and PostgreSQL's cannot hold NUL. The record itself is stored as ASCII-escaped JSON, so it
+    keeps every such character exactly; this is for the columns shown and searched beside it."""
+    if value is None:
+        return None
+    if not value.isascii():
+        value = value.encode("utf-8", "replace").decode("utf-8")
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
+
+
 class Status(enum.StrEnum):
     PENDING = "pending"
     DONE = "done"

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ from router.store.base import (
     QueueStats,
     Status,
     Store,
+    storable_text,
 )
 from router.store.sql_postgres import apply_pending, current_version, version_problem
 
@@ -186,7 +188,9 @@ class PostgresStore(Store):
         return await self._run(current_version, transaction=False)
 
     async def ping(self) -> None:
-        await self._run(lambda conn: conn.execute("SELECT 1"), transaction=False)
+        """A real write: a database that answers reads but refuses writes (a full disk, a
+        standby after a failover) is not ready to take pushes."""
+        await self._run(lambda conn: conn.execute(sql.PROBE, repr(time.time())), transaction=True)
 
     # -- intake ------------------------------------------------------------------------------
 
@@ -330,7 +334,7 @@ class PostgresStore(Store):
                     result.lease_token,
                     str(_NEXT_STATUS[result.outcome]),
                     next_at,
-                    sql.storable_text(result.error),
+                    storable_text(result.error),
                     now,
                     result.started_at,
                     str(result.outcome),

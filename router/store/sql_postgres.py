@@ -25,7 +25,15 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from router.exceptions import StoreUnavailable
-from router.store.base import AttemptRecord, IncomingRecord, Job, JobSummary, Outcome, Status
+from router.store.base import (
+    AttemptRecord,
+    IncomingRecord,
+    Job,
+    JobSummary,
+    Outcome,
+    Status,
+    storable_text,
+)
 
 if TYPE_CHECKING:
     import asyncpg
@@ -93,6 +101,13 @@ MIGRATIONS: tuple[str, ...] = (
         seen_at double precision NOT NULL
     );
     CREATE INDEX dedupe_seen_at ON dedupe (seen_at);
+    """,
+    # 2: the row readiness probes write.
+    """
+    CREATE TABLE store_meta (
+        key text PRIMARY KEY,
+        value text NOT NULL
+    );
     """,
 )
 
@@ -293,18 +308,14 @@ PURGE_DEDUPE = "DELETE FROM dedupe WHERE seen_at < $1::float8"
 
 NOTIFY = "SELECT pg_notify($1, '')"
 
+# A real write: readiness must fail while writes fail (a full disk, a read-only standby).
+PROBE = """
+INSERT INTO store_meta (key, value) VALUES ('probe', $1::text)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+"""
+
 
 # -- rows in, rows out ---------------------------------------------------------------------------
-
-
-def storable_text(value: str | None) -> str | None:
-    """Make text storable: PostgreSQL text holds neither NUL nor lone surrogates, and an
-    event id comes from the sender."""
-    if value is None:
-        return None
-    if not value.isascii():
-        value = value.encode("utf-8", "replace").decode("utf-8")
-    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
 def insert_arguments(kept: Sequence[IncomingRecord]) -> list[list[Any]]:

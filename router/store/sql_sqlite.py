@@ -9,6 +9,8 @@ once per job, which keeps the write volume of a busy intake down.
 from __future__ import annotations
 
 import json
+import os
+import secrets
 import sqlite3
 import uuid
 from collections.abc import Mapping, Sequence
@@ -27,6 +29,7 @@ from router.store.base import (
     Outcome,
     QueueStats,
     Status,
+    storable_text,
 )
 
 PRAGMAS = (
@@ -94,8 +97,22 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX dedupe_seen_at ON dedupe (seen_at)",
     ),
+    # 2: the row readiness probes write (the store's random identity is the file header's
+    # user_version, set by `migrate`: it can be read from the file without SQLite).
+    (
+        """CREATE TABLE store_meta (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+
+# A real write: readiness must fail while writes fail (a full disk, a read-only file).
+PROBE = """
+    INSERT INTO store_meta (key, value) VALUES ('probe', ?)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
 
 # -- accept
 # A row back means the key is new (or its last sighting fell out of the window): accept it.
@@ -162,6 +179,10 @@ RENEW_LEASE = """
     UPDATE jobs SET lease_until = :until
     WHERE id = :id AND lease_token = :token AND status = 'pending'
 """
+
+CLEAR_LEASES = (
+    "UPDATE jobs SET lease_token = NULL, lease_until = NULL WHERE lease_token IS NOT NULL"
+)
 
 # -- replay
 REPLAY_JOB = """
@@ -230,10 +251,29 @@ def migrate(conn: sqlite3.Connection, apply: bool) -> None:
             for statement in MIGRATIONS[number - 1]:
                 conn.execute(statement)
             conn.execute(SET_SCHEMA_VERSION, (number,))
+        if apply and not conn.execute("PRAGMA user_version").fetchone()[0]:
+            conn.execute(f"PRAGMA user_version = {secrets.randbelow(2**31 - 1) + 1}")
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+
+
+STORE_ID_OFFSET = 60  # the header's user_version: a big-endian 32-bit integer at this offset
+HEADER_MAGIC = b"SQLite format 3\x00"
+
+
+def file_store_id(fd: int) -> int | None:
+    """The store identity written in the header of the open file `fd`, read without SQLite
+    (what is on disk, not what this process's cache or WAL says); None if it is no store.
+
+    Never open and close the database file to read it: closing any descriptor of a file drops
+    every POSIX lock the process holds on it, SQLite's included (another process would then
+    take itself for the last user and delete the WAL). Keep one descriptor open instead."""
+    header = os.pread(fd, STORE_ID_OFFSET + 4, 0)
+    if len(header) < STORE_ID_OFFSET + 4 or not header.startswith(HEADER_MAGIC):
+        return None
+    return int.from_bytes(header[STORE_ID_OFFSET:], "big") or None
 
 
 def _json_default(value: Any) -> Any:
@@ -283,7 +323,7 @@ def accept(
                 repeated.add(position)
                 continue
         event_row = (
-            incoming.event_id,
+            storable_text(incoming.event_id),
             _dumps(incoming.record),
             _dumps(list(incoming.matched)),
             ruleset_version,
@@ -345,10 +385,11 @@ def record(conn: sqlite3.Connection, results: Sequence[AttemptResult], now: floa
             continue  # purged meanwhile: nothing to append to
         (number,) = conn.execute(NEXT_ATTEMPT_NUMBER, (result.job_id,)).fetchone()
         attempt = (result.job_id, number, result.started_at, str(result.outcome))
-        conn.execute(INSERT_ATTEMPT, (*attempt, result.status_code, result.error, result.duration))
+        error = storable_text(result.error)
+        conn.execute(INSERT_ATTEMPT, (*attempt, result.status_code, error, result.duration))
         if held[0] != result.lease_token:
             continue  # another claim holds the job now: its result decides
-        params: Mapping[str, Any] = {"id": result.job_id, "now": now, "error": result.error}
+        params: Mapping[str, Any] = {"id": result.job_id, "now": now, "error": error}
         if result.outcome is Outcome.RETRY:
             conn.execute(RETRY_JOB, {**params, "next_at": result.next_at})
         else:

@@ -7,6 +7,12 @@ request runs in its own savepoint, so a request that fails on its own (a duplica
 rolled back alone; a failure of the database itself fails the whole batch as StoreUnavailable.
 Reads for the CLI use a second connection on a second thread (WAL readers never block writers).
 Several processes may share the file: writes take the lock with BEGIN IMMEDIATE.
+
+A file deleted or replaced under a running store (an operator's `rm`, a volume swapped) would
+otherwise keep taking writes into an inode nobody can open again: after every commit the writer
+checks that the database and its WAL are still the files it opened. Once they are not, the store
+is *gone*: every call fails with StoreGone (the intake answers 503, so the sender keeps its
+events), readiness fails, and what the orphaned file held is copied next to it for recovery.
 """
 
 from __future__ import annotations
@@ -14,15 +20,17 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import os
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from router.exceptions import StoreUnavailable
+from router.exceptions import StoreGone, StoreUnavailable
 from router.store import sql_sqlite as sql
 from router.store.base import (
     AcceptResult,
@@ -39,10 +47,14 @@ from router.store.base import (
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
+log = logging.getLogger(__name__)
 
 URL_PREFIX = "sqlite:///"
 BUSY_TIMEOUT = 5.0  # seconds a write waits for another process's lock before StoreUnavailable
 MAX_BATCH = 512  # requests per group commit: bounds the latency one commit adds to the first
+# Seconds after a failed write (a full disk) during which readiness keeps failing, unless a
+# write succeeds meanwhile. A small probe can succeed in reused WAL space while pushes fail.
+WRITE_FAILURE_MEMORY = 30.0
 _STOP = object()
 
 
@@ -71,6 +83,59 @@ class _Request:
     work: Work[Any]
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future[Any]
+    probe: bool = False  # a readiness probe: its success says little about larger writes
+
+
+class _Files:
+    """The database file and its WAL as the store opened them (device and inode, and the
+    store's identity in the file header), to notice when they are deleted or replaced under
+    the running store: moved over, or copied over in place."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.opened: dict[str, tuple[int, int]] = {}
+        self.store_id: int | None = None
+        self.fd: int | None = None  # the database file, open while the store is (see below)
+
+    def remember(self) -> None:
+        for name in (self.path, f"{self.path}-wal"):
+            with contextlib.suppress(OSError):
+                stat = os.stat(name)
+                self.opened[name] = (stat.st_dev, stat.st_ino)
+        # Opened once and closed only after SQLite's own connections (sql.file_store_id).
+        with contextlib.suppress(OSError):
+            self.fd = os.open(self.path, os.O_RDONLY)
+            self.store_id = sql.file_store_id(self.fd)
+
+    def close(self) -> None:
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+    def problem(self) -> str | None:
+        """Why the files are no longer the store's, or None."""
+        for name, identity in self.opened.items():
+            try:
+                stat = os.stat(name)
+            except FileNotFoundError:
+                return f"{name} was deleted"
+            except OSError as exc:
+                return f"{name} cannot be checked: {exc.strerror}"
+            if (stat.st_dev, stat.st_ino) != identity:
+                return f"{name} was replaced by another file"
+        if self.fd is None:
+            return None
+        try:
+            found = sql.file_store_id(self.fd)
+        except OSError as exc:
+            return f"{self.path} cannot be read: {exc.strerror}"
+        if self.store_id is None:
+            # A store migrated in WAL mode has its identity in the file once a checkpoint
+            # copied the header there.
+            self.store_id = found
+        elif found != self.store_id:
+            return f"{self.path} was overwritten with another file"
+        return None
 
 
 def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
@@ -86,12 +151,16 @@ def _settle(outcomes: list[tuple[asyncio.Future[Any], bool, Any]]) -> None:
 class _Writer(threading.Thread):
     """Owns the write connection; runs queued requests in group-committed batches."""
 
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, files: _Files) -> None:
         super().__init__(name="sqlite-writer", daemon=True)
         self.conn = conn
+        self.files = files
         self.requests: queue.SimpleQueue[_Request | object] = queue.SimpleQueue()
         self.commits = 0
         self.on_rollback: list[Callable[[], None]] = []  # caches of what a rollback undid
+        self.gone: str | None = None  # why the store's file is no longer its own
+        # The last failed write of real work (monotonic time, error), until one succeeds.
+        self.write_failure: tuple[float, str] | None = None
 
     def run(self) -> None:
         try:
@@ -119,6 +188,11 @@ class _Writer(threading.Thread):
     def _execute(self, batch: list[_Request]) -> None:
         conn = self.conn
         outcomes: list[tuple[bool, Any]] = []
+        real = not all(request.probe for request in batch)
+        if self.gone is not None:
+            failure = StoreGone(self.gone)
+            self._resolve(batch, [(False, failure) for _ in batch])
+            return
         try:
             conn.execute("BEGIN IMMEDIATE")
             for request in batch:
@@ -137,13 +211,27 @@ class _Writer(threading.Thread):
                     outcomes.append((True, result))
             conn.execute("COMMIT")
             self.commits += 1
+            if real:
+                self.write_failure = None
         except sqlite3.Error as exc:
             # After an I/O error SQLite may have rolled back already; ROLLBACK may then fail.
             with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
             self._rolled_back()
+            if real:
+                self.write_failure = (time.monotonic(), str(exc))
             outcomes = [(False, _wrap(exc)) for _ in batch]
+        # Checked after the commit: whatever was just committed into a file that is gone must
+        # not be acknowledged (the caller answers 503 and the sender sends it again).
+        problem = self.files.problem()
+        if problem is not None:
+            self._lost(problem)
+            assert self.gone is not None
+            outcomes = [(False, StoreGone(self.gone)) for _ in batch]
+        self._resolve(batch, outcomes)
+
+    def _resolve(self, batch: list[_Request], outcomes: list[tuple[bool, Any]]) -> None:
         # One wake-up per event loop for the whole batch, not one per request.
         by_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Any], bool, Any]]] = {}
         for request, (ok, value) in zip(batch, outcomes, strict=True):
@@ -155,6 +243,30 @@ class _Writer(threading.Thread):
     def _rolled_back(self) -> None:
         for forget in self.on_rollback:
             forget()
+
+    def _lost(self, problem: str) -> None:
+        """The store's file is gone: refuse all work from now on, and copy what the orphaned
+        file holds (still readable through this connection) next to it for recovery."""
+        copy = f"{self.files.path}.orphaned-{time.strftime('%Y%m%dT%H%M%S')}"
+        try:
+            with contextlib.closing(sqlite3.connect(copy)) as target:
+                self.conn.backup(target)
+                # Leases belong to this process, which can record nothing any more: a worker on
+                # the copy takes the jobs at once (those in flight here may arrive twice).
+                target.execute(sql.CLEAR_LEASES)
+                target.commit()
+        except (sqlite3.Error, OSError) as exc:
+            saved = f"its content could not be saved ({exc})"
+        else:
+            saved = (
+                f"its content, pending jobs included, was saved to {copy} (point "
+                "ROUTER_STORE_URL at that file to inspect or deliver them)"
+            )
+        self.gone = (
+            f"the SQLite store's file is gone: {problem}; nothing is accepted until the router "
+            "is restarted"
+        )
+        log.error("%s; %s", self.gone, saved)
 
 
 def _connect(path: str, *, create: bool, busy_timeout: float) -> sqlite3.Connection:
@@ -184,13 +296,15 @@ class SQLiteStore(Store):
 
     # -- plumbing
 
-    async def _write(self, work: Work[T]) -> T:
+    async def _write(self, work: Work[T], *, probe: bool = False) -> T:
         writer = self._writer
         if writer is None or not writer.is_alive():
             raise StoreUnavailable("the SQLite store is not open")
+        if writer.gone is not None:
+            raise StoreGone(writer.gone)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        writer.requests.put(_Request(work, loop, future))
+        writer.requests.put(_Request(work, loop, future, probe))
         return await future
 
     def _read_in_thread(self, work: Work[T]) -> T:
@@ -207,6 +321,8 @@ class SQLiteStore(Store):
     async def _read(self, work: Work[T]) -> T:
         if self._reader is None:
             raise StoreUnavailable("the SQLite store is not open")
+        if self._writer is not None and self._writer.gone is not None:
+            raise StoreGone(self._writer.gone)
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._reader, self._read_in_thread, work)
@@ -223,6 +339,8 @@ class SQLiteStore(Store):
             sql.migrate(conn, migrate)
             for pragma in sql.PRAGMAS:
                 conn.execute(pragma)
+            # Reading in WAL mode creates the WAL, so both files are known from the start.
+            conn.execute(sql.GET_SCHEMA_VERSION).fetchone()
         except BaseException:
             conn.close()
             raise
@@ -239,7 +357,9 @@ class SQLiteStore(Store):
             raise StoreUnavailable(f"the SQLite store cannot be opened: {exc}") from exc
         self._work_added = asyncio.Event()
         self._specs.clear()
-        self._writer = _Writer(conn)
+        files = _Files(self.path)
+        files.remember()
+        self._writer = _Writer(conn, files)
         self._writer.on_rollback.append(self._specs.clear)
         self._writer.start()
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sqlite-read")
@@ -255,9 +375,19 @@ class SQLiteStore(Store):
             await asyncio.get_running_loop().run_in_executor(reader, self._read_conn.close)
             self._read_conn = None
         reader.shutdown(wait=False)
+        writer.files.close()  # last: closing it drops this process's locks on the file
 
     async def ping(self) -> None:
-        await self._write(lambda conn: conn.execute(sql.GET_SCHEMA_VERSION).fetchone())
+        """A real write (through the group commit, which checks afterwards that the file is
+        still the store's), then the memory of a recent failed write: a full disk fails large
+        writes before it fails a small probe."""
+        await self._write(lambda conn: conn.execute(sql.PROBE, (repr(time.time()),)), probe=True)
+        writer = self._writer
+        failure = writer.write_failure if writer is not None else None
+        if failure is not None and time.monotonic() - failure[0] < WRITE_FAILURE_MEMORY:
+            raise StoreUnavailable(
+                f"a write failed {time.monotonic() - failure[0]:.0f} s ago: {failure[1]}"
+            )
 
     async def pragmas(self) -> dict[str, Any]:
         """The write connection's journal_mode, synchronous, foreign_keys and busy_timeout."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from router.exceptions import StoreUnavailable
+from router.exceptions import StoreGone, StoreUnavailable
 from router.store.base import Job
 from router.store.sqlite import SQLiteStore, path_from_url
 
@@ -286,3 +286,100 @@ def test_every_acknowledged_record_survives_kill_9(url: str) -> None:
     assert {f"job-{i}" for i in acknowledged} <= stored
     with sqlite3.connect(path_from_url(url)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def _replace_in_place(path: Path, other_url: str) -> None:
+    async def make() -> None:
+        other = SQLiteStore(other_url)
+        await other.open()  # a store of its own, with its own identity
+        await other.close()
+
+    asyncio.run(make())
+    other_path = Path(path_from_url(other_url))
+    path.write_bytes(other_path.read_bytes())  # same inode, other content
+
+
+@pytest.mark.parametrize("how", ["deleted", "moved over", "overwritten in place", "wal deleted"])
+def test_a_file_gone_under_the_store_fails_every_call_and_is_saved(
+    tmp_path: Path, url: str, how: str
+) -> None:
+    path = Path(path_from_url(url))
+
+    async def main() -> None:
+        store = SQLiteStore(url)
+        await store.open()
+        try:
+            kept = await accept(store, incoming("before", event_id="kept"))
+            assert kept.accepted == 1
+            await store.ping()
+            if how == "deleted":
+                path.unlink()
+            elif how == "moved over":
+                other = SQLiteStore(f"sqlite:///{tmp_path / 'other.db'}")
+                await other.open()
+                await other.close()
+                os.rename(tmp_path / "other.db", path)
+            elif how == "overwritten in place":
+                await asyncio.to_thread(
+                    _replace_in_place, path, f"sqlite:///{tmp_path / 'other.db'}"
+                )
+            else:
+                Path(f"{path}-wal").unlink()
+            # The first write after the change is refused (what it committed went to a lost
+            # file), and so is everything after it, reads included.
+            with pytest.raises(StoreGone, match="file is gone"):
+                await accept(store, incoming("after", event_id="lost"))
+            for call in (
+                store.ping(),
+                store.claim(limit=10, lease=LEASE, now=T0),
+                store.list_jobs(),
+                accept(store, incoming("later")),
+            ):
+                with pytest.raises(StoreGone):
+                    await call
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+
+    async def saved() -> list[str | None]:
+        (copy,) = tmp_path.glob("router.db.orphaned-*")
+        store = SQLiteStore(f"sqlite:///{copy}")
+        await store.open(migrate=False)
+        try:
+            assert len(await store.claim(limit=10, lease=LEASE, now=T0)) >= 1  # no lease held
+            return [job.event_id for job in await store.list_jobs()]
+        finally:
+            await store.close()
+
+    assert "kept" in asyncio.run(saved())
+
+
+def test_another_process_closing_the_file_leaves_the_store_whole(url: str) -> None:
+    # Closing any descriptor of a file drops every POSIX lock the process holds on it; a
+    # store that opened and closed the file behind SQLite's back let the next process to close
+    # take itself for the last one and delete the WAL of the running store.
+    path = Path(path_from_url(url))
+
+    async def main() -> None:
+        store = SQLiteStore(url)
+        await store.open()
+        try:
+            await accept(store, incoming("one"))
+            for _ in range(3):
+                await store.ping()
+                done = subprocess.run(
+                    [sys.executable, "-m", "router", "deliveries", "list", "--store", url],
+                    capture_output=True,
+                    text=True,
+                    timeout=60,
+                    check=False,
+                )
+                assert done.returncode == 0, done.stderr
+                assert Path(f"{path}-wal").exists()
+            await store.ping()
+            assert (await accept(store, incoming("two"))).accepted == 1
+        finally:
+            await store.close()
+
+    asyncio.run(main())
