@@ -78,6 +78,9 @@ class EmailAction:
     text: Template | None
     html: Template | None
     retry: RetryOverride
+    cc: tuple[Template, ...] = ()
+    bcc: tuple[Template, ...] = ()  # envelope recipients only: never in the headers
+    address_lists: bool = False  # an entry may render several comma-separated addresses
     type: ActionType = "email"
 
 

@@ -23,7 +23,7 @@ from router.toml_positions import KeyPath
 _TEST_KEYS = ("name", "event", "expect", "expect_per_record", "action")
 _RENDERED_KEYS = {
     "http": ("method", "url", "headers", "body", "body_json"),
-    "email": ("to", "subject", "text", "html"),
+    "email": ("to", "cc", "bcc", "subject", "text", "html"),
     "log": ("level", "message"),
 }
 _TEST_ACTION_KEYS = ("rule", "action", "record", *sum(_RENDERED_KEYS.values(), ()))
@@ -195,7 +195,7 @@ class _TestReader:
                 context.report(at, f"must be a table of header name = value, not {kind_of(value)}")
             elif key == "headers":
                 values[key] = {n: context.text((*at, n), v) for n, v in value.items()}
-            elif key == "to":
+            elif key in ("to", "cc", "bcc"):
                 values[key] = context.texts(at, value)
             else:
                 text = context.text(at, value)

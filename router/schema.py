@@ -11,12 +11,14 @@ from __future__ import annotations
 import copy
 import difflib
 import re
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from router.diagnostics import Diagnostic, Severity
 from router.events import EVENT_TYPES, OPERATIONS, TABLE_TYPES
+from router.headers import header_problem
+from router.mail import entry_addresses
 from router.matching import Condition, ConditionProblem, compile_condition, condition_warnings
 from router.rules import (
     ACTION_TYPES,
@@ -34,7 +36,12 @@ from router.rules import (
     RetryOverride,
 )
 from router.settings import SECRET_PREFIX
-from router.templating import Template, TemplateProblem, compile_template
+from router.templating import (
+    Template,
+    TemplateProblem,
+    compile_template,
+    compile_url_template,
+)
 from router.toml_positions import KeyPath, Positions
 
 UnsetSecrets = Literal["ignore", "warn", "error"]
@@ -43,7 +50,7 @@ _MATCH_SETS = (("tableType", TABLE_TYPES), ("operation", OPERATIONS), ("eventTyp
 _MATCH_KEYS = ("tableType", "tableId", "operation", "eventType", "fields", "condition")
 _ACTION_KEYS = {
     "http": ("type", "method", "url", "headers", "body", "timeout", "retry"),
-    "email": ("type", "to", "subject", "text", "html", "retry"),
+    "email": ("type", "to", "cc", "bcc", "address_lists", "subject", "text", "html", "retry"),
     "log": ("type", "level", "message", "retry"),
 }
 _RETRY_KEYS = ("max_attempts", "max_age")
@@ -149,12 +156,18 @@ class Context:
         hint = f"; did you mean '{close}'?" if close else ""
         self.report(path, f"'{value}' is not a known {what}{hint} (known: {', '.join(known)})")
 
-    def template(self, path: KeyPath, value: Any) -> Template | None:
+    def template(
+        self,
+        path: KeyPath,
+        value: Any,
+        *,
+        compiler: Callable[[str], Template] = compile_template,
+    ) -> Template | None:
         source = self.text(path, value)
         if source is None:
             return None
         try:
-            compiled = compile_template(source)
+            compiled = compiler(source)
         except TemplateProblem as problem:
             line = self.positions.template_line(path, problem.lineno)
             self.report(path, f"template: {problem.message}", line=line)
@@ -274,7 +287,9 @@ def _http(
     if method is not None and method.upper() not in HTTP_METHODS:
         context.choice((*path, "method"), method, HTTP_METHODS, "HTTP method")
     url = context.template(
-        (*path, "url"), context.require(raw, "url", path, "give the URL to call")
+        (*path, "url"),
+        context.require(raw, "url", path, "give the URL to call"),
+        compiler=compile_url_template,
     )
     headers: list[tuple[str, Template | None]] = []
     table = raw.get("headers", {})
@@ -286,7 +301,9 @@ def _http(
         for name, value in table.items():
             if not _HEADER_NAME.match(name):
                 context.report((*path, "headers", name), "is not a valid HTTP header name")
-            headers.append((name, context.template((*path, "headers", name), value)))
+            template = context.template((*path, "headers", name), value)
+            _check_literal(context, (*path, "headers", name), template, header_problem)
+            headers.append((name, template))
     body = context.template((*path, "body"), raw.get("body"))
     timeout = context.number(
         (*path, "timeout"), raw.get("timeout", HTTP_TIMEOUT_DEFAULT), HTTP_TIMEOUT_RANGE
@@ -302,27 +319,83 @@ def _http(
 def _email(
     context: Context, path: KeyPath, raw: dict[str, Any], retry: RetryOverride
 ) -> Action | None:
+    lists = raw.get("address_lists", False)
+    if not isinstance(lists, bool):
+        context.report((*path, "address_lists"), f"must be true or false, not {kind_of(lists)}")
+        lists = False
     value = context.require(raw, "to", path, "give at least one recipient address")
-    to = context.texts((*path, "to"), value)
+    to = _recipients(context, (*path, "to"), value, lists)
     if to == []:
         context.report((*path, "to"), "is empty; give at least one recipient address")
-    at = [
-        (*path, "to", i) if isinstance(value, list) else (*path, "to") for i in range(len(to or ()))
-    ]
-    recipients = [
-        context.template(where, source) for where, source in zip(at, to or (), strict=True)
-    ]
+    cc = _recipients(context, (*path, "cc"), raw.get("cc"), lists)
+    bcc = _recipients(context, (*path, "bcc"), raw.get("bcc"), lists)
     subject = context.template(
         (*path, "subject"), context.require(raw, "subject", path, "give the subject")
+    )
+    _check_literal(
+        context,
+        (*path, "subject"),
+        subject,
+        lambda text: header_problem(text, encoded_words=True),
     )
     text = context.template((*path, "text"), raw.get("text"))
     html = context.template((*path, "html"), raw.get("html"))
     if "text" not in raw and "html" not in raw:
         context.report((*path, "text"), "is missing; an email needs text, html or both")
-    complete = [t for t in recipients if t is not None]
-    if subject is None or not complete or len(complete) < len(recipients):
+    recipients = [*(to or ()), *(cc or ()), *(bcc or ())]
+    if subject is None or not to or None in recipients:
         return None
-    return EmailAction(copy.deepcopy(raw), tuple(complete), subject, text, html, retry)
+    return EmailAction(
+        copy.deepcopy(raw),
+        tuple(t for t in to if t is not None),
+        subject,
+        text,
+        html,
+        retry,
+        cc=tuple(t for t in cc or () if t is not None),
+        bcc=tuple(t for t in bcc or () if t is not None),
+        address_lists=lists,
+    )
+
+
+def _recipients(
+    context: Context, path: KeyPath, value: Any, lists: bool
+) -> list[Template | None] | None:
+    """Each entry of to, cc or bcc compiled (None where it failed); None if the key is absent
+    or not a string or a list of them."""
+    entries = context.texts(path, value)
+    if entries is None:
+        return None
+    compiled: list[Template | None] = []
+    for index, source in enumerate(entries):
+        at = (*path, index) if isinstance(value, list) else path
+        template = context.template(at, source)
+        _check_literal(context, at, template, lambda text: _address_problem(text, lists))
+        compiled.append(template)
+    return compiled
+
+
+def _address_problem(text: str, lists: bool) -> str | None:
+    try:
+        entry_addresses(text, lists=lists)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _check_literal(
+    context: Context,
+    path: KeyPath,
+    template: Template | None,
+    problem_of: Callable[[str], str | None],
+) -> None:
+    """Run a render-time check at load on a template that is plain text (no `{`), whose value
+    is known now: the mistake is the rule's, and `router check` can say so."""
+    if template is None or "{" in template.source:
+        return
+    problem = problem_of(template.source)
+    if problem is not None:
+        context.report(path, problem)
 
 
 def _log(

@@ -17,6 +17,7 @@ method (items, keys, values, get), needs the item form: `data["etl.executionStat
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from collections.abc import Iterator, Mapping
@@ -30,7 +31,10 @@ from jinja2.defaults import DEFAULT_NAMESPACE
 from jinja2.exceptions import SecurityError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
+from router import urls
 from router.exceptions import MissingSecret, RenderError
+from router.headers import header_problem
+from router.mail import AddressProblem, check_email
 from router.rules import Action, EmailAction, HttpAction, LogAction
 from router.settings import SECRET_PREFIX
 
@@ -149,6 +153,8 @@ def _environment() -> _Environment:
     env = _Environment(undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True)
     env.globals.clear()
     env.filters["tojson"] = _tojson
+    env.filters[urls.TRUSTED_FILTER] = urls.trusted
+    env.filters[urls.VALUE_FILTER] = urls.mark  # inserted by compile_url_template only
     return env
 
 
@@ -211,6 +217,19 @@ def compile_template(source: str) -> Template:
     except jinja2.TemplateSyntaxError as exc:
         raise TemplateProblem(_one_sentence(exc), exc.lineno) from None
     return Template(source=source, names=names, secrets=secrets, _compiled=compiled)
+
+
+def compile_url_template(source: str) -> Template:
+    """compile_template for an http action's url: each value is marked so that render_action
+    can percent-encode it for where it stands (see router.urls). Also a TemplateProblem: a
+    value from the event where the literal text shows the scheme, host, port or user info."""
+    template = compile_template(source)
+    ast = _ENV.parse(source)
+    try:
+        urls.mark_values(ast)
+    except urls.UrlProblem as problem:
+        raise TemplateProblem(problem.message, problem.lineno) from None
+    return dataclasses.replace(template, _compiled=_ENV.from_string(ast))
 
 
 def _one_sentence(exc: jinja2.TemplateSyntaxError) -> str:
@@ -310,34 +329,51 @@ def build_context(
 
 def render_action(action: Action, context: Mapping[str, Any]) -> dict[str, Any]:
     """Render every template of `action`: the shape `router test --format json` prints for it
-    (without "rule"). Raises RenderError naming the failing key, e.g. "template for url: ..."."""
+    (without "rule"). Raises RenderError naming the failing key, e.g. "template for url: ...",
+    also when a rendered value fails its action type's check (router.urls for the url,
+    router.headers for header values, router.mail for an e-mail), so a dry run meets the very
+    error a delivery would."""
+    # A dry run renders secrets as placeholders: where one stands, the real value is unknown.
+    dry = isinstance(context.get("secrets"), PlaceholderSecrets)
     if isinstance(action, HttpAction):
         headers = {
-            name: _one_line(value.render(context, where=f"headers.{name}"), f"headers.{name}")
+            name: _header(value.render(context, where=f"headers.{name}"), f"headers.{name}")
             for name, value in action.headers
         }
         if action.body is None:
             body = _tojson(context.get("data"))
         else:
             body = action.body.render(context, where="body")
+        try:
+            url = urls.build(action.url.render(context, where="url"), placeholders=dry)
+        except urls.UrlProblem as problem:
+            raise RenderError(f"template for url: {problem.message}") from None
         return {
             "type": "http",
             "method": action.method,
-            "url": action.url.render(context, where="url"),
+            "url": url,
             "headers": headers,
             "body": body,
         }
     if isinstance(action, EmailAction):
-        return {
-            "type": "email",
-            "to": [
-                _one_line(to.render(context, where=f"to[{i}]"), f"to[{i}]")
-                for i, to in enumerate(action.to)
-            ],
-            "subject": _one_line(action.subject.render(context, where="subject"), "subject"),
-            "text": action.text.render(context, where="text") if action.text else None,
-            "html": action.html.render(context, where="html") if action.html else None,
-        }
+        rendered: dict[str, Any] = {"type": "email"}
+        for key, templates in (("to", action.to), ("cc", action.cc), ("bcc", action.bcc)):
+            if key == "to" or templates:
+                rendered[key] = [
+                    template.render(context, where=f"{key}[{i}]")
+                    for i, template in enumerate(templates)
+                ]
+        rendered["subject"] = action.subject.render(context, where="subject")
+        rendered["text"] = action.text.render(context, where="text") if action.text else None
+        rendered["html"] = action.html.render(context, where="html") if action.html else None
+        try:
+            return check_email(
+                rendered,
+                address_lists=action.address_lists,
+                opaque=_has_placeholder if dry else None,
+            )
+        except AddressProblem as problem:
+            raise RenderError(f"template for {problem.key}: {problem.problem}") from None
     if isinstance(action, LogAction):
         return {
             "type": "log",
@@ -347,8 +383,13 @@ def render_action(action: Action, context: Mapping[str, Any]) -> dict[str, Any]:
     raise TypeError(f"not an action: {action!r}")
 
 
-def _one_line(value: str, where: str) -> str:
-    # Header values cannot carry line breaks; one in a rendered value would inject headers.
-    if "\r" in value or "\n" in value:
-        raise RenderError(f"template for {where}: the value contains a line break")
+def _header(value: str, where: str) -> str:
+    # A line break in a header value would add headers; see router.headers.
+    problem = header_problem(value)
+    if problem is not None:
+        raise RenderError(f"template for {where}: {problem}")
     return value
+
+
+def _has_placeholder(value: str) -> bool:
+    return "<secret " in value

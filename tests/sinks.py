@@ -141,6 +141,7 @@ class HttpRequest:
     headers: CIMultiDictProxy[str]  # case-insensitive
     body: bytes  # byte-exact
     peer: tuple[str, int]  # the client's address: one per TCP connection
+    target: str = ""  # the request target as sent (path and query, still percent-encoded)
 
 
 class _LoopThread:
@@ -282,6 +283,7 @@ class HttpSink(_Sink):
             headers=CIMultiDictProxy(CIMultiDict(request.headers)),
             body=body,
             peer=(peer[0], peer[1]),
+            target=request.raw_path,
         )
         with self._lock:
             reply = self._script.popleft() if self._script else self.default

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from router import urls
 from router.exceptions import MissingSecret, RenderError
 from router.rules import EmailAction, HttpAction, LogAction, RetryOverride
 from router.templating import (
@@ -17,6 +18,7 @@ from router.templating import (
     TemplateProblem,
     build_context,
     compile_template,
+    compile_url_template,
     render_action,
 )
 
@@ -434,3 +436,160 @@ def test_render_log_action() -> None:
         "level": "warning",
         "message": "crm-new-subscriber matched 1204",
     }
+
+
+# --- what render_action checks: url, headers, e-mail -------------------------------------
+
+ATTACKER = "attacker@evil.example"
+
+
+def email(*to: str, address_lists: bool = False, **templates: Any) -> EmailAction:
+    compiled = {
+        key: tuple(compile_template(source) for source in value)
+        for key, value in templates.items()
+        if key in ("cc", "bcc")
+    }
+    return EmailAction(
+        spec={},
+        to=tuple(compile_template(source) for source in to),
+        subject=compile_template(templates.get("subject", "s")),
+        text=compile_template("t"),
+        html=None,
+        retry=RetryOverride(),
+        address_lists=address_lists,
+        **compiled,
+    )
+
+
+def with_data(**data: Any) -> dict[str, Any]:
+    return {**RECORD, "data": {**RECORD["data"], **data}}
+
+
+def url_action(url: str) -> HttpAction:
+    return HttpAction(
+        spec={},
+        method="POST",
+        url=compile_url_template(url),
+        headers=(),
+        body=None,
+        timeout=10.0,
+        retry=RetryOverride(),
+    )
+
+
+def test_render_action_encodes_url_values() -> None:
+    action = url_action("https://crm.example.com/contacts/{{ data.v }}?q={{ data.v }}")
+    rendered = render_action(action, context(record=with_data(v="../admin?x=1#")))
+    assert rendered["url"] == (
+        "https://crm.example.com/contacts/..%2Fadmin%3Fx%3D1%23?q=..%2Fadmin%3Fx%3D1%23"
+    )
+
+
+@pytest.mark.parametrize(
+    ("url", "value", "message"),
+    [
+        (
+            "https://x.example/{{ data.v }}",
+            "..",
+            "a path segment is . or .. (perhaps percent-encoded), which is refused",
+        ),
+        ("{{ secrets.BASE }}{{ data.v }}", "evil.example", urls.AUTHORITY_PROBLEM),
+    ],
+)
+def test_render_action_refuses_a_url_without_repeating_the_value(
+    url: str, value: str, message: str
+) -> None:
+    for secrets in (None, EnvSecrets({"BASE": "https://x.example"})):  # dry run and delivery
+        with pytest.raises(RenderError) as caught:
+            render_action(url_action(url), context(secrets, record=with_data(v=value)))
+        assert str(caught.value) == f"template for url: {message}"
+
+
+def test_header_values_cannot_carry_control_characters() -> None:
+    record = with_data(firstName="a\x00b")
+    with pytest.raises(RenderError) as caught:
+        render_action(http(None, **{"X-Name": "{{ data.firstName }}"}), context(record=record))
+    assert str(caught.value) == (
+        "template for headers.X-Name: the value contains a control character"
+    )
+    tab = render_action(http(None, **{"X-Name": "a\t{{ rule.name }}"}), context())
+    assert tab["headers"]["X-Name"] == "a\tcrm-new-subscriber"
+
+
+def test_render_email_with_cc_bcc_and_address_lists() -> None:
+    action = email(
+        "{{ data.to }}",
+        cc=["{{ data.cc }}", "{{ data.none }}"],
+        bcc=["audit@example.com"],
+        address_lists=True,
+    )
+    record = with_data(to="a@example.com, B <b@example.com>", cc="c@example.com", none="")
+    assert render_action(action, context(record=record)) == {
+        "type": "email",
+        "to": ["a@example.com", "B <b@example.com>"],
+        "cc": ["c@example.com"],
+        "bcc": ["audit@example.com"],
+        "subject": "s",
+        "text": "t",
+        "html": None,
+    }
+
+
+@pytest.mark.parametrize(
+    ("action", "data", "message"),
+    [
+        (
+            email("{{ data.v }}"),
+            f"victim@example.com, {ATTACKER}",
+            "template for to[0]: it holds 2 addresses separated by commas; "
+            "set address_lists = true on the action to send to a list",
+        ),
+        (
+            email("ops@example.com", cc=["{{ data.v }}"]),
+            f'"a@b.c" <{ATTACKER}>',
+            "template for cc[0]: the display name contains @, <, >, a quote or a backslash; "
+            "an address is given once, in <...>",
+        ),
+        (
+            email("ops@example.com", bcc=["x@example.com", "{{ data.v }}"], address_lists=True),
+            f"ok@example.com, {ATTACKER}>",
+            "template for bcc[1]: it is not a plain e-mail address; "
+            "write local@domain, or Name <local@domain>",
+        ),
+        (
+            email("ops@example.com", subject="{{ data.v }}"),
+            f"=?utf-8?q?a=0D=0ABcc:_{ATTACKER}?=",
+            "template for subject: the value contains an encoded word (=?...?=), which is "
+            "refused; non-ASCII text needs no encoding",
+        ),
+        (
+            email("ops@example.com", subject="New {{ data.v }}"),
+            f"x\r\nBcc: {ATTACKER}",
+            "template for subject: the value contains a line break",
+        ),
+        (
+            email("{{ data.v }}"),
+            "  ",
+            "template for to: no recipient address; every entry rendered empty",
+        ),
+    ],
+)
+def test_render_email_refuses_with_the_key_not_the_value(
+    action: EmailAction, data: str, message: str
+) -> None:
+    with pytest.raises(RenderError) as caught:
+        render_action(action, context(EnvSecrets({}), record=with_data(v=data)))
+    assert str(caught.value) == message
+    with pytest.raises(RenderError) as dry:
+        render_action(action, context(record=with_data(v=data)))
+    assert str(dry.value) == message
+
+
+def test_a_dry_run_keeps_secret_recipients_unchecked() -> None:
+    action = email("{{ secrets.OPS }}", cc=["{{ secrets.TEAM }}@example.com"])
+    rendered = render_action(action, context())
+    assert (rendered["to"], rendered["cc"]) == (["<secret OPS>"], ["<secret TEAM>@example.com"])
+    delivered = render_action(action, context(EnvSecrets({"OPS": "ops@x.be", "TEAM": "t"})))
+    assert (delivered["to"], delivered["cc"]) == (["ops@x.be"], ["t@example.com"])
+    with pytest.raises(RenderError, match=r"^template for to\[0\]: it holds 2 addresses"):
+        render_action(action, context(EnvSecrets({"OPS": "a@x.be, b@x.be", "TEAM": "t"})))

@@ -10,12 +10,19 @@ attempt, so mail systems can recognise repeats.
 One connection per attempt keeps the deliverer stateless and each failure isolated; e-mail
 volumes are small next to HTTP. The password is never put in a message, and server replies are
 shortened and scrubbed of it.
+
+The envelope is explicit: its sender and recipients are the addresses router.mail checked (To,
+Cc and Bcc), never read back from the headers, so no header can add a recipient; Bcc is in
+the envelope only. A rendered action that fails those checks is GiveUp (render_action refuses
+it first; this guards every other caller).
 """
 
 from __future__ import annotations
 
 import ssl
 from collections.abc import Mapping
+from dataclasses import dataclass
+from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any, Literal, Self
@@ -25,6 +32,7 @@ from pydantic import SecretStr
 
 from router.actions.base import Deliverer
 from router.exceptions import DeliveryFailed, GiveUp, RetryLater
+from router.mail import AddressProblem, check_email, one_address
 
 if TYPE_CHECKING:
     from router.settings import Settings
@@ -34,9 +42,19 @@ REPLY_CHARS = 200  # how much of a server reply an error message keeps
 SENT = 250
 
 
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A message and its envelope: the sender and every recipient (To, Cc and Bcc)."""
+
+    message: EmailMessage
+    sender: str
+    recipients: tuple[str, ...]
+
+
 class EmailDeliverer(Deliverer):
     """Sends {"type": "email", "to": [...], "subject", "text", "html"} (text and/or html; both
-    make a multipart/alternative message). An optional "from" overrides the default sender.
+    make a multipart/alternative message), with optional "cc" and "bcc" lists; each entry is
+    one address. An optional "from" overrides the default sender.
 
     `tls_context` replaces the default certificate checks (for a private CA).
     """
@@ -80,11 +98,13 @@ class EmailDeliverer(Deliverer):
     async def deliver(
         self, rendered: Mapping[str, Any], *, job_id: str, timeout: float | None
     ) -> int | None:
-        message = self.build_message(rendered, job_id=job_id)
+        outgoing = self.build_message(rendered, job_id=job_id)
         password = self._password.get_secret_value() if self._password else None
         try:
             refused, _ = await aiosmtplib.send(
-                message,
+                outgoing.message,
+                sender=outgoing.sender,
+                recipients=list(outgoing.recipients),
                 hostname=self._host,
                 port=self._port,
                 username=self._username,
@@ -120,23 +140,26 @@ class EmailDeliverer(Deliverer):
             raise self._refused({rcpt: (r.code, r.message) for rcpt, r in refused.items()})
         return SENT
 
-    def build_message(self, rendered: Mapping[str, Any], *, job_id: str) -> EmailMessage:
-        """The message for `rendered`, or GiveUp when it cannot be a valid e-mail."""
-        to = rendered.get("to") or []
-        recipients = [to] if isinstance(to, str) else [str(r) for r in to if str(r).strip()]
-        if not recipients:
-            raise GiveUp("e-mail has no recipient")
-        text, html = rendered.get("text"), rendered.get("html")
-        message = EmailMessage()
+    def build_message(self, rendered: Mapping[str, Any], *, job_id: str) -> Outgoing:
+        """The message for `rendered` and its envelope, or GiveUp when it cannot be a valid
+        e-mail; RetryLater when the configured sender is not a valid address."""
         try:
-            message["From"] = str(rendered.get("from") or self._sender)
-            message["To"] = ", ".join(recipients)
-            message["Subject"] = str(rendered.get("subject") or "")
-            message["Date"] = formatdate(usegmt=True)
-            message["Message-ID"] = f"<{job_id}@{_domain(self._sender)}>"
-        except (ValueError, TypeError) as exc:  # a line break in a header, an unparsable address
-            # Not repeating the value: a header may hold what a template put there.
-            raise GiveUp("e-mail headers are invalid: a line break or a malformed address") from exc
+            checked = check_email(rendered)
+        except AddressProblem as problem:
+            # The problem never repeats the value: it may hold what a template put there.
+            raise GiveUp(f"invalid e-mail: {problem}") from None
+        sender = self._sender_address(checked.get("from"))
+        lists = {key: [one_address(e) for e in checked.get(key) or ()] for key in ("to", "cc")}
+        hidden = [one_address(entry) for entry in checked.get("bcc") or ()]
+        message = EmailMessage()
+        message["From"] = sender
+        message["To"] = lists["to"]
+        if lists["cc"]:
+            message["Cc"] = lists["cc"]
+        message["Subject"] = str(checked.get("subject") or "")
+        message["Date"] = formatdate(usegmt=True)
+        message["Message-ID"] = f"<{job_id}@{sender.domain}>"
+        text, html = checked.get("text"), checked.get("html")
         if text is not None and html is not None:
             message.set_content(str(text))
             message.add_alternative(str(html), subtype="html")
@@ -144,7 +167,19 @@ class EmailDeliverer(Deliverer):
             message.set_content(str(html), subtype="html")
         else:
             message.set_content(str(text or ""))
-        return message
+        everyone = [a.addr_spec for a in (*lists["to"], *lists["cc"], *hidden)]
+        return Outgoing(message, sender.addr_spec, tuple(dict.fromkeys(everyone)))
+
+    def _sender_address(self, rendered: Any) -> Address:
+        if rendered is not None:  # checked with the rest of `rendered`
+            return one_address(str(rendered))
+        try:
+            return one_address(self._sender)
+        except ValueError as exc:
+            # The setting, not the message, is wrong: retry, so jobs wait for the fix.
+            raise RetryLater(
+                f"the sender address (ROUTER_EMAIL_FROM) is invalid: {exc}; fix the setting"
+            ) from None
 
     def _refused(self, refused: Mapping[str, tuple[int, str]]) -> DeliveryFailed:
         """Any 5xx refusal is permanent; otherwise (4xx only) retry."""
@@ -166,10 +201,4 @@ class EmailDeliverer(Deliverer):
         return " ".join(text.split())[:REPLY_CHARS]
 
 
-def _domain(address: str) -> str:
-    """The domain of an address for Message-ID, tolerating display names."""
-    domain = address.rpartition("@")[2].strip(" >")
-    return domain or "localhost"
-
-
-__all__ = ["SENT", "EmailDeliverer"]
+__all__ = ["SENT", "EmailDeliverer", "Outgoing"]

@@ -4,7 +4,12 @@ Outcomes: 2xx is delivered (the status is returned). 408, 429 and 5xx, connectio
 timeouts and DNS failures are RetryLater (with the destination's `Retry-After`, if any). Other
 4xx are GiveUp, and so are 3xx: redirects are not followed, because following one would send
 the body and the rule's headers (often a bearer token) to wherever the answer points; a moved
-endpoint is a rule to fix, and the dead job says so. An invalid URL is GiveUp.
+endpoint is a rule to fix, and the dead job says so. An invalid URL, or a header value with a
+line break or another control character, is GiveUp.
+
+The URL is sent exactly as rendered: render_action percent-encoded the event's values in it
+(router.urls), and `URL(..., encoded=True)` keeps yarl and aiohttp from re-encoding or
+normalising it (`%2F` stays `%2F`, nothing resolves `..`).
 
 Error messages name the destination as host[:port] only. Header values and the URL's path,
 query and userinfo are never repeated: they are where secrets live.
@@ -23,8 +28,10 @@ from yarl import URL
 
 from router.actions.base import Deliverer
 from router.exceptions import GiveUp, RetryLater
+from router.headers import header_problem
 from router.retry import parse_retry_after
 from router.rules import HTTP_TIMEOUT_DEFAULT
+from router.urls import UrlProblem, check
 
 if TYPE_CHECKING:
     from router.settings import Settings
@@ -32,7 +39,6 @@ if TYPE_CHECKING:
 DNS_CACHE_SECONDS = 300
 MAX_RESPONSE_BYTES = 64 * 1024  # read (and discard) at most this much of an answer
 RETRY_STATUSES = frozenset({408, 429})
-SCHEMES = ("http", "https")
 
 
 def _version() -> str:
@@ -54,25 +60,14 @@ def _where(url: URL) -> str:
 
 
 def parse_url(raw: object) -> URL:
-    """The URL to request, or GiveUp saying what is wrong with it (without repeating it)."""
+    """The URL to request, as it is (router.urls.check), or GiveUp saying what is wrong with
+    it (without repeating it)."""
     if not isinstance(raw, str) or not raw.strip():
         raise GiveUp("invalid URL: empty")
     try:
-        url = URL(raw.strip(), encoded=False)
-    except (ValueError, TypeError) as exc:
-        raise GiveUp("invalid URL: it cannot be parsed") from exc
-    if not url.scheme:
-        raise GiveUp("invalid URL: no scheme, expected http or https")
-    if url.scheme not in SCHEMES:
-        shown = url.scheme if url.scheme.isalnum() and len(url.scheme) <= 16 else "other"
-        raise GiveUp(f"invalid URL: scheme {shown!r}, expected http or https")
-    if not url.raw_host:
-        raise GiveUp("invalid URL: no host")
-    try:
-        url.port  # noqa: B018 - an out-of-range port raises here, not at send time
-    except ValueError as exc:
-        raise GiveUp("invalid URL: bad port") from exc
-    return url
+        return check(raw)
+    except UrlProblem as problem:
+        raise GiveUp(f"invalid URL: {problem.message}") from None
 
 
 class HttpDeliverer(Deliverer):
@@ -184,6 +179,10 @@ class HttpDeliverer(Deliverer):
     @staticmethod
     def _headers(rendered: Mapping[str, Any], job_id: str) -> dict[str, str]:
         headers = {str(name): str(value) for name, value in rendered.items()}
+        for name, value in headers.items():
+            problem = header_problem(value)
+            if problem is not None:  # render_action refuses it first; this guards other callers
+                raise GiveUp(f"invalid request: header {name}: {problem}")
         present = {name.lower() for name in headers}
         for name, value in (
             ("Idempotency-Key", job_id),

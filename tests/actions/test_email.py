@@ -198,9 +198,9 @@ def test_starttls(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
-        ({"to": []}, "e-mail has no recipient"),
-        ({"to": ["  "]}, "e-mail has no recipient"),
-        ({"subject": "hi\r\nBcc: spy@evil.test"}, "e-mail headers are invalid"),
+        ({"to": []}, "invalid e-mail: to: no recipient"),
+        ({"to": ["  "]}, "invalid e-mail: to: no recipient"),
+        ({"subject": "hi\r\nBcc: spy@evil.test"}, "invalid e-mail: subject: the value contains"),
     ],
 )
 def test_invalid_messages_are_permanent(
@@ -224,3 +224,70 @@ def test_from_settings_and_destination() -> None:
     )
     deliverer = EmailDeliverer.from_settings(settings)
     assert PASSWORD not in repr(vars(deliverer))
+
+
+def test_cc_and_bcc_are_envelope_recipients_and_bcc_is_no_header(smtp: SmtpSink) -> None:
+    rendered = mail(
+        to=["a@acme.test"], cc=["c@acme.test", "a@acme.test"], bcc=["hidden@acme.test"], text="x"
+    )
+    assert attempt(to(smtp), rendered) == SENT
+    (received,) = smtp.wait_for(1)
+    # Each address once, To then Cc then Bcc.
+    assert received.rcpt_tos == ("a@acme.test", "c@acme.test", "hidden@acme.test")
+    message = received.message
+    assert message["To"] == "a@acme.test"
+    assert message["Cc"] == "c@acme.test, a@acme.test"
+    assert "Bcc" not in message
+    assert b"hidden@acme.test" not in received.content
+
+
+def test_display_names_are_written_by_the_library(smtp: SmtpSink) -> None:
+    rendered = mail(to=['"Dupont, Marie" <marie@acme.test>', "Zoë Ünal <zoe@acme.test>"], text="x")
+    assert attempt(to(smtp), rendered) == SENT
+    (received,) = smtp.wait_for(1)
+    assert received.rcpt_tos == ("marie@acme.test", "zoe@acme.test")
+    header = received.message["To"]
+    assert [(a.display_name, a.addr_spec) for a in header.addresses] == [
+        ("Dupont, Marie", "marie@acme.test"),
+        ("Zoë Ünal", "zoe@acme.test"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"to": ["a@acme.test, spy@evil.test"]}, "invalid e-mail: to[0]: it holds 2 addresses"),
+        ({"cc": ['"a@acme.test" <spy@evil.test>']}, "invalid e-mail: cc[0]: the display name"),
+        ({"bcc": ["spy@evil.test\nTo: x@acme.test"]}, "invalid e-mail: bcc[0]: the value contains"),
+        ({"subject": "=?utf-8?q?a=0D=0ABcc:_spy@evil.test?="}, "invalid e-mail: subject: the"),
+        ({"from": "a@acme.test, spy@evil.test"}, "invalid e-mail: from: it is not one e-mail"),
+    ],
+)
+def test_every_address_and_header_is_checked_again_before_sending(
+    smtp: SmtpSink, fields: dict[str, Any], message: str
+) -> None:
+    outcome = attempt(to(smtp), mail(text="x") | fields)
+    assert isinstance(outcome, GiveUp)
+    assert str(outcome).startswith(message)
+    assert "spy@evil.test" not in str(outcome)
+    assert smtp.messages == []
+
+
+def test_an_invalid_sender_setting_is_retried_until_fixed(smtp: SmtpSink) -> None:
+    deliverer = EmailDeliverer(host=smtp.host, port=smtp.port, sender="router at acme")
+    outcome = attempt(deliverer, mail(text="x"))
+    assert isinstance(outcome, RetryLater)
+    assert str(outcome) == (
+        "the sender address (ROUTER_EMAIL_FROM) is invalid: it is not a plain e-mail address; "
+        "write local@domain, or Name <local@domain>; fix the setting"
+    )
+    assert smtp.messages == []
+
+
+def test_a_sender_with_a_display_name(smtp: SmtpSink) -> None:
+    deliverer = EmailDeliverer(host=smtp.host, port=smtp.port, sender="Router <router@acme.test>")
+    assert attempt(deliverer, mail(text="x"), job_id="j7") == SENT
+    (received,) = smtp.wait_for(1)
+    assert received.mail_from == "router@acme.test"
+    assert received.message["From"] == "Router <router@acme.test>"
+    assert received.message["Message-ID"] == "<j7@acme.test>"

@@ -154,7 +154,7 @@ def test_connection_refused_is_retried() -> None:
         ("ftp://files.example.com/x", "invalid URL: scheme 'ftp', expected http or https"),
         ("file:///etc/passwd", "invalid URL: scheme 'file', expected http or https"),
         ("http:///only-a-path", "invalid URL: no host"),
-        ("http://example.com:99999/", "invalid URL: it cannot be parsed"),
+        ("http://example.com:99999/", "invalid URL: its host or port is not valid"),
     ],
 )
 def test_invalid_url_is_permanent(url: str, message: str) -> None:
@@ -306,3 +306,34 @@ def test_a_lone_surrogate_in_a_body_is_sent_not_fatal(sink: HttpSink) -> None:
     (outcome,) = attempt(post(sink.url("/hook"), body="half \ud800 pair"))
     assert outcome == 200
     assert sink.wait_for(1)[0].body == b"half ? pair"
+
+
+def test_the_url_goes_out_exactly_as_rendered(sink: HttpSink) -> None:
+    # Nothing downstream decodes %2F or %41, re-encodes %25, or resolves anything.
+    target = "/c/a%2Fb/%41%25/..%2F..%2Fadmin?q=%2B%26x%3D1&n=a%20b#frag"
+    assert attempt(post(sink.url(target))) == [200]
+    (request,) = sink.wait_for(1)
+    assert request.target == target.partition("#")[0]
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/a/../admin", "invalid URL: a path segment is . or .. (perhaps percent-encoded)"),
+        ("/a/%2e%2E/admin", "invalid URL: a path segment is . or .. (perhaps percent-encoded)"),
+        ("/a b", "invalid URL: it holds characters that must be percent-encoded"),
+    ],
+)
+def test_a_url_the_checks_refuse_is_permanent(sink: HttpSink, path: str, message: str) -> None:
+    (outcome,) = attempt(post(sink.url(path)))
+    assert isinstance(outcome, GiveUp)
+    assert str(outcome).startswith(message)
+    assert sink.requests == []
+
+
+@pytest.mark.parametrize("value", ["a\x00b", "a\x1bb", "a\rb", "a\u2028b"])
+def test_header_with_a_control_character_is_permanent(sink: HttpSink, value: str) -> None:
+    (outcome,) = attempt(post(sink.url("/hook"), headers={"X-Token": value}))
+    assert isinstance(outcome, GiveUp)
+    assert str(outcome).startswith("invalid request: header X-Token: the value contains a")
+    assert sink.requests == []
