@@ -15,7 +15,7 @@ import uvicorn
 from starlette.applications import Starlette
 
 from router.actions import build_deliverers
-from router.app import IntakeConfig, ReloadStatus, create_app, create_worker_app
+from router.app import ErrorBoundary, IntakeConfig, ReloadStatus, create_app, create_worker_app
 from router.engine import Engine
 from router.exceptions import RuleSetInvalid, StoreUnavailable
 from router.loader import load_rules
@@ -201,7 +201,7 @@ class _Server(uvicorn.Server):
 def _server(app: Starlette, host: str, port: int) -> uvicorn.Server:
     return _Server(
         uvicorn.Config(
-            app,
+            ErrorBoundary(app),
             host=host,
             port=port,
             log_config=None,
