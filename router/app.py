@@ -7,6 +7,7 @@ Every refusal is a JSON body {"error": "<one sentence>"}; no input produces a 50
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import logging
 import time
@@ -20,6 +21,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.engine import Engine
 from router.events import normalise, parse_body
@@ -32,6 +34,7 @@ log = logging.getLogger("router.app")
 ACCEPT_TIMEOUT = 10.0  # seconds a push may wait for the store before it is answered 503
 READY_TIMEOUT = 3.0  # seconds /readyz waits for the store
 JSON_MEDIA_TYPES = ("application/json", "text/json")
+INTERNAL_ERROR_RETRY_AFTER = 5  # seconds a sender is asked to wait after an unexpected error
 
 
 @dataclass
@@ -141,9 +144,11 @@ def create_app(
 
     routes = [
         Route("/webhooks/actito", intake, methods=["POST"]),
+        # The same intake, not a redirect: a sender might not follow a 307 with its body.
+        Route("/webhooks/actito/", intake, methods=["POST"]),
         *operations_routes(engine.store, metrics, describe, engine.clock),
     ]
-    return _starlette(routes, lifespan)
+    return starlette_app(routes, lifespan)
 
 
 def create_worker_app(
@@ -153,7 +158,7 @@ def create_worker_app(
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
 ) -> Starlette:
     """Health, readiness and metrics of a `router worker` (it has no intake)."""
-    return _starlette(
+    return starlette_app(
         operations_routes(store, metrics, lambda: {"role": "worker"}, time.time), lifespan
     )
 
@@ -198,24 +203,66 @@ def operations_routes(
     ]
 
 
-def _starlette(
+def starlette_app(
     routes: list[Route],
-    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None,
+    lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
 ) -> Starlette:
+    """A Starlette application serving `routes`, whose errors are JSON bodies: HTTP errors with
+    their status, unexpected exceptions 503 (then re-raised, for ErrorBoundary to log)."""
+
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
     async def internal_error(request: Request, exc: Exception) -> Response:
-        # A bug must not look like a rejection: 503 makes the sender retry, nothing is lost.
-        log.exception("unexpected error handling %s %s", request.method, request.url.path)
-        return JSONResponse({"error": "internal error; retry later"}, status_code=503)
+        # Starlette answers with this and then re-raises; ErrorBoundary logs and swallows it.
+        return _internal_error_response()
 
     return Starlette(
         routes=routes,
         exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )
+
+
+def _internal_error_response() -> JSONResponse:
+    # A bug must not look like a rejection: 503 makes the sender retry, nothing is lost.
+    return JSONResponse(
+        {"error": "internal error; retry later"},
+        status_code=503,
+        headers={"Retry-After": str(INTERNAL_ERROR_RETRY_AFTER)},
+    )
+
+
+class ErrorBoundary:
+    """The outermost ASGI layer: an exception that escapes the application is logged once and
+    swallowed, and answered 503 if no answer has begun, so it never reaches the server (which
+    would log it again and drop the connection, and with it any request pipelined behind).
+    Lifespan events pass through untouched: a failing start-up must still stop the server."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched_send(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except Exception:
+            log.exception("unexpected error handling %s %r", scope["method"], scope["path"])
+            if not started:
+                # The server's send can itself be what failed; nothing more can be done then.
+                with contextlib.suppress(Exception):
+                    await _internal_error_response()(scope, receive, send)
 
 
 async def _read_body(request: Request, limit: int) -> bytes:

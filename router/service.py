@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -13,9 +14,12 @@ from types import FrameType
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.types import ASGIApp
+from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from router.actions import build_deliverers
-from router.app import IntakeConfig, ReloadStatus, create_app, create_worker_app
+from router.app import ErrorBoundary, IntakeConfig, ReloadStatus, create_app, create_worker_app
+from router.connections import ConnectionGuard, ConnectionLimits, connection_limits
 from router.engine import Engine
 from router.exceptions import RuleSetInvalid, StoreUnavailable
 from router.loader import load_rules
@@ -181,8 +185,12 @@ def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> N
         max_body_bytes=settings.max_body_bytes,
         max_records=settings.max_records,
     )
-    server = _server(
-        create_app(engine, config, status, lifespan=lifespan), settings.host, settings.port
+    server = build_server(
+        create_app(engine, config, status, lifespan=lifespan),
+        settings.host,
+        settings.port,
+        connection_limits(settings, delivering=worker),
+        on_refusal=_count_refusals(metrics),
     )
     _run(server)
 
@@ -198,12 +206,31 @@ class _Server(uvicorn.Server):
             captured.clear()
 
 
-def _server(app: Starlette, host: str, port: int) -> uvicorn.Server:
+def build_server(
+    app: ASGIApp,
+    host: str,
+    port: int,
+    limits: ConnectionLimits,
+    *,
+    http: type[asyncio.Protocol] = AutoHTTPProtocol,
+    on_refusal: Callable[[str], None] | None = None,
+) -> uvicorn.Server:
+    """A uvicorn server for `app` whose connections are bounded by `limits` (see
+    router.connections), with `http` (uvicorn's h11 or httptools protocol) as the parser, and
+    whose application errors never reach uvicorn (see ErrorBoundary)."""
+    guard = ConnectionGuard(limits, on_refusal=on_refusal)
     return _Server(
         uvicorn.Config(
-            app,
+            ErrorBoundary(app),
             host=host,
             port=port,
+            http=guard.protocol_class(http),
+            ws="none",  # no WebSockets: an Upgrade request is answered as plain HTTP
+            # The guard closes idle connections on time; uvicorn's own timer (whole seconds)
+            # is only a backstop.
+            timeout_keep_alive=math.ceil(limits.keepalive_timeout),
+            # h11 must not refuse a head the guard accepts (httptools has no such limit).
+            h11_max_incomplete_event_size=limits.max_header_bytes,
             log_config=None,
             access_log=False,
             lifespan="on",
@@ -211,6 +238,10 @@ def _server(app: Starlette, host: str, port: int) -> uvicorn.Server:
             server_header=False,
         )
     )
+
+
+def _count_refusals(metrics: Metrics) -> Callable[[str], None]:
+    return lambda reason: metrics.requests_rejected.labels(reason=reason).inc()
 
 
 def _run(server: uvicorn.Server) -> None:
@@ -270,8 +301,12 @@ def run_worker(settings: Settings, *, migrate: bool = True) -> None:
             stop.set()
             await task
 
-    server = _server(
-        create_worker_app(store, metrics, lifespan=lifespan), settings.host, settings.worker_port
+    server = build_server(
+        create_worker_app(store, metrics, lifespan=lifespan),
+        settings.host,
+        settings.worker_port,
+        connection_limits(settings, delivering=True),
+        on_refusal=_count_refusals(metrics),
     )
     _run(server)
 

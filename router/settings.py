@@ -40,6 +40,26 @@ class Settings(BaseSettings):
     max_records: int = Field(
         10_000, ge=1, description="Most records one push may hold (a BULK push's items)."
     )
+    header_timeout: float = Field(
+        10.0,
+        gt=0,
+        description="Seconds a request's headers may take to arrive, from its first byte (or "
+        "from the connection opening).",
+    )
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request's body may take to arrive, after its headers."
+    )
+    keepalive_timeout: float = Field(
+        5.0, gt=0, description="Seconds an idle keep-alive connection is kept open."
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="Most connections open at once (lowered to fit the file-descriptor limit).",
+    )
+    max_header_bytes: int = Field(
+        32 * 1024, ge=1024, description="Largest accepted request header block, in bytes."
+    )
     dedupe_window: float = Field(
         86400.0, ge=0, description="Seconds a repeated push is recognised as a duplicate (0: off)."
     )

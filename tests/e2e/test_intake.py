@@ -111,6 +111,19 @@ def test_unknown_paths_and_methods_are_json(served: tuple[RouterProcess, HttpSin
     assert response.status_code == 405 and response.json()["error"]
 
 
+def test_a_trailing_slash_reaches_the_intake(served: tuple[RouterProcess, HttpSink]) -> None:
+    router, sink = served
+    payload = {**SAMPLE, "id": "trailing-slash-1", "data": {"marker": "trailing-slash-1"}}
+    response = httpx.post(
+        f"{router.base}/webhooks/actito/",
+        json=payload,
+        headers={"X-Authorization": router.secret or ""},
+    )
+    assert response.status_code == 202, response.text  # not a 307 the sender might not follow
+    assert response.json() == {"accepted": 1, "duplicates": 0}
+    poll(lambda: any(b"trailing-slash-1" in r.body for r in sink.requests))
+
+
 def test_duplicates_are_acknowledged_but_route_nothing(
     served: tuple[RouterProcess, HttpSink],
 ) -> None:
