@@ -18,7 +18,7 @@ import pytest
 from router.exceptions import StoreUnavailable
 from router.store.base import AcceptResult, AttemptResult, Outcome, Store
 from router.store.postgres import CONNECT_TIMEOUT, POOL_SIZE, PostgresStore
-from router.store.sql_postgres import SCHEMA_VERSION
+from router.store.migrations import SCHEMA_VERSION
 
 from .conftest import LEASE, T0, Backend, _postgres, accept, incoming, new_job
 
