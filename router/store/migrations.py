@@ -64,9 +64,10 @@ def schema_problem(version: int) -> str | None:
 
 def step_failed(number: int, exc: BaseException) -> str:
     """What to tell the operator when step `number` failed (its transaction rolled back)."""
+    cause = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     return (
         f"schema step {number} failed and the store was left as it was "
-        f"({type(exc).__name__}: {exc}); fix the cause and run `router migrate` again"
+        f"({type(exc).__name__}: {cause}); fix the cause and run `router migrate` again"
     )
 
 

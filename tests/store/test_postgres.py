@@ -9,7 +9,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -17,20 +17,14 @@ import pytest
 
 from router.exceptions import StoreUnavailable
 from router.store.base import AcceptResult, AttemptResult, Outcome, Store
-from router.store.postgres import CONNECT_TIMEOUT, POOL_SIZE, PostgresStore
 from router.store.migrations import SCHEMA_VERSION
+from router.store.postgres import CONNECT_TIMEOUT, POOL_SIZE, PostgresStore
 
-from .conftest import LEASE, T0, Backend, _postgres, accept, incoming, new_job
+from .conftest import LEASE, T0, Backend, accept, incoming, new_job
 
 QUIET = 0.3  # seconds without a wake-up after which a store counts as idle
 WAKE_DEADLINE = 5.0  # a notified waiter (waiting 60 s) must return well within this
 NO_WAKE = 1.0  # a notice takes milliseconds: none within this, none was sent
-
-
-@pytest.fixture
-def pg() -> Iterator[Backend]:
-    """A fresh database (skipped without ROUTER_TEST_POSTGRES_URL)."""
-    yield from _postgres()
 
 
 @asynccontextmanager
