@@ -427,8 +427,14 @@ class PostgresStore(Store):
                     timeout=self._connect_timeout,
                     command_timeout=self._command_timeout,
                     server_settings={"application_name": "router"},
+                    init=self._new_connection,
                 )
             return self._pool
+
+    async def _new_connection(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        # A new connection may reach another database than the last one did (a failover to a
+        # standby that missed the latest commits, a restore): write each spec again.
+        self._specs.clear()
 
     async def _run(self, work: Callable[[Connection], Awaitable[T]], *, transaction: bool) -> T:
         """Run `work` on a pooled connection (in a transaction if asked), translating outages
@@ -457,10 +463,6 @@ class PostgresStore(Store):
                 if stage == "done":  # only giving the connection back failed; the pool drops it
                     log.info("a PostgreSQL connection broke on release: %s", exc)
                     return result
-                if _is_unavailable(exc):
-                    # The database may not be the one we wrote to (a failover to a standby
-                    # that missed the last commits): write every spec again until seen there.
-                    self._specs.clear()
                 if attempt == 1 and stage == "work" and _is_connection_lost(exc):
                     log.info("PostgreSQL connection lost; retrying on a new one: %s", exc)
                     # What killed one pooled connection (a restart, a failover) most likely

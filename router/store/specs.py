@@ -25,8 +25,8 @@ class SpecCache:
     job of one action shares it, and looking it up costs no hashing. The entry keeps the object,
     so its id cannot be reused by another while remembered. Spec rows are never deleted, so an
     entry stays true until the database itself changes under the store: a backend forgets
-    everything when a transaction that wrote specs rolls back, or the connection is lost (a
-    failover may have lost the latest commits)."""
+    everything when a transaction that wrote specs rolls back, or when it opens a connection
+    (a failover may have lost the latest commits)."""
 
     def __init__(self) -> None:
         self._known: dict[int, tuple[Mapping[str, Any], str]] = {}

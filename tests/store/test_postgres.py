@@ -304,6 +304,31 @@ def test_an_outage_is_unavailable_quickly_and_heals_without_a_restart(pg: Backen
 
 
 @pytest.mark.postgres
+def test_a_spec_is_written_once_until_the_store_connects_again(pg: Backend) -> None:
+    async def specs() -> object:
+        return await sql(pg.url, "SELECT count(*) FROM specs")
+
+    async def main() -> None:
+        async with replicas(pg.url, 1) as (store,):
+            await accept(store, incoming("a"))
+            assert await specs() == 1
+            # Written once: later pushes of the same action send no spec (shown by its
+            # absence once the row is gone behind the store's back).
+            await sql(pg.url, "DELETE FROM specs")
+            await accept(store, incoming("b"))
+            assert await specs() == 0
+            # A new connection may reach a database without it (a failover to a standby that
+            # missed the latest commits): the store writes its specs again.
+            await terminate_backends(pg.url)
+            await accept(store, incoming("c"))
+            assert await specs() == 1
+            claimed = await store.claim(limit=10, lease=LEASE, now=T0)
+            assert len(claimed) == 3  # the spec written again serves "b" too
+
+    asyncio.run(main())
+
+
+@pytest.mark.postgres
 def test_text_postgresql_cannot_hold_is_stored_anyway(pg: Backend) -> None:
     record = {"id": "a\x00b", "data": {"nul": "x\u0000y", "surrogate": "\ud800", "emoji": "👍"}}
 
