@@ -178,7 +178,7 @@ class PostgresStore(Store):
     async def migrate(self, *, target: int = SCHEMA_VERSION) -> list[int]:
         """Apply pending schema migrations (safe while other replicas start); returns the
         versions applied, [] when the schema was current. Works before `open`. A `target`
-        below the current version builds a store of an earlier release (upgrade tests)."""
+        below SCHEMA_VERSION builds the schema of an earlier release (upgrade tests)."""
         return await self._run(
             lambda conn: sql.apply_pending(conn, target=target), transaction=False
         )
@@ -281,8 +281,8 @@ class PostgresStore(Store):
                 results.append(AcceptResult(accepted, len(repeated), frozenset(repeated)))
             new_specs: sql.NewSpecs = []
             if kept:
-                # Built here, not before: a retry on a new connection must see the cache as
-                # the lost connection left it (emptied).
+                # Built here, not before: a retry runs on a new connection, which emptied the
+                # cache of written specs.
                 columns, new_specs = sql.insert_arguments(kept, self._specs)
                 try:
                     await conn.execute(sql.INSERT_EVENTS_AND_JOBS, *columns, ruleset_version, now)

@@ -518,6 +518,31 @@ def test_a_closed_store_is_unavailable(backend: Backend) -> None:
     asyncio.run(main())
 
 
+def test_arguments_are_checked_alike(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        empty = await store.accept([], ruleset_version=RULESET, dedupe_window=DAY, now=T0)
+        assert (empty.accepted, empty.duplicates) == (0, 0)
+        await accept(store, incoming("a"), incoming("b"))
+        first, second = await claim_all(store, T0)
+        timeless = AttemptResult(second.id, second.lease_token, Outcome.RETRY, T0, 0.1, 503)
+        with pytest.raises(ValueError, match="needs next_at"):
+            await store.record([done(first, T0), timeless], now=T0)
+        for job in (first, second):  # nothing of the refused batch was stored
+            detail = await store.get_job(job.id)
+            assert detail is not None
+            assert (detail.summary.status, detail.history) == (Status.PENDING, ())
+        await store.record([], now=T0)
+        await store.release([], next_at=T0)
+        await store.renew([], until=T0)
+        assert await store.replay([], now=T0) == []
+        for limit in (0, -1):
+            assert await store.claim(limit=limit, lease=LEASE, now=T0 + DAY) == []
+            assert await store.list_jobs(limit=limit) == []
+        assert len(await store.list_jobs(limit=1)) == 1
+
+    backend.run(body)
+
+
 # -- one schema, migrated the same way on every backend
 
 
