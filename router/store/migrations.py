@@ -20,8 +20,9 @@ Version 3 settled the points where the two backends had drifted apart, taking th
   job cuts the write volume, and each store keeps a cache of the hashes it has written, so a
   known spec costs nothing on the ingest path.
 - `jobs.seq`: acceptance order, from PostgreSQL. A claim takes the jobs due first and, among
-  those due at the same moment, the first accepted; listings show the newest first by it; work
-  that orders deliveries per key relies on it. On SQLite it is the rowid (free, increasing).
+  those due at the same moment, the first accepted; listings show the newest first by it, and
+  deliveries can be ordered per key by it. On SQLite it is the rowid: free, and a new job's is
+  above every stored job's (a purged job's number may come back; PostgreSQL's never does).
 - `jobs.attempts_total`, from PostgreSQL: the job's attempts over its whole life, which numbers
   its history (`attempts` restarts at a replay). A counter in the row replaces SQLite's
   max(number) lookup of the history on every recorded attempt.
