@@ -148,7 +148,9 @@ class Store(abc.ABC):
     """Durable storage of events, delivery jobs and attempts.
 
     Methods may be called concurrently from one event loop; implementations serialise or pool
-    as they need. None of them may block the event loop.
+    as they need. None of them may block the event loop. The argument checks every backend
+    shares (empty batches, limits below 1, a retry without its time, repeated ids) are made
+    here, once; a backend implements the underscored methods behind them.
     """
 
     @abc.abstractmethod
@@ -164,7 +166,6 @@ class Store(abc.ABC):
     async def ping(self) -> None:
         """Raise StoreUnavailable if the store cannot serve right now."""
 
-    @abc.abstractmethod
     async def accept(
         self,
         records: Sequence[IncomingRecord],
@@ -179,8 +180,12 @@ class Store(abc.ABC):
         duplicate: it is counted and nothing of it is stored. Concurrent calls may share one
         commit (group commit). Raises StoreUnavailable when the data cannot be made durable.
         """
+        if not records:
+            return AcceptResult(accepted=0, duplicates=0)
+        return await self._accept(
+            records, ruleset_version=ruleset_version, dedupe_window=dedupe_window, now=now
+        )
 
-    @abc.abstractmethod
     async def claim(
         self,
         *,
@@ -191,48 +196,68 @@ class Store(abc.ABC):
         destination: str | None = None,
     ) -> list[Job]:
         """Reserve up to `limit` due jobs (pending, next_at <= now, no live lease), oldest due
-        first, for `lease` seconds. A job is never held by two claims at once. Jobs whose
-        destination is in `exclude` (the worker's busy destinations) are left alone; with
-        `destination`, only that destination's jobs are claimed (a busy one's refill)."""
+        first (then first accepted), for `lease` seconds. A job is never held by two claims at
+        once. Jobs whose destination is in `exclude` (the worker's busy destinations) are left
+        alone; with `destination`, only that destination's jobs are claimed (a busy one's
+        refill). A limit below 1 claims nothing."""
+        if limit < 1:
+            return []
+        return await self._claim(
+            limit=limit, until=now + lease, now=now, exclude=sorted(exclude), only=destination
+        )
 
-    @abc.abstractmethod
     async def record(self, results: Sequence[AttemptResult], *, now: float) -> None:
         """Append each attempt to its job's history and move the job: DONE -> done, RETRY ->
         pending at next_at, DEAD -> dead with the error kept. A result whose lease_token no
         longer holds the job (the lease expired and another claim took it) still appends its
-        attempt but does not move the job."""
+        attempt but does not move the job. Raises ValueError, storing nothing, when a RETRY
+        result has no next_at."""
+        for result in results:
+            if result.outcome is Outcome.RETRY and result.next_at is None:
+                raise ValueError(f"job {result.job_id}: a RETRY result needs next_at")
+        if results:
+            await self._record(results, now=now)
 
-    @abc.abstractmethod
     async def release(self, claims: Sequence[tuple[str, str]], *, next_at: float) -> None:
         """Give back claimed jobs without an attempt: each (job_id, lease_token) whose token
         still holds the job becomes claimable again at `next_at` (lease cleared, attempts
         unchanged). The worker uses it for jobs it claimed but cannot start soon (their
         destination is saturated), so one slow destination never holds up others."""
+        if claims:
+            await self._release(claims, next_at=next_at)
 
-    @abc.abstractmethod
     async def renew(self, claims: Sequence[tuple[str, str]], *, until: float) -> None:
         """Extend the leases of jobs still held by their (job_id, lease_token) to `until`.
         The worker renews what it holds (in flight or queued) well before the lease ends, so
         a slow delivery is never claimed a second time while it is still running."""
+        if claims:
+            await self._renew(claims, until=until)
 
     @abc.abstractmethod
     async def wait_for_work(self, timeout: float) -> None:
         """Return when new jobs may be due (or after `timeout` seconds), so idle workers do not
         depend on a poll interval."""
 
-    @abc.abstractmethod
     async def list_jobs(
         self, *, status: Status | None = None, rule: str | None = None, limit: int = 50
     ) -> list[JobSummary]:
-        """Newest first."""
+        """Newest first (by acceptance); at most `limit`, none when it is below 1."""
+        if limit < 1:
+            return []
+        return await self._list_jobs(status=status, rule=rule, limit=limit)
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> JobDetail | None: ...
 
-    @abc.abstractmethod
     async def replay(self, job_ids: Sequence[str], *, now: float) -> list[str]:
         """Make the given dead jobs pending again, due now, with a fresh retry budget
-        (attempts 0, budget_since now). Returns the ids that were dead and are now pending."""
+        (attempts 0, budget_since now). Returns the ids that were dead and are now pending,
+        once each, in the order given."""
+        wanted = list(dict.fromkeys(job_ids))
+        if not wanted:
+            return []
+        replayed = await self._replay(wanted, now=now)
+        return [job_id for job_id in wanted if job_id in replayed]
 
     @abc.abstractmethod
     async def replay_dead(self, *, rule: str | None, now: float) -> int:
@@ -246,3 +271,44 @@ class Store(abc.ABC):
         """Delete done jobs (with their attempts) last updated before `before`, events with no
         remaining job received before `before`, and dedupe keys older than `dedupe_before`.
         Returns the number of jobs deleted."""
+
+    # -- what each backend implements behind the checks above
+
+    @abc.abstractmethod
+    async def _accept(
+        self,
+        records: Sequence[IncomingRecord],
+        *,
+        ruleset_version: str,
+        dedupe_window: float,
+        now: float,
+    ) -> AcceptResult:
+        """`accept`, given at least one record."""
+
+    @abc.abstractmethod
+    async def _claim(
+        self, *, limit: int, until: float, now: float, exclude: Sequence[str], only: str | None
+    ) -> list[Job]:
+        """`claim` with a limit of at least 1, leases ending at `until`, `exclude` sorted."""
+
+    @abc.abstractmethod
+    async def _record(self, results: Sequence[AttemptResult], *, now: float) -> None:
+        """`record`, given at least one result, every RETRY with its next_at."""
+
+    @abc.abstractmethod
+    async def _release(self, claims: Sequence[tuple[str, str]], *, next_at: float) -> None:
+        """`release`, given at least one claim."""
+
+    @abc.abstractmethod
+    async def _renew(self, claims: Sequence[tuple[str, str]], *, until: float) -> None:
+        """`renew`, given at least one claim."""
+
+    @abc.abstractmethod
+    async def _list_jobs(
+        self, *, status: Status | None, rule: str | None, limit: int
+    ) -> list[JobSummary]:
+        """`list_jobs` with a limit of at least 1."""
+
+    @abc.abstractmethod
+    async def _replay(self, job_ids: Sequence[str], *, now: float) -> Collection[str]:
+        """`replay` of distinct ids (at least one); returns those replayed, in any order."""

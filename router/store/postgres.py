@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -24,6 +23,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import asyncpg
 
 from router.exceptions import StoreUnavailable
+from router.store import rows
 from router.store import sql_postgres as sql
 from router.store.base import (
     AcceptResult,
@@ -32,13 +32,12 @@ from router.store.base import (
     Job,
     JobDetail,
     JobSummary,
-    Outcome,
     QueueStats,
     Status,
     Store,
-    storable_text,
 )
-from router.store.sql_postgres import apply_pending, current_version, version_problem
+from router.store.migrations import SCHEMA_VERSION
+from router.store.specs import SpecCache
 
 if TYPE_CHECKING:
     from asyncpg.pool import PoolConnectionProxy
@@ -56,7 +55,6 @@ ACQUIRE_TIMEOUT = 10.0  # seconds to wait for a free pooled connection
 CLOSE_TIMEOUT = 10.0  # seconds close() waits for borrowed connections before cutting them
 ACCEPT_BATCH = 256  # most pushes written by one group-commit transaction
 
-_NEXT_STATUS = {Outcome.DONE: Status.DONE, Outcome.RETRY: Status.PENDING, Outcome.DEAD: Status.DEAD}
 # SQLSTATE classes that mean "not now" rather than "wrong query": connection exception,
 # transaction rollback (deadlock, serialization), insufficient resources, operator
 # intervention (shutdown, cannot connect now), system error.
@@ -139,6 +137,7 @@ class PostgresStore(Store):
         self._notifier: asyncio.Task[None] | None = None
         self._accepts: list[_Accept] = []  # pushes waiting for the next group commit
         self._accepting: asyncio.Task[None] | None = None
+        self._specs = SpecCache()  # action specs known to be in the specs table
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -148,9 +147,7 @@ class PostgresStore(Store):
             if migrate:
                 await self.migrate()
             else:
-                problem = version_problem(await self.schema_version())
-                if problem:
-                    raise StoreUnavailable(problem)
+                await self._run(sql.check_version, transaction=False)
             if not await self._listen():
                 raise StoreUnavailable(f"cannot listen for new jobs on PostgreSQL {self._target}")
         except BaseException:
@@ -178,14 +175,17 @@ class PostgresStore(Store):
             except (TimeoutError, asyncpg.InterfaceError, OSError):
                 pool.terminate()
 
-    async def migrate(self) -> list[int]:
+    async def migrate(self, *, target: int = SCHEMA_VERSION) -> list[int]:
         """Apply pending schema migrations (safe while other replicas start); returns the
-        versions applied, [] when the schema was current. Works before `open`."""
-        return await self._run(apply_pending, transaction=False)
+        versions applied, [] when the schema was current. Works before `open`. A `target`
+        below SCHEMA_VERSION builds the schema of an earlier release (upgrade tests)."""
+        return await self._run(
+            lambda conn: sql.apply_pending(conn, target=target), transaction=False
+        )
 
     async def schema_version(self) -> int:
         """The database's schema version (0: empty). Works before `open`."""
-        return await self._run(current_version, transaction=False)
+        return await self._run(sql.current_version, transaction=False)
 
     async def ping(self) -> None:
         """A real write: a database that answers reads but refuses writes (a full disk, a
@@ -194,7 +194,7 @@ class PostgresStore(Store):
 
     # -- intake ------------------------------------------------------------------------------
 
-    async def accept(
+    async def _accept(
         self,
         records: Sequence[IncomingRecord],
         *,
@@ -202,8 +202,6 @@ class PostgresStore(Store):
         dedupe_window: float,
         now: float,
     ) -> AcceptResult:
-        if not records:
-            return AcceptResult(accepted=0, duplicates=0)
         if self._closed:
             raise StoreUnavailable("the store is closed")
         # Group commit: pushes that arrive while a transaction is in flight are written
@@ -261,11 +259,11 @@ class PostgresStore(Store):
                 {r.dedupe_key for q in group for r in q.records if r.dedupe_key is not None}
             )
 
-        async def work(conn: Connection) -> tuple[list[AcceptResult], bool]:
-            fresh: set[str] = set()
+        async def work(conn: Connection) -> tuple[list[AcceptResult], sql.NewSpecs, bool]:
+            new_keys: set[str] = set()
             if keys:
-                rows = await conn.fetch(sql.CLAIM_DEDUPE_KEYS, keys, now, now - dedupe_window)
-                fresh = {row[0] for row in rows}
+                found = await conn.fetch(sql.CLAIM_DEDUPE_KEYS, keys, now, now - dedupe_window)
+                new_keys = {row[0] for row in found}
             kept: list[IncomingRecord] = []
             results: list[AcceptResult] = []
             for request in group:
@@ -274,83 +272,53 @@ class PostgresStore(Store):
                     key = incoming.dedupe_key if keys else None
                     if key is None:
                         kept.append(incoming)
-                    elif key in fresh:
-                        fresh.discard(key)  # a second copy in this very batch is a duplicate
+                    elif key in new_keys:
+                        new_keys.discard(key)  # a second copy in this very batch is a duplicate
                         kept.append(incoming)
                     else:
                         repeated.add(position)
                 accepted = len(request.records) - len(repeated)
                 results.append(AcceptResult(accepted, len(repeated), frozenset(repeated)))
+            new_specs: sql.NewSpecs = []
             if kept:
+                # Built here, not before: a retry runs on a new connection, which emptied the
+                # cache of written specs.
+                columns, new_specs = sql.insert_arguments(kept, self._specs)
                 try:
-                    await conn.execute(
-                        sql.INSERT_EVENTS_AND_JOBS,
-                        *sql.insert_arguments(kept),
-                        ruleset_version,
-                        now,
-                    )
+                    await conn.execute(sql.INSERT_EVENTS_AND_JOBS, *columns, ruleset_version, now)
                 except asyncpg.UniqueViolationError as exc:
                     raise ValueError(f"a job id already exists: {exc.detail}") from exc
-            return results, any(incoming.jobs for incoming in kept)
+            return results, new_specs, any(incoming.jobs for incoming in kept)
 
-        results, created = await self._run(work, transaction=True)
+        results, new_specs, created = await self._run(work, transaction=True)
+        for spec, digest in new_specs:  # committed: later pushes need not write them again
+            self._specs.remember(spec, digest)
         if created:
             self._notify()
         return results
 
     # -- delivery ----------------------------------------------------------------------------
 
-    async def claim(
-        self,
-        *,
-        limit: int,
-        lease: float,
-        now: float,
-        exclude: Collection[str] = (),
-        destination: str | None = None,
+    async def _claim(
+        self, *, limit: int, until: float, now: float, exclude: Sequence[str], only: str | None
     ) -> list[Job]:
-        if limit < 1:
-            return []
         token = uuid.uuid4().hex
-        skip = sorted(exclude)
 
         async def work(conn: Connection) -> list[asyncpg.Record]:
-            return await conn.fetch(sql.CLAIM_JOBS, now, limit, token, lease, skip, destination)
+            return await conn.fetch(sql.CLAIM_JOBS, now, limit, token, until, exclude, only)
 
         # Safe to retry: a claim lost in transit only leaves leases that expire.
-        return [sql.job_from_row(row) for row in await self._run(work, transaction=False)]
+        return [rows.job(row) for row in await self._run(work, transaction=False)]
 
-    async def record(self, results: Sequence[AttemptResult], *, now: float) -> None:
-        if not results:
-            return
-        rows = []
-        for result in results:
-            if result.outcome is Outcome.RETRY and result.next_at is None:
-                raise ValueError(f"job {result.job_id}: a RETRY result needs next_at")
-            next_at = result.next_at if result.outcome is Outcome.RETRY else None
-            rows.append(
-                (
-                    result.job_id,
-                    result.lease_token,
-                    str(_NEXT_STATUS[result.outcome]),
-                    next_at,
-                    storable_text(result.error),
-                    now,
-                    result.started_at,
-                    str(result.outcome),
-                    result.status_code,
-                    result.duration,
-                )
-            )
+    async def _record(self, results: Sequence[AttemptResult], *, now: float) -> None:
+        args = [(*rows.attempt_row(result), now) for result in results]
 
         async def work(conn: Connection) -> None:
-            await conn.executemany(sql.RECORD_ATTEMPT, rows)
+            await conn.executemany(sql.RECORD_ATTEMPT, args)
 
         await self._run(work, transaction=True)
 
-    async def release(self, claims: Sequence[tuple[str, str]], *, next_at: float) -> None:
-        if not claims:
-            return
+    async def _release(self, claims: Sequence[tuple[str, str]], *, next_at: float) -> None:
         ids = [job_id for job_id, _ in claims]
         tokens = [token for _, token in claims]
 
@@ -360,9 +328,7 @@ class PostgresStore(Store):
         await self._run(work, transaction=True)
         self._notify()  # they may be due at once, for another worker
 
-    async def renew(self, claims: Sequence[tuple[str, str]], *, until: float) -> None:
-        if not claims:
-            return
+    async def _renew(self, claims: Sequence[tuple[str, str]], *, until: float) -> None:
         ids = [job_id for job_id, _ in claims]
         tokens = [token for _, token in claims]
 
@@ -389,15 +355,15 @@ class PostgresStore(Store):
 
     # -- inspection and operations -----------------------------------------------------------
 
-    async def list_jobs(
-        self, *, status: Status | None = None, rule: str | None = None, limit: int = 50
+    async def _list_jobs(
+        self, *, status: Status | None, rule: str | None, limit: int
     ) -> list[JobSummary]:
         status_text = None if status is None else str(status)
 
         async def work(conn: Connection) -> list[asyncpg.Record]:
             return await conn.fetch(sql.LIST_JOBS, status_text, rule, limit)
 
-        return [sql.summary_from_row(row) for row in await self._run(work, transaction=False)]
+        return [rows.summary(row) for row in await self._run(work, transaction=False)]
 
     async def get_job(self, job_id: str) -> JobDetail | None:
         async def work(conn: Connection) -> tuple[asyncpg.Record | None, list[asyncpg.Record]]:
@@ -408,25 +374,16 @@ class PostgresStore(Store):
             return row, history
 
         row, history = await self._run(work, transaction=False)
-        if row is None:
-            return None
-        return JobDetail(
-            summary=sql.summary_from_row(row),
-            spec=json.loads(row["spec"]),
-            record=json.loads(row["record"]),
-            history=tuple(sql.attempt_from_row(h) for h in history),
-        )
+        return None if row is None else rows.detail(row, history)
 
-    async def replay(self, job_ids: Sequence[str], *, now: float) -> list[str]:
-        wanted = list(dict.fromkeys(job_ids))
-
+    async def _replay(self, job_ids: Sequence[str], *, now: float) -> set[str]:
         async def work(conn: Connection) -> list[asyncpg.Record]:
-            return await conn.fetch(sql.REPLAY_JOBS, wanted, now)
+            return await conn.fetch(sql.REPLAY_JOBS, list(job_ids), now)
 
         replayed = {row["id"] for row in await self._run(work, transaction=True)}
         if replayed:
             self._notify()
-        return [job_id for job_id in wanted if job_id in replayed]
+        return replayed
 
     async def replay_dead(self, *, rule: str | None, now: float) -> int:
         async def work(conn: Connection) -> int:
@@ -443,12 +400,7 @@ class PostgresStore(Store):
 
         row = await self._run(work, transaction=False)
         assert row is not None  # an aggregate always yields a row
-        oldest = row["oldest"]
-        return QueueStats(
-            pending=row["pending"],
-            dead=row["dead"],
-            oldest_pending_age=None if oldest is None else max(now - oldest, 0.0),
-        )
+        return rows.stats(row, now)
 
     async def purge(self, *, before: float, dedupe_before: float) -> int:
         async def work(conn: Connection) -> int:
@@ -475,8 +427,14 @@ class PostgresStore(Store):
                     timeout=self._connect_timeout,
                     command_timeout=self._command_timeout,
                     server_settings={"application_name": "router"},
+                    init=self._new_connection,
                 )
             return self._pool
+
+    async def _new_connection(self, conn: asyncpg.Connection[asyncpg.Record]) -> None:
+        # A new connection may reach another database than the last one did (a failover to a
+        # standby that missed the latest commits, a restore): write each spec again.
+        self._specs.clear()
 
     async def _run(self, work: Callable[[Connection], Awaitable[T]], *, transaction: bool) -> T:
         """Run `work` on a pooled connection (in a transaction if asked), translating outages

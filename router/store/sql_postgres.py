@@ -1,39 +1,39 @@
-"""Every SQL statement of the PostgreSQL store: the schema as ordered migration steps, how they
-are applied, the queries that rely on them, and how the store's values become their arguments
-and their rows become the store's values (a schema change and its queries change together).
+"""Every SQL statement of the PostgreSQL store: its migration steps, how they are applied, the
+queries that rely on them, and how a batch of records becomes one statement's arguments.
 
-Version N is `MIGRATIONS[N - 1]`; applied versions are rows of `schema_version`. Several replicas
-may start at once, so migrating runs in one transaction behind a transaction-scoped advisory lock:
-the first applies the pending steps, the others wait, then find nothing left to do. A step is
-never edited once released; a change of schema is a new step at the end.
+The layout is the one every backend shares (router.store.migrations says why). Several replicas
+may start at once, so migrating runs in one transaction behind a transaction-scoped advisory
+lock: the first applies the pending steps, the others wait, then find nothing left to do.
 
-Design notes for version 1:
+What is PostgreSQL's own:
 - Times are epoch seconds (double precision) given by the caller, as in the store interface.
-- `record` and `spec` are `json`, not `jsonb`: nothing queries inside them, `json` input is
-  cheaper, and it accepts the `\\u0000` escape that `jsonb` refuses (a sender controls records).
-- jobs carry no foreign key to events: the check would lock an events row per job on the ingest
-  path; a job and its event are written in one statement and purge removes events only once
-  they have no job left.
-- `attempts_total` numbers the history over a job's whole life; `attempts` restarts at replay.
+- `record`, `matched` and `spec` are `json`, not `jsonb`: nothing queries inside them, `json`
+  input is cheaper, and it accepts the `\\u0000` escape that `jsonb` refuses (a sender controls
+  records).
+- jobs carry no foreign key to events or specs: the check would lock the referenced row for
+  every job on the ingest path (every job of a rule shares one spec row). A job, its event and
+  its spec are written by one statement; purge removes events only once they have no job left,
+  and spec rows are never deleted.
+- Event ids come from the `events_id_seq` identity, taken by the ingest statement itself, so one
+  statement writes a whole group commit's events and jobs (no round trip for the ids).
+- Partial indexes: the due, done and dead jobs each have their own, so claims, purges and
+  replays read only the rows they concern however many done jobs are kept.
+- Claims take jobs `FOR UPDATE SKIP LOCKED`; `attempts_total` is a row-locked counter that
+  numbers each attempt without reading the history.
 """
 
 from __future__ import annotations
 
 import json
-import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from router.exceptions import StoreUnavailable
-from router.store.base import (
-    AttemptRecord,
-    IncomingRecord,
-    Job,
-    JobSummary,
-    Outcome,
-    Status,
-    storable_text,
-)
+from router.rules import spec_hash
+from router.store import rows
+from router.store.base import IncomingRecord
+from router.store.migrations import SCHEMA_VERSION, Migrations, step_failed
+from router.store.specs import SpecCache, spec_row
 
 if TYPE_CHECKING:
     import asyncpg
@@ -47,9 +47,62 @@ MIGRATION_LOCK_KEY = 0x726F75746572  # "router"
 # rewriting a large table outlasts the store's command timeout.
 MIGRATION_TIMEOUT = 600.0
 
-MIGRATIONS: tuple[str, ...] = (
-    # 1: events, jobs, attempts, dedupe keys.
-    """
+STEP_3_PREPARE = """
+CREATE TABLE specs (
+    hash text PRIMARY KEY,
+    spec json NOT NULL
+);
+ALTER TABLE events ADD COLUMN number bigint;
+UPDATE events SET number = n.number
+FROM (SELECT id, row_number() OVER (ORDER BY received_at, id) AS number FROM events) AS n
+WHERE events.id = n.id;
+ALTER TABLE jobs ADD COLUMN spec_hash text, ADD COLUMN event_number bigint;
+"""
+STEP_3_SPECS = "SELECT DISTINCT spec::text FROM jobs"
+# $1 the jobs' distinct spec texts, $2 their hashes.
+STEP_3_MOVE = """
+WITH moved AS (
+    INSERT INTO specs (hash, spec)
+    SELECT DISTINCT ON (m.hash) m.hash, m.spec::json
+    FROM unnest($1::text[], $2::text[]) AS m (spec, hash)
+    ON CONFLICT (hash) DO NOTHING
+)
+UPDATE jobs SET spec_hash = m.hash, event_number = e.number
+FROM unnest($1::text[], $2::text[]) AS m (spec, hash), events AS e
+WHERE jobs.spec::text = m.spec AND e.id = jobs.event
+"""
+STEP_3_FINISH = """
+ALTER TABLE jobs DROP COLUMN spec;
+ALTER TABLE jobs RENAME COLUMN spec_hash TO spec;
+ALTER TABLE jobs ALTER COLUMN spec SET NOT NULL;
+ALTER TABLE jobs DROP COLUMN event;
+ALTER TABLE jobs RENAME COLUMN event_number TO event;
+ALTER TABLE jobs ALTER COLUMN event SET NOT NULL;
+ALTER TABLE events DROP COLUMN id;
+ALTER TABLE events RENAME COLUMN number TO id;
+ALTER TABLE events ADD PRIMARY KEY (id);
+ALTER TABLE events ALTER COLUMN id ADD GENERATED BY DEFAULT AS IDENTITY
+    (SEQUENCE NAME events_id_seq);
+SELECT setval('events_id_seq', (SELECT coalesce(max(id), 0) + 1 FROM events), false);
+"""
+
+
+async def _one_layout(conn: Connection) -> None:
+    """3: the layout shared with SQLite. Each distinct inline spec moves to the specs table
+    under its `spec_hash` (Python: SQL cannot compute it) and jobs keep the hash; events are
+    numbered in the order they arrived, the numbers become their identity, and jobs follow."""
+    await conn.execute(STEP_3_PREPARE, timeout=MIGRATION_TIMEOUT)
+    texts = [row[0] for row in await conn.fetch(STEP_3_SPECS, timeout=MIGRATION_TIMEOUT)]
+    hashes = [spec_hash(json.loads(text)) for text in texts]
+    await conn.execute(STEP_3_MOVE, texts, hashes, timeout=MIGRATION_TIMEOUT)
+    await conn.execute(STEP_3_FINISH, timeout=MIGRATION_TIMEOUT)
+
+
+Step = str | Callable[["Connection"], Awaitable[None]]
+MIGRATIONS = Migrations[Step](
+    (
+        # 1: events, jobs, attempts, dedupe keys.
+        """
     CREATE TABLE events (
         id uuid PRIMARY KEY,
         event_id text,
@@ -102,16 +155,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX dedupe_seen_at ON dedupe (seen_at);
     """,
-    # 2: the row readiness probes write.
-    """
+        # 2: the row readiness probes write.
+        """
     CREATE TABLE store_meta (
         key text PRIMARY KEY,
         value text NOT NULL
     );
     """,
+        _one_layout,
+    )
 )
-
-SCHEMA_VERSION = len(MIGRATIONS)
 
 _CREATE_VERSION_TABLE = """
 CREATE TABLE IF NOT EXISTS schema_version (
@@ -119,48 +172,42 @@ CREATE TABLE IF NOT EXISTS schema_version (
     applied_at timestamptz NOT NULL DEFAULT now()
 )
 """
-
-
-def version_problem(version: int) -> str | None:
-    """Why a database at `version` cannot be used as it is, or None when it is current."""
-    if version > SCHEMA_VERSION:
-        return (
-            f"schema version {version} is newer than this router's {SCHEMA_VERSION}; "
-            "upgrade the router"
-        )
-    if version < SCHEMA_VERSION:
-        return f"schema version {version}, expected {SCHEMA_VERSION}; run `router migrate`"
-    return None
+_HAS_VERSION_TABLE = "SELECT to_regclass('schema_version')"
+_GET_VERSION = "SELECT coalesce(max(version), 0) FROM schema_version"
+_SET_VERSION = "INSERT INTO schema_version (version) VALUES ($1)"
 
 
 async def current_version(conn: Connection) -> int:
-    """The highest applied version; 0 for a database the router never touched."""
-    if await conn.fetchval("SELECT to_regclass('schema_version')") is None:
+    """The highest applied step; 0 for a database the router never touched."""
+    if await conn.fetchval(_HAS_VERSION_TABLE) is None:
         return 0
-    version = await conn.fetchval("SELECT coalesce(max(version), 0) FROM schema_version")
-    return int(version)
+    return int(await conn.fetchval(_GET_VERSION))
 
 
-async def apply_pending(conn: Connection) -> list[int]:
-    """Apply every step newer than the database, in one transaction; return the versions applied.
+async def check_version(conn: Connection) -> None:
+    """Raise StoreUnavailable unless the schema is current (migrations off)."""
+    MIGRATIONS.pending(await current_version(conn), apply=False)
 
-    Raises StoreUnavailable when the database is newer than this code knows (a newer router
-    migrated it): running old code on it could corrupt data.
-    """
+
+async def apply_pending(conn: Connection, *, target: int = SCHEMA_VERSION) -> list[int]:
+    """Bring the schema to `target` in one transaction, as router.store.migrations lays down
+    (StoreUnavailable when that cannot or must not be done); returns the steps applied."""
     async with conn.transaction():
         await conn.execute(
             "SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY, timeout=MIGRATION_TIMEOUT
         )
         await conn.execute(_CREATE_VERSION_TABLE)
-        version = await current_version(conn)
-        if version > SCHEMA_VERSION:
-            raise StoreUnavailable(str(version_problem(version)))
-        applied: list[int] = []
-        for number in range(version + 1, SCHEMA_VERSION + 1):
-            await conn.execute(MIGRATIONS[number - 1], timeout=MIGRATION_TIMEOUT)
-            await conn.execute("INSERT INTO schema_version (version) VALUES ($1)", number)
-            applied.append(number)
-        return applied
+        pending = MIGRATIONS.pending(await current_version(conn), apply=True, target=target)
+        for number, step in pending:
+            try:
+                if isinstance(step, str):
+                    await conn.execute(step, timeout=MIGRATION_TIMEOUT)
+                else:
+                    await step(conn)
+            except Exception as exc:
+                raise StoreUnavailable(step_failed(number, exc)) from exc
+            await conn.execute(_SET_VERSION, number)
+        return [number for number, _ in pending]
 
 
 # -- queries of the store, next to the schema they rely on -------------------------------------
@@ -175,24 +222,38 @@ ON CONFLICT (key) DO UPDATE SET seen_at = EXCLUDED.seen_at WHERE d.seen_at < $3:
 RETURNING d.key
 """
 
-# Column arrays of the events ($1-$4) and of their jobs ($5-$11); $12 ruleset version, $13 now.
+# Column arrays: $1-$3 the events (event_id, record, matched); $4-$10 their jobs (id, position
+# of the job's event in $1-$3 counted from 1, rule, action_index, action_type, spec hash,
+# destination); $11-$12 the specs this store has not written yet (hash, spec); $13 ruleset
+# version, $14 now. The event ids are taken from their sequence here, so the jobs can refer to
+# them in the same statement. Jobs are inserted in the order given: their `seq` is that order.
 INSERT_EVENTS_AND_JOBS = """
-WITH new_events AS (
+WITH new_events AS MATERIALIZED (
+    SELECT nextval('events_id_seq') AS id, e.*
+    FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY
+        AS e (event_id, record, matched, position)
+), inserted_events AS (
     INSERT INTO events (id, event_id, record, matched, ruleset_version, received_at)
-    SELECT e.id, e.event_id, e.record::json, e.matched::json, $12, $13::float8
-    FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) AS e (id, event_id, record, matched)
+    SELECT id, event_id, record::json, matched::json, $13, $14::float8 FROM new_events
+), inserted_specs AS (
+    INSERT INTO specs (hash, spec)
+    SELECT hash, spec::json FROM unnest($11::text[], $12::text[]) AS s (hash, spec)
+    ON CONFLICT (hash) DO NOTHING
 )
 INSERT INTO jobs (id, event, rule, action_index, action_type, spec, destination, status,
                   budget_since, created_at, updated_at, next_at)
-SELECT j.id, j.event, j.rule, j.action_index, j.action_type, j.spec::json, j.destination,
-       'pending', $13::float8, $13::float8, $13::float8, $13::float8
-FROM unnest($5::text[], $6::uuid[], $7::text[], $8::int[], $9::text[], $10::text[], $11::text[])
-    AS j (id, event, rule, action_index, action_type, spec, destination)
+SELECT j.id, e.id, j.rule, j.action_index, j.action_type, j.spec, j.destination,
+       'pending', $14::float8, $14::float8, $14::float8, $14::float8
+FROM unnest($4::text[], $5::int8[], $6::text[], $7::int[], $8::text[], $9::text[], $10::text[])
+    WITH ORDINALITY AS j (id, position, rule, action_index, action_type, spec, destination, n)
+JOIN new_events AS e ON e.position = j.position
+ORDER BY j.n
 """
 
-# $1 now, $2 limit, $3 lease token, $4 lease seconds. SKIP LOCKED: concurrent claimers pass over
-# the rows another claimer is taking instead of waiting for them (and then taking them twice).
-CLAIM_JOBS = """
+# $1 now, $2 limit, $3 lease token, $4 lease until, $5 destinations to skip, $6 the only
+# destination or NULL. SKIP LOCKED: concurrent claimers pass over the rows another claimer is
+# taking instead of waiting for them (and then taking them twice).
+CLAIM_JOBS = f"""
 WITH due AS (
     SELECT id FROM jobs
     WHERE status = 'pending' AND next_at <= $1::float8
@@ -203,20 +264,22 @@ WITH due AS (
     LIMIT $2
     FOR UPDATE SKIP LOCKED
 ), claimed AS (
-    UPDATE jobs SET lease_token = $3, lease_until = $1::float8 + $4::float8
+    UPDATE jobs SET lease_token = $3, lease_until = $4::float8
     FROM due WHERE jobs.id = due.id
     RETURNING jobs.*
 )
-SELECT c.id, c.rule, c.action_index, c.action_type, c.spec, c.destination, c.attempts,
-       c.budget_since, c.lease_token, e.record, e.event_id, e.ruleset_version
-FROM claimed c JOIN events e ON e.id = c.event
-ORDER BY c.next_at, c.seq
+SELECT {rows.JOB_COLUMNS}
+FROM claimed AS j
+JOIN events AS e ON e.id = j.event
+JOIN specs AS s ON s.hash = j.spec
+ORDER BY j.next_at, j.seq
 """
 
-# $1 job, $2 lease token, $3 new status, $4 next_at, $5 error, $6 now, $7 started_at,
-# $8 outcome, $9 status code, $10 duration. The attempt is always appended (numbered by the
-# row-locked counter); the job moves, and counts the attempt, only while the token holds it.
-# A retry keeps its own error; done and dead keep the last error when they bring none.
+# The columns of rows.AttemptRow: $1 job, $2 lease token, $3 new status, $4 next_at, $5 error,
+# $6 started at, $7 outcome, $8 status code, $9 duration; $10 now. The attempt is always
+# appended (numbered by the row-locked counter); the job moves, and counts the attempt, only
+# while the token holds it. A retry keeps its own error; done and dead keep the last error
+# when they bring none.
 RECORD_ATTEMPT = """
 WITH counted AS (
     UPDATE jobs SET
@@ -229,14 +292,14 @@ WITH counted AS (
             WHEN $3 = 'pending' THEN $5
             ELSE coalesce($5, last_error)
         END,
-        updated_at = CASE WHEN lease_token = $2 THEN $6::float8 ELSE updated_at END,
+        updated_at = CASE WHEN lease_token = $2 THEN $10::float8 ELSE updated_at END,
         lease_until = CASE WHEN lease_token = $2 THEN NULL ELSE lease_until END,
         lease_token = CASE WHEN lease_token = $2 THEN NULL ELSE lease_token END
     WHERE id = $1
     RETURNING attempts_total
 )
 INSERT INTO attempts (job_id, number, at, outcome, status_code, error, duration)
-SELECT $1, attempts_total, $7::float8, $8, $9::int, $5, $10::float8 FROM counted
+SELECT $1, attempts_total, $6::float8, $7, $8::int, $5, $9::float8 FROM counted
 """
 
 # $1 job ids, $2 lease tokens (pairwise), $3 next_at. Only a claim that still holds its job.
@@ -266,34 +329,25 @@ WITH replayed AS (
 SELECT count(*) FROM replayed
 """
 
-_SUMMARY_COLUMNS = """
-j.id, j.rule, j.action_index, j.action_type, j.destination, j.status, j.attempts,
-j.created_at, j.updated_at, j.next_at, j.last_error, e.event_id, e.ruleset_version
-"""
 # $1 status or NULL, $2 rule or NULL, $3 limit.
 LIST_JOBS = f"""
-SELECT {_SUMMARY_COLUMNS}
-FROM jobs j JOIN events e ON e.id = j.event
+SELECT {rows.SUMMARY_COLUMNS}
+FROM jobs AS j JOIN events AS e ON e.id = j.event
 WHERE ($1::text IS NULL OR j.status = $1) AND ($2::text IS NULL OR j.rule = $2)
 ORDER BY j.created_at DESC, j.seq DESC
 LIMIT $3
 """
 GET_JOB = f"""
-SELECT {_SUMMARY_COLUMNS}, j.spec, e.record
-FROM jobs j JOIN events e ON e.id = j.event
+SELECT {rows.DETAIL_COLUMNS}
+FROM jobs AS j
+JOIN events AS e ON e.id = j.event
+JOIN specs AS s ON s.hash = j.spec
 WHERE j.id = $1
 """
-GET_ATTEMPTS = """
-SELECT number, at, outcome, status_code, error, duration
-FROM attempts WHERE job_id = $1 ORDER BY number
-"""
+GET_ATTEMPTS = f"SELECT {rows.ATTEMPT_COLUMNS} FROM attempts WHERE job_id = $1 ORDER BY number"
 
 # Each part reads only its partial index, however many done jobs are kept.
-STATS = """
-SELECT (SELECT count(*) FROM jobs WHERE status = 'pending') AS pending,
-       (SELECT count(*) FROM jobs WHERE status = 'dead') AS dead,
-       (SELECT min(created_at) FROM jobs WHERE status = 'pending') AS oldest
-"""
+STATS = f"SELECT {rows.STATS_COLUMNS}"
 
 # $1 before. Attempts go with their jobs (ON DELETE CASCADE).
 PURGE_JOBS = """
@@ -315,83 +369,36 @@ ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
 """
 
 
-# -- rows in, rows out ---------------------------------------------------------------------------
+# -- a batch of records as the ingest statement's arguments -----------------------------------
+
+NewSpecs = list[tuple[Mapping[str, Any], str]]
 
 
-def insert_arguments(kept: Sequence[IncomingRecord]) -> list[list[Any]]:
-    """INSERT_EVENTS_AND_JOBS's column arrays, the events' then their jobs' (unnest turns them
-    back into rows, so one statement writes the whole batch); ruleset version and now follow."""
+def insert_arguments(
+    kept: Sequence[IncomingRecord], specs: SpecCache
+) -> tuple[list[list[Any]], NewSpecs]:
+    """INSERT_EVENTS_AND_JOBS's column arrays (unnest turns them back into rows, so one
+    statement writes the whole batch; ruleset version and now follow them), and the specs they
+    write that `specs` does not know yet: remember those once the transaction has committed."""
     events: list[tuple[Any, ...]] = []
     jobs: list[tuple[Any, ...]] = []
-    spec_text: dict[int, str] = {}  # one serialisation per action spec object in this batch
-    for incoming in kept:
-        event = uuid.uuid4()
-        # ASCII-only JSON: a lone surrogate a sender wrote as an escape stays an escape.
-        record = json.dumps(incoming.record, separators=(",", ":"))
-        matched = json.dumps(list(incoming.matched))
-        events.append((event, storable_text(incoming.event_id), record, matched))
-        for new in incoming.jobs:
-            spec = _spec_json(new.spec, spec_text)
-            jobs.append(
-                (new.id, event, new.rule, new.action_index, new.action_type, spec, new.destination)
-            )
-    return [*_columns(events, 4), *_columns(jobs, 7)]
+    new: dict[str, str] = {}  # hash -> JSON of the specs to write
+    fresh: NewSpecs = []
+    in_batch: dict[int, str] = {}  # hash by spec object: each spec is hashed once per batch
+    for position, incoming in enumerate(kept, start=1):
+        events.append(rows.event_row(incoming))
+        for job in incoming.jobs:
+            digest = specs.get(job.spec) or in_batch.get(id(job.spec))
+            if digest is None:
+                digest, text = spec_row(job.spec)
+                in_batch[id(job.spec)] = digest
+                new[digest] = text
+                fresh.append((job.spec, digest))
+            kind = (job.rule, job.action_index, job.action_type)
+            jobs.append((job.id, position, *kind, digest, job.destination))
+    columns = [*_columns(events, 3), *_columns(jobs, 7), list(new), list(new.values())]
+    return columns, fresh
 
 
-def _columns(rows: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
-    return [list(column) for column in zip(*rows, strict=True)] if rows else [[]] * width
-
-
-def _spec_json(spec: Mapping[str, Any], cache: dict[int, str]) -> str:
-    # Keyed by identity: every job of one rule action shares the loaded spec object, and the
-    # objects outlive the batch, so an id cannot be reused while the cache lives.
-    text = cache.get(id(spec))
-    if text is None:
-        text = cache[id(spec)] = json.dumps(spec, separators=(",", ":"), default=str)
-    return text
-
-
-def job_from_row(row: asyncpg.Record) -> Job:
-    return Job(
-        id=row["id"],
-        rule=row["rule"],
-        action_index=row["action_index"],
-        action_type=row["action_type"],
-        spec=json.loads(row["spec"]),
-        destination=row["destination"],
-        record=json.loads(row["record"]),
-        event_id=row["event_id"],
-        ruleset_version=row["ruleset_version"],
-        attempts=row["attempts"],
-        budget_since=row["budget_since"],
-        lease_token=row["lease_token"],
-    )
-
-
-def summary_from_row(row: asyncpg.Record) -> JobSummary:
-    return JobSummary(
-        id=row["id"],
-        rule=row["rule"],
-        action_index=row["action_index"],
-        action_type=row["action_type"],
-        destination=row["destination"],
-        status=Status(row["status"]),
-        attempts=row["attempts"],
-        created_at=row["created_at"],
-        updated_at=row["updated_at"],
-        next_at=row["next_at"],
-        last_error=row["last_error"],
-        event_id=row["event_id"],
-        ruleset_version=row["ruleset_version"],
-    )
-
-
-def attempt_from_row(row: asyncpg.Record) -> AttemptRecord:
-    return AttemptRecord(
-        number=row["number"],
-        at=row["at"],
-        outcome=Outcome(row["outcome"]),
-        status_code=row["status_code"],
-        error=row["error"],
-        duration=row["duration"],
-    )
+def _columns(rows_: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
+    return [list(column) for column in zip(*rows_, strict=True)] if rows_ else [[]] * width

@@ -1,9 +1,13 @@
-"""The SQL of the SQLite store: schema migrations, statements, and the synchronous bodies that
-run them on one connection inside a transaction the caller (the writer thread) owns.
+"""The SQL of the SQLite store: its migration steps, its statements, and the synchronous bodies
+that run them on one connection inside a transaction the caller (the writer thread) owns.
 
-Migrations are numbered from 1; `schema_version` holds the number of the last one applied.
-A job points at its action spec by `router.rules.spec_hash`: a rule's spec is written once, not
-once per job, which keeps the write volume of a busy intake down.
+The layout is the one every backend shares (router.store.migrations says why). What is SQLite's
+own: `events.id` and `jobs.seq` are rowids (a job's id is a UNIQUE column beside its rowid, so
+the rowid can be its acceptance order); jobs refer to their event and their spec by foreign key
+(`PRAGMA foreign_keys = ON`); the journal is a WAL fsynced at every commit, before the intake
+answers 202; the writer thread groups the requests of a moment into one transaction, each in
+its own savepoint (router.store.sqlite). The store's random identity is the file header's
+`user_version`, set when the schema is first written: it can be read without SQLite.
 """
 
 from __future__ import annotations
@@ -13,24 +17,23 @@ import os
 import secrets
 import sqlite3
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any
 
 from router.exceptions import StoreUnavailable
-from router.rules import spec_hash
+from router.store import rows
 from router.store.base import (
     AcceptResult,
-    AttemptRecord,
     AttemptResult,
     IncomingRecord,
     Job,
     JobDetail,
     JobSummary,
-    Outcome,
     QueueStats,
     Status,
-    storable_text,
 )
+from router.store.migrations import SCHEMA_VERSION, Migrations, step_failed
+from router.store.specs import SpecCache, spec_row
 
 PRAGMAS = (
     "PRAGMA journal_mode = WAL",
@@ -39,74 +42,124 @@ PRAGMAS = (
     "PRAGMA foreign_keys = ON",
 )
 
+# The shape the table had when the first step was written: step 3 gives it its current one.
 SCHEMA_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
 HAS_SCHEMA_VERSION = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
 GET_SCHEMA_VERSION = "SELECT max(version) FROM schema_version"
 SET_SCHEMA_VERSION = "INSERT INTO schema_version (version) VALUES (?)"
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
-    # 1: events, specs, jobs, attempts, dedupe keys.
+MIGRATIONS = Migrations[tuple[str, ...]](
     (
-        """CREATE TABLE events (
-            id INTEGER PRIMARY KEY,
-            event_id TEXT,
-            record TEXT NOT NULL,
-            matched TEXT NOT NULL,
-            ruleset_version TEXT NOT NULL,
-            received_at REAL NOT NULL
-        )""",
-        "CREATE INDEX events_received_at ON events (received_at)",
-        """CREATE TABLE specs (
-            hash TEXT PRIMARY KEY,
-            spec TEXT NOT NULL
-        ) WITHOUT ROWID""",
-        """CREATE TABLE jobs (
-            id TEXT PRIMARY KEY,
-            event INTEGER NOT NULL REFERENCES events (id),
-            rule TEXT NOT NULL,
-            action_index INTEGER NOT NULL,
-            action_type TEXT NOT NULL,
-            spec TEXT NOT NULL REFERENCES specs (hash),
-            destination TEXT NOT NULL,
-            status TEXT NOT NULL,
-            attempts INTEGER NOT NULL DEFAULT 0,
-            budget_since REAL NOT NULL,
-            next_at REAL,
-            lease_token TEXT,
-            lease_until REAL,
-            created_at REAL NOT NULL,
-            updated_at REAL NOT NULL,
-            last_error TEXT,
-            ruleset_version TEXT NOT NULL
-        )""",
-        "CREATE INDEX jobs_due ON jobs (status, next_at)",
-        "CREATE INDEX jobs_event ON jobs (event)",
-        """CREATE TABLE attempts (
-            job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
-            number INTEGER NOT NULL,
-            at REAL NOT NULL,
-            outcome TEXT NOT NULL,
-            status_code INTEGER,
-            error TEXT,
-            duration REAL NOT NULL,
-            PRIMARY KEY (job_id, number)
-        ) WITHOUT ROWID""",
-        """CREATE TABLE dedupe (
-            key TEXT PRIMARY KEY,
-            seen_at REAL NOT NULL
-        ) WITHOUT ROWID""",
-        "CREATE INDEX dedupe_seen_at ON dedupe (seen_at)",
-    ),
-    # 2: the row readiness probes write (the store's random identity is the file header's
-    # user_version, set by `migrate`: it can be read from the file without SQLite).
-    (
-        """CREATE TABLE store_meta (
-            key TEXT PRIMARY KEY,
-            value TEXT NOT NULL
-        ) WITHOUT ROWID""",
-    ),
+        # 1: events, specs, jobs, attempts, dedupe keys.
+        (
+            """CREATE TABLE events (
+                id INTEGER PRIMARY KEY,
+                event_id TEXT,
+                record TEXT NOT NULL,
+                matched TEXT NOT NULL,
+                ruleset_version TEXT NOT NULL,
+                received_at REAL NOT NULL
+            )""",
+            "CREATE INDEX events_received_at ON events (received_at)",
+            """CREATE TABLE specs (
+                hash TEXT PRIMARY KEY,
+                spec TEXT NOT NULL
+            ) WITHOUT ROWID""",
+            """CREATE TABLE jobs (
+                id TEXT PRIMARY KEY,
+                event INTEGER NOT NULL REFERENCES events (id),
+                rule TEXT NOT NULL,
+                action_index INTEGER NOT NULL,
+                action_type TEXT NOT NULL,
+                spec TEXT NOT NULL REFERENCES specs (hash),
+                destination TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                budget_since REAL NOT NULL,
+                next_at REAL,
+                lease_token TEXT,
+                lease_until REAL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                last_error TEXT,
+                ruleset_version TEXT NOT NULL
+            )""",
+            "CREATE INDEX jobs_due ON jobs (status, next_at)",
+            "CREATE INDEX jobs_event ON jobs (event)",
+            """CREATE TABLE attempts (
+                job_id TEXT NOT NULL REFERENCES jobs (id) ON DELETE CASCADE,
+                number INTEGER NOT NULL,
+                at REAL NOT NULL,
+                outcome TEXT NOT NULL,
+                status_code INTEGER,
+                error TEXT,
+                duration REAL NOT NULL,
+                PRIMARY KEY (job_id, number)
+            ) WITHOUT ROWID""",
+            """CREATE TABLE dedupe (
+                key TEXT PRIMARY KEY,
+                seen_at REAL NOT NULL
+            ) WITHOUT ROWID""",
+            "CREATE INDEX dedupe_seen_at ON dedupe (seen_at)",
+        ),
+        # 2: the row readiness probes write.
+        (
+            """CREATE TABLE store_meta (
+                key TEXT PRIMARY KEY,
+                value TEXT NOT NULL
+            ) WITHOUT ROWID""",
+        ),
+        # 3: the layout shared with PostgreSQL. SQLite cannot add a primary key to a table, so
+        # jobs are copied into a new one: `seq` takes each job's rowid (acceptance order kept),
+        # `attempts_total` the last number of its history, and `ruleset_version` stays with the
+        # events. The copy runs with foreign keys off (see `migrate`): dropping the old table
+        # must not cascade to the attempts.
+        (
+            """CREATE TABLE jobs_v3 (
+                seq INTEGER PRIMARY KEY,
+                id TEXT NOT NULL UNIQUE,
+                event INTEGER NOT NULL REFERENCES events (id),
+                rule TEXT NOT NULL,
+                action_index INTEGER NOT NULL,
+                action_type TEXT NOT NULL,
+                spec TEXT NOT NULL REFERENCES specs (hash),
+                destination TEXT NOT NULL,
+                status TEXT NOT NULL,
+                attempts INTEGER NOT NULL DEFAULT 0,
+                attempts_total INTEGER NOT NULL DEFAULT 0,
+                budget_since REAL NOT NULL,
+                created_at REAL NOT NULL,
+                updated_at REAL NOT NULL,
+                next_at REAL,
+                last_error TEXT,
+                lease_token TEXT,
+                lease_until REAL
+            )""",
+            """INSERT INTO jobs_v3 (
+                seq, id, event, rule, action_index, action_type, spec, destination, status,
+                attempts, attempts_total, budget_since, created_at, updated_at, next_at,
+                last_error, lease_token, lease_until
+            )
+            SELECT rowid, id, event, rule, action_index, action_type, spec, destination, status,
+                   attempts,
+                   (SELECT coalesce(max(number), 0) FROM attempts WHERE job_id = jobs.id),
+                   budget_since, created_at, updated_at, next_at, last_error, lease_token,
+                   lease_until
+            FROM jobs ORDER BY rowid""",
+            "DROP TABLE jobs",
+            "ALTER TABLE jobs_v3 RENAME TO jobs",
+            "CREATE INDEX jobs_due ON jobs (status, next_at)",
+            "CREATE INDEX jobs_event ON jobs (event)",
+            """CREATE TABLE schema_version_v3 (
+                version INTEGER PRIMARY KEY,
+                applied_at TEXT NOT NULL DEFAULT CURRENT_TIMESTAMP
+            )""",
+            "INSERT INTO schema_version_v3 (version) SELECT DISTINCT version FROM schema_version",
+            "DROP TABLE schema_version",
+            "ALTER TABLE schema_version_v3 RENAME TO schema_version",
+        ),
+    )
 )
-SCHEMA_VERSION = len(MIGRATIONS)
 
 # A real write: readiness must fail while writes fail (a full disk, a read-only file).
 PROBE = """
@@ -128,23 +181,23 @@ INSERT_EVENT = """
 INSERT_SPEC = "INSERT INTO specs (hash, spec) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING"
 INSERT_JOB = """
     INSERT INTO jobs (id, event, rule, action_index, action_type, spec, destination, status,
-                      attempts, budget_since, next_at, created_at, updated_at, ruleset_version)
-    VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?, ?, ?)
+                      budget_since, created_at, updated_at, next_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)
 """
 
 # -- claim
+# `seq` is the rowid, the last column of every index entry: jobs_due yields this order as is.
 SELECT_DUE = """
     SELECT id FROM jobs
     WHERE status = 'pending' AND next_at <= :now AND (lease_until IS NULL OR lease_until < :now)
       AND destination NOT IN (SELECT value FROM json_each(:exclude))
       AND (:only IS NULL OR destination = :only)
-    ORDER BY next_at
+    ORDER BY next_at, seq
     LIMIT :limit
 """
 LEASE_JOB = "UPDATE jobs SET lease_token = ?, lease_until = ? WHERE id = ?"
-SELECT_CLAIMED = """
-    SELECT j.id, j.rule, j.action_index, j.action_type, s.spec, j.destination, e.record,
-           e.event_id, j.ruleset_version, j.attempts, j.budget_since, j.lease_token
+SELECT_CLAIMED = f"""
+    SELECT {rows.JOB_COLUMNS}
     FROM jobs AS j
     JOIN events AS e ON e.id = j.event
     JOIN specs AS s ON s.hash = j.spec
@@ -152,73 +205,64 @@ SELECT_CLAIMED = """
 """
 
 # -- record
-SELECT_LEASE = "SELECT lease_token FROM jobs WHERE id = ?"
-NEXT_ATTEMPT_NUMBER = "SELECT coalesce(max(number), 0) + 1 FROM attempts WHERE job_id = ?"
+# The attempt is always counted (its number comes back); the job moves only while the token
+# holds it. A retry keeps its own error; done and dead keep the last error when they bring none.
+COUNT_ATTEMPT = """
+    UPDATE jobs SET
+        attempts = CASE WHEN lease_token = :token THEN attempts + 1 ELSE attempts END,
+        attempts_total = attempts_total + 1,
+        status = CASE WHEN lease_token = :token THEN :status ELSE status END,
+        next_at = CASE WHEN lease_token = :token THEN :next_at ELSE next_at END,
+        last_error = CASE
+            WHEN lease_token IS NOT :token THEN last_error
+            WHEN :status = 'pending' THEN :error
+            ELSE coalesce(:error, last_error)
+        END,
+        updated_at = CASE WHEN lease_token = :token THEN :now ELSE updated_at END,
+        lease_until = CASE WHEN lease_token = :token THEN NULL ELSE lease_until END,
+        lease_token = CASE WHEN lease_token = :token THEN NULL ELSE lease_token END
+    WHERE id = :job_id
+    RETURNING attempts_total
+"""
 INSERT_ATTEMPT = """
     INSERT INTO attempts (job_id, number, at, outcome, status_code, error, duration)
-    VALUES (?, ?, ?, ?, ?, ?, ?)
-"""
-FINISH_JOB = """
-    UPDATE jobs SET status = :status, attempts = attempts + 1, next_at = NULL,
-                    lease_token = NULL, lease_until = NULL, updated_at = :now,
-                    last_error = coalesce(:error, last_error)
-    WHERE id = :id
-"""
-RETRY_JOB = """
-    UPDATE jobs SET status = 'pending', attempts = attempts + 1, next_at = :next_at,
-                    lease_token = NULL, lease_until = NULL, updated_at = :now,
-                    last_error = :error
-    WHERE id = :id
+    VALUES (:job_id, :number, :at, :outcome, :status_code, :error, :duration)
 """
 RELEASE_JOB = """
     UPDATE jobs SET next_at = :next_at, lease_token = NULL, lease_until = NULL
     WHERE id = :id AND lease_token = :token AND status = 'pending'
 """
-
 RENEW_LEASE = """
     UPDATE jobs SET lease_until = :until
     WHERE id = :id AND lease_token = :token AND status = 'pending'
 """
-
 CLEAR_LEASES = (
     "UPDATE jobs SET lease_token = NULL, lease_until = NULL WHERE lease_token IS NOT NULL"
 )
 
 # -- replay
-REPLAY_JOB = """
+_REPLAY_SET = """
     UPDATE jobs SET status = 'pending', attempts = 0, budget_since = :now, next_at = :now,
                     lease_token = NULL, lease_until = NULL, updated_at = :now
-    WHERE id = :id AND status = 'dead'
 """
-REPLAY_DEAD = """
-    UPDATE jobs SET status = 'pending', attempts = 0, budget_since = :now, next_at = :now,
-                    lease_token = NULL, lease_until = NULL, updated_at = :now
-    WHERE status = 'dead' AND (:rule IS NULL OR rule = :rule)
-"""
+REPLAY_JOB = _REPLAY_SET + "WHERE id = :id AND status = 'dead'"
+REPLAY_DEAD = _REPLAY_SET + "WHERE status = 'dead' AND (:rule IS NULL OR rule = :rule)"
 
 # -- reads
-SUMMARY_COLUMNS = """
-    j.id, j.rule, j.action_index, j.action_type, j.destination, j.status, j.attempts,
-    j.created_at, j.updated_at, j.next_at, j.last_error, e.event_id, j.ruleset_version
-"""
-LIST_JOBS = f"SELECT {SUMMARY_COLUMNS} FROM jobs AS j JOIN events AS e ON e.id = j.event"
-LIST_ORDER = " ORDER BY j.created_at DESC, j.id DESC LIMIT ?"
+# Filters are added only when given: `j.status = ?` can use jobs_due, `? IS NULL OR` cannot.
+LIST_JOBS = f"SELECT {rows.SUMMARY_COLUMNS} FROM jobs AS j JOIN events AS e ON e.id = j.event"
+LIST_STATUS = "j.status = ?"
+LIST_RULE = "j.rule = ?"
+LIST_ORDER = " ORDER BY j.created_at DESC, j.seq DESC LIMIT ?"
 GET_JOB = f"""
-    SELECT {SUMMARY_COLUMNS}, s.spec, e.record
+    SELECT {rows.DETAIL_COLUMNS}
     FROM jobs AS j
     JOIN events AS e ON e.id = j.event
     JOIN specs AS s ON s.hash = j.spec
     WHERE j.id = ?
 """
-GET_HISTORY = """
-    SELECT number, at, outcome, status_code, error, duration
-    FROM attempts WHERE job_id = ? ORDER BY number
-"""
-STATS = """
-    SELECT (SELECT count(*) FROM jobs WHERE status = 'pending'),
-           (SELECT count(*) FROM jobs WHERE status = 'dead'),
-           (SELECT min(created_at) FROM jobs WHERE status = 'pending')
-"""
+GET_HISTORY = f"SELECT {rows.ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? ORDER BY number"
+STATS = f"SELECT {rows.STATS_COLUMNS}"
 
 # -- purge
 PURGE_ATTEMPTS = """
@@ -233,23 +277,29 @@ PURGE_EVENTS = """
 PURGE_DEDUPE = "DELETE FROM dedupe WHERE seen_at < :before"
 
 
-def migrate(conn: sqlite3.Connection, apply: bool) -> None:
-    """Bring the schema to SCHEMA_VERSION, or raise StoreUnavailable if it is not current and
-    `apply` is false (or it is newer than this code)."""
+def current_version(conn: sqlite3.Connection) -> int:
+    """The highest applied step; 0 for a file the router never wrote to."""
+    if conn.execute(HAS_SCHEMA_VERSION).fetchone() is None:
+        return 0
+    return int(conn.execute(GET_SCHEMA_VERSION).fetchone()[0] or 0)
+
+
+def migrate(conn: sqlite3.Connection, apply: bool, *, target: int = SCHEMA_VERSION) -> list[int]:
+    """Bring the schema to `target` in one transaction, as router.store.migrations lays down
+    (StoreUnavailable when that cannot or must not be done); returns the steps applied."""
+    # Off while steps copy tables (dropping the old jobs table must not cascade to attempts).
+    # A no-op inside a transaction, so set before it; the store turns them on after (PRAGMAS).
+    conn.execute("PRAGMA foreign_keys = OFF")
     conn.execute("BEGIN IMMEDIATE")  # two processes starting at once migrate one after another
     try:
-        version = 0
-        if conn.execute(HAS_SCHEMA_VERSION).fetchone() is not None:
-            version = int(conn.execute(GET_SCHEMA_VERSION).fetchone()[0] or 0)
-        if version > SCHEMA_VERSION or (version < SCHEMA_VERSION and not apply):
-            raise StoreUnavailable(
-                f"the SQLite store has schema version {version}, this router needs "
-                f"{SCHEMA_VERSION}; open it with migrations enabled"
-            )
+        pending = MIGRATIONS.pending(current_version(conn), apply=apply, target=target)
         conn.execute(SCHEMA_VERSION_TABLE)
-        for number in range(version + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[number - 1]:
-                conn.execute(statement)
+        for number, statements in pending:
+            try:
+                for statement in statements:
+                    conn.execute(statement)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(step_failed(number, exc)) from exc
             conn.execute(SET_SCHEMA_VERSION, (number,))
         if apply and not conn.execute("PRAGMA user_version").fetchone()[0]:
             conn.execute(f"PRAGMA user_version = {secrets.randbelow(2**31 - 1) + 1}")
@@ -257,6 +307,7 @@ def migrate(conn: sqlite3.Connection, apply: bool) -> None:
     except BaseException:
         conn.execute("ROLLBACK")
         raise
+    return [number for number, _ in pending]
 
 
 STORE_ID_OFFSET = 60  # the header's user_version: a big-endian 32-bit integer at this offset
@@ -276,33 +327,14 @@ def file_store_id(fd: int) -> int | None:
     return int.from_bytes(header[STORE_ID_OFFSET:], "big") or None
 
 
-def _json_default(value: Any) -> Any:
-    # Specs are TOML tables: any Mapping is an object; a TOML date is kept as its text.
-    return dict(value) if isinstance(value, Mapping) else str(value)
-
-
-def _dumps(value: Any) -> str:
-    # ASCII-only JSON: a lone surrogate a sender wrote as an escape stays an escape (SQLite
-    # cannot store it as UTF-8 text).
-    return json.dumps(value, separators=(",", ":"), default=_json_default)
-
-
-SpecCache = dict[int, tuple[Mapping[str, Any], str]]
-SPEC_CACHE_MAX = 4096
-
-
 def _stored_spec(conn: sqlite3.Connection, spec: Mapping[str, Any], cache: SpecCache) -> str:
-    """The hash of `spec`, written to the specs table once per store instance. The cache is
-    keyed by the identity of the (long-lived, immutable) spec object of a loaded action and
-    keeps the object, so an id cannot be reused; spec rows are never deleted."""
-    known = cache.get(id(spec))
-    if known is not None and known[0] is spec:
-        return known[1]
-    digest = spec_hash(spec)
-    conn.execute(INSERT_SPEC, (digest, _dumps(spec)))
-    if len(cache) >= SPEC_CACHE_MAX:
-        cache.clear()
-    cache[id(spec)] = (spec, digest)
+    """The hash of `spec`, written to the specs table the first time this store meets it. The
+    cache is remembered before the commit: the writer clears it when a transaction rolls back."""
+    digest = cache.get(spec)
+    if digest is None:
+        digest, text = spec_row(spec)
+        conn.execute(INSERT_SPEC, (digest, text))
+        cache.remember(spec, digest)
     return digest
 
 
@@ -322,21 +354,13 @@ def accept(
             if conn.execute(CLAIM_DEDUPE_KEY, params).fetchone() is None:
                 repeated.add(position)
                 continue
-        event_row = (
-            storable_text(incoming.event_id),
-            _dumps(incoming.record),
-            _dumps(list(incoming.matched)),
-            ruleset_version,
-            now,
-        )
+        event_row = (*rows.event_row(incoming), ruleset_version, now)
         (event,) = conn.execute(INSERT_EVENT, event_row).fetchone()
         for job in incoming.jobs:
             digest = _stored_spec(conn, job.spec, specs)
             row = (job.id, event, job.rule, job.action_index, job.action_type, digest)
             try:
-                conn.execute(
-                    INSERT_JOB, (*row, job.destination, now, now, now, now, ruleset_version)
-                )
+                conn.execute(INSERT_JOB, (*row, job.destination, now, now, now, now))
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"job id {job.id!r} already exists") from exc
         accepted += 1
@@ -348,8 +372,8 @@ def claim(
     limit: int,
     until: float,
     now: float,
-    exclude: Sequence[str] = (),
-    only: str | None = None,
+    exclude: Sequence[str],
+    only: str | None,
 ) -> list[Job]:
     params = {"now": now, "limit": limit, "exclude": json.dumps(list(exclude)), "only": only}
     due = [row[0] for row in conn.execute(SELECT_DUE, params)]
@@ -357,44 +381,17 @@ def claim(
         return []
     token = uuid.uuid4().hex
     conn.executemany(LEASE_JOB, [(token, until, job_id) for job_id in due])
-    rows = {row[0]: row for row in conn.execute(SELECT_CLAIMED, (json.dumps(due),))}
-    return [_job(rows[job_id]) for job_id in due]
-
-
-def _job(row: Sequence[Any]) -> Job:
-    return Job(
-        id=row[0],
-        rule=row[1],
-        action_index=row[2],
-        action_type=row[3],
-        spec=json.loads(row[4]),
-        destination=row[5],
-        record=json.loads(row[6]),
-        event_id=row[7],
-        ruleset_version=row[8],
-        attempts=row[9],
-        budget_since=row[10],
-        lease_token=row[11],
-    )
+    claimed = {row[0]: row for row in conn.execute(SELECT_CLAIMED, (json.dumps(due),))}
+    return [rows.job(claimed[job_id]) for job_id in due]
 
 
 def record(conn: sqlite3.Connection, results: Sequence[AttemptResult], now: float) -> None:
     for result in results:
-        held = conn.execute(SELECT_LEASE, (result.job_id,)).fetchone()
-        if held is None:
+        attempt = rows.attempt_row(result)._asdict()
+        counted = conn.execute(COUNT_ATTEMPT, {**attempt, "now": now}).fetchone()
+        if counted is None:
             continue  # purged meanwhile: nothing to append to
-        (number,) = conn.execute(NEXT_ATTEMPT_NUMBER, (result.job_id,)).fetchone()
-        attempt = (result.job_id, number, result.started_at, str(result.outcome))
-        error = storable_text(result.error)
-        conn.execute(INSERT_ATTEMPT, (*attempt, result.status_code, error, result.duration))
-        if held[0] != result.lease_token:
-            continue  # another claim holds the job now: its result decides
-        params: Mapping[str, Any] = {"id": result.job_id, "now": now, "error": error}
-        if result.outcome is Outcome.RETRY:
-            conn.execute(RETRY_JOB, {**params, "next_at": result.next_at})
-        else:
-            status = Status.DONE if result.outcome is Outcome.DONE else Status.DEAD
-            conn.execute(FINISH_JOB, {**params, "status": str(status)})
+        conn.execute(INSERT_ATTEMPT, {**attempt, "number": counted[0]})
 
 
 def release(conn: sqlite3.Connection, claims: Sequence[tuple[str, str]], next_at: float) -> None:
@@ -407,9 +404,8 @@ def renew(conn: sqlite3.Connection, claims: Sequence[tuple[str, str]], until: fl
     conn.executemany(RENEW_LEASE, params)
 
 
-def replay(conn: sqlite3.Connection, job_ids: Sequence[str], now: float) -> list[str]:
-    ids = dict.fromkeys(job_ids)  # once each, in the order given
-    return [i for i in ids if conn.execute(REPLAY_JOB, {"id": i, "now": now}).rowcount]
+def replay(conn: sqlite3.Connection, job_ids: Sequence[str], now: float) -> Collection[str]:
+    return {i for i in job_ids if conn.execute(REPLAY_JOB, {"id": i, "now": now}).rowcount}
 
 
 def replay_dead(conn: sqlite3.Connection, rule: str | None, now: float) -> int:
@@ -430,47 +426,21 @@ def list_jobs(
     where: list[str] = []
     params: list[Any] = []
     if status is not None:
-        where.append("j.status = ?")
+        where.append(LIST_STATUS)
         params.append(str(status))
     if rule is not None:
-        where.append("j.rule = ?")
+        where.append(LIST_RULE)
         params.append(rule)
     query = LIST_JOBS + (" WHERE " + " AND ".join(where) if where else "") + LIST_ORDER
-    return [_summary(row) for row in conn.execute(query, (*params, limit))]
-
-
-def _summary(row: Sequence[Any]) -> JobSummary:
-    return JobSummary(
-        id=row[0],
-        rule=row[1],
-        action_index=row[2],
-        action_type=row[3],
-        destination=row[4],
-        status=Status(row[5]),
-        attempts=row[6],
-        created_at=row[7],
-        updated_at=row[8],
-        next_at=row[9],
-        last_error=row[10],
-        event_id=row[11],
-        ruleset_version=row[12],
-    )
+    return [rows.summary(row) for row in conn.execute(query, (*params, limit))]
 
 
 def get_job(conn: sqlite3.Connection, job_id: str) -> JobDetail | None:
     row = conn.execute(GET_JOB, (job_id,)).fetchone()
     if row is None:
         return None
-    history = tuple(
-        AttemptRecord(number=n, at=at, outcome=Outcome(o), status_code=c, error=e, duration=d)
-        for n, at, o, c, e, d in conn.execute(GET_HISTORY, (job_id,))
-    )
-    return JobDetail(
-        summary=_summary(row), spec=json.loads(row[13]), record=json.loads(row[14]), history=history
-    )
+    return rows.detail(row, conn.execute(GET_HISTORY, (job_id,)))
 
 
 def stats(conn: sqlite3.Connection, now: float) -> QueueStats:
-    pending, dead, oldest = conn.execute(STATS).fetchone()
-    age = None if oldest is None else now - oldest
-    return QueueStats(pending=pending, dead=dead, oldest_pending_age=age)
+    return rows.stats(conn.execute(STATS).fetchone(), now)

@@ -39,11 +39,12 @@ from router.store.base import (
     Job,
     JobDetail,
     JobSummary,
-    Outcome,
     QueueStats,
     Status,
     Store,
 )
+from router.store.migrations import schema_problem
+from router.store.specs import SpecCache
 
 T = TypeVar("T")
 Work = Callable[[sqlite3.Connection], T]
@@ -287,7 +288,7 @@ class SQLiteStore(Store):
         self._reader: concurrent.futures.ThreadPoolExecutor | None = None
         self._read_conn: sqlite3.Connection | None = None
         self._work_added = asyncio.Event()
-        self._specs: sql.SpecCache = {}  # action specs already in the specs table
+        self._specs = SpecCache()  # action specs already in the specs table
 
     @property
     def commits(self) -> int:
@@ -332,8 +333,12 @@ class SQLiteStore(Store):
             raise
 
     def _open_sync(self, migrate: bool) -> sqlite3.Connection:
-        if migrate and os.path.dirname(self.path):
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        folder = os.path.dirname(self.path)
+        if migrate and folder:
+            os.makedirs(folder, exist_ok=True)
+        if not migrate and os.path.isdir(folder or ".") and not os.path.exists(self.path):
+            # No file yet is an empty store: the same sentence as an empty PostgreSQL database.
+            raise StoreUnavailable(str(schema_problem(0)))
         conn = _connect(self.path, create=migrate, busy_timeout=self.busy_timeout)
         try:
             sql.migrate(conn, migrate)
@@ -400,7 +405,7 @@ class SQLiteStore(Store):
 
     # -- intake and worker
 
-    async def accept(
+    async def _accept(
         self,
         records: Sequence[IncomingRecord],
         *,
@@ -415,36 +420,19 @@ class SQLiteStore(Store):
             self._work_added.set()
         return result
 
-    async def claim(
-        self,
-        *,
-        limit: int,
-        lease: float,
-        now: float,
-        exclude: Collection[str] = (),
-        destination: str | None = None,
+    async def _claim(
+        self, *, limit: int, until: float, now: float, exclude: Sequence[str], only: str | None
     ) -> list[Job]:
-        if limit <= 0:
-            return []
-        skip = sorted(exclude)
-        return await self._write(
-            lambda conn: sql.claim(conn, limit, now + lease, now, skip, destination)
-        )
+        return await self._write(lambda conn: sql.claim(conn, limit, until, now, exclude, only))
 
-    async def record(self, results: Sequence[AttemptResult], *, now: float) -> None:
-        for result in results:
-            if result.outcome is Outcome.RETRY and result.next_at is None:
-                raise ValueError(f"job {result.job_id}: a RETRY result needs next_at")
-        if results:
-            await self._write(lambda conn: sql.record(conn, results, now))
+    async def _record(self, results: Sequence[AttemptResult], *, now: float) -> None:
+        await self._write(lambda conn: sql.record(conn, results, now))
 
-    async def release(self, claims: Sequence[tuple[str, str]], *, next_at: float) -> None:
-        if claims:
-            await self._write(lambda conn: sql.release(conn, claims, next_at))
+    async def _release(self, claims: Sequence[tuple[str, str]], *, next_at: float) -> None:
+        await self._write(lambda conn: sql.release(conn, claims, next_at))
 
-    async def renew(self, claims: Sequence[tuple[str, str]], *, until: float) -> None:
-        if claims:
-            await self._write(lambda conn: sql.renew(conn, claims, until))
+    async def _renew(self, claims: Sequence[tuple[str, str]], *, until: float) -> None:
+        await self._write(lambda conn: sql.renew(conn, claims, until))
 
     async def wait_for_work(self, timeout: float) -> None:
         try:
@@ -455,15 +443,15 @@ class SQLiteStore(Store):
 
     # -- operators
 
-    async def list_jobs(
-        self, *, status: Status | None = None, rule: str | None = None, limit: int = 50
+    async def _list_jobs(
+        self, *, status: Status | None, rule: str | None, limit: int
     ) -> list[JobSummary]:
         return await self._read(lambda conn: sql.list_jobs(conn, status, rule, limit))
 
     async def get_job(self, job_id: str) -> JobDetail | None:
         return await self._read(lambda conn: sql.get_job(conn, job_id))
 
-    async def replay(self, job_ids: Sequence[str], *, now: float) -> list[str]:
+    async def _replay(self, job_ids: Sequence[str], *, now: float) -> Collection[str]:
         replayed = await self._write(lambda conn: sql.replay(conn, job_ids, now))
         if replayed:
             self._work_added.set()

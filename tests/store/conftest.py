@@ -3,14 +3,19 @@
 `backend` is parametrised: `sqlite` (a file in tmp_path) and `postgres` (a fresh database per
 test, created through ROUTER_TEST_POSTGRES_URL and dropped after; skipped when that variable is
 unset or the PostgreSQL backend is not there). Tests run their async body with `backend.run`,
-which opens a store, awaits the body and closes the store inside one `asyncio.run`.
+which opens a store, awaits the body and closes the store inside one `asyncio.run`. Beside the
+store, `backend.sql` runs a statement on its database directly, `backend.layout` reads the
+tables and columns the database has, and `backend.migrate_to` builds the schema of an earlier
+release with the real migration runner.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib.util
 import os
+import sqlite3
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +42,36 @@ SPEC: Mapping[str, Any] = {
     "timeout": 10,
 }
 
+# Every table and column a store has after migrating, on every backend (router.store.migrations).
+LAYOUT: dict[str, set[str]] = {
+    "schema_version": {"version", "applied_at"},
+    "events": {"id", "event_id", "record", "matched", "ruleset_version", "received_at"},
+    "specs": {"hash", "spec"},
+    "jobs": {
+        "id",
+        "seq",
+        "event",
+        "rule",
+        "action_index",
+        "action_type",
+        "spec",
+        "destination",
+        "status",
+        "attempts",
+        "attempts_total",
+        "budget_since",
+        "created_at",
+        "updated_at",
+        "next_at",
+        "last_error",
+        "lease_token",
+        "lease_until",
+    },
+    "attempts": {"job_id", "number", "at", "outcome", "status_code", "error", "duration"},
+    "dedupe": {"key", "seen_at"},
+    "store_meta": {"key", "value"},
+}
+
 
 @dataclass(frozen=True)
 class Backend:
@@ -58,6 +93,75 @@ class Backend:
                 await store.close()
 
         return asyncio.run(main())
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.name == "sqlite"
+
+    def sql(self, statement: str, *args: Any) -> list[tuple[Any, ...]]:
+        """Run one statement on the database itself, outside any store; its rows."""
+        if self.is_sqlite:
+            from router.store.sqlite import path_from_url
+
+            with contextlib.closing(sqlite3.connect(path_from_url(self.url))) as conn, conn:
+                return conn.execute(statement, args).fetchall()
+
+        async def main() -> list[tuple[Any, ...]]:
+            import asyncpg
+
+            conn = await asyncpg.connect(self.url)
+            try:
+                return [tuple(row) for row in await conn.fetch(statement, *args)]
+            finally:
+                await conn.close()
+
+        return asyncio.run(main())
+
+    def layout(self) -> dict[str, set[str]]:
+        """Every table of the database, with its column names."""
+        if self.is_sqlite:
+            tables = self.sql(
+                "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+            )
+            return {
+                name: {column[1] for column in self.sql(f'PRAGMA table_info("{name}")')}
+                for (name,) in tables
+            }
+        layout: dict[str, set[str]] = {}
+        columns = self.sql(
+            """
+            SELECT c.table_name, c.column_name FROM information_schema.columns AS c
+            JOIN information_schema.tables AS t
+                ON t.table_schema = c.table_schema AND t.table_name = c.table_name
+            WHERE c.table_schema = current_schema() AND t.table_type = 'BASE TABLE'
+            """
+        )
+        for table, column in columns:
+            layout.setdefault(table, set()).add(column)
+        return layout
+
+    def migrate_to(self, version: int) -> None:
+        """Give the (empty) database the schema of `version` with the real runner, as the
+        release that stopped at that version left it."""
+        if self.is_sqlite:
+            from router.store import sql_sqlite
+            from router.store.sqlite import path_from_url
+
+            path = path_from_url(self.url)
+            with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as conn:
+                sql_sqlite.migrate(conn, True, target=version)
+                conn.execute("PRAGMA journal_mode = WAL")
+            return
+        from router.store.postgres import PostgresStore
+
+        async def main() -> None:
+            store = PostgresStore(self.url)
+            try:
+                await store.migrate(target=version)
+            finally:
+                await store.close()
+
+        asyncio.run(main())
 
 
 def new_job(
@@ -134,6 +238,12 @@ def _postgres() -> Iterator[Backend]:
         yield Backend("postgres", _database_url(server_url, name))
     finally:
         asyncio.run(_admin(server_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def pg() -> Iterator[Backend]:
+    """A fresh PostgreSQL database (skipped without ROUTER_TEST_POSTGRES_URL)."""
+    yield from _postgres()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

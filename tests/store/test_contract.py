@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
 from router.exceptions import StoreUnavailable
 from router.store.base import AttemptResult, Job, Outcome, QueueStats, Status, Store
+from router.store.migrations import SCHEMA_VERSION, schema_problem
 
-from .conftest import DAY, LEASE, RULESET, SPEC, T0, Backend, accept, incoming, new_job
+from .conftest import DAY, LAYOUT, LEASE, RULESET, SPEC, T0, Backend, accept, incoming, new_job
 
 
 def done(job: Job, at: float, *, status_code: int | None = 200) -> AttemptResult:
@@ -498,8 +500,10 @@ def test_wait_for_work_wakes_on_accept_and_times_out_otherwise(backend: Backend)
 
 
 def test_open_without_migrations_on_an_empty_database_is_unavailable(backend: Backend) -> None:
-    with pytest.raises(StoreUnavailable):
+    with pytest.raises(StoreUnavailable) as raised:
         backend.run(lambda store: store.ping(), migrate=False)
+    assert str(raised.value) == schema_problem(0)  # the same sentence on every backend
+    assert "run `router migrate`" in str(raised.value)
     backend.run(lambda store: store.ping())  # migrating opens it
 
 
@@ -512,3 +516,89 @@ def test_a_closed_store_is_unavailable(backend: Backend) -> None:
             await accept(store, incoming("k"))
 
     asyncio.run(main())
+
+
+def test_arguments_are_checked_alike(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        empty = await store.accept([], ruleset_version=RULESET, dedupe_window=DAY, now=T0)
+        assert (empty.accepted, empty.duplicates) == (0, 0)
+        await accept(store, incoming("a"), incoming("b"))
+        first, second = await claim_all(store, T0)
+        timeless = AttemptResult(second.id, second.lease_token, Outcome.RETRY, T0, 0.1, 503)
+        with pytest.raises(ValueError, match="needs next_at"):
+            await store.record([done(first, T0), timeless], now=T0)
+        for job in (first, second):  # nothing of the refused batch was stored
+            detail = await store.get_job(job.id)
+            assert detail is not None
+            assert (detail.summary.status, detail.history) == (Status.PENDING, ())
+        await store.record([], now=T0)
+        await store.release([], next_at=T0)
+        await store.renew([], until=T0)
+        assert await store.replay([], now=T0) == []
+        for limit in (0, -1):
+            assert await store.claim(limit=limit, lease=LEASE, now=T0 + DAY) == []
+            assert await store.list_jobs(limit=limit) == []
+        assert len(await store.list_jobs(limit=1)) == 1
+
+    backend.run(body)
+
+
+# -- one schema, migrated the same way on every backend
+
+
+def test_the_schema_has_the_shared_layout(backend: Backend) -> None:
+    backend.run(lambda store: store.ping())
+    assert backend.layout() == LAYOUT
+
+
+@pytest.mark.postgres
+def test_the_schema_is_the_same_on_every_backend(tmp_path: Path, pg: Backend) -> None:
+    sqlite = Backend("sqlite", f"sqlite:///{tmp_path / 'router.db'}")
+    for each in (sqlite, pg):
+        each.run(lambda store: store.ping())
+    assert sqlite.layout() == pg.layout()
+
+
+@pytest.mark.parametrize("migrate", [False, True], ids=["checking", "migrating"])
+def test_a_schema_newer_than_the_code_is_refused(backend: Backend, migrate: bool) -> None:
+    backend.run(lambda store: store.ping())
+    backend.sql(f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION + 1})")
+    with pytest.raises(StoreUnavailable) as raised:
+        backend.run(lambda store: store.ping(), migrate=migrate)
+    assert str(raised.value) == schema_problem(SCHEMA_VERSION + 1)
+    assert "upgrade the router" in str(raised.value)
+
+
+def test_an_older_schema_is_refused_unless_migrating_then_upgraded(backend: Backend) -> None:
+    backend.migrate_to(SCHEMA_VERSION - 1)
+    with pytest.raises(StoreUnavailable) as raised:
+        backend.run(lambda store: store.ping(), migrate=False)
+    assert str(raised.value) == schema_problem(SCHEMA_VERSION - 1)
+    backend.run(lambda store: store.ping())
+    backend.run(lambda store: store.ping(), migrate=False)  # current now
+    assert backend.layout() == LAYOUT
+    applied = backend.sql("SELECT version FROM schema_version ORDER BY version")
+    assert applied == [(number,) for number in range(1, SCHEMA_VERSION + 1)]
+
+
+# A view on a column that step 3 removes: the step fails after it has already changed things.
+BLOCKING_VIEW = {
+    "sqlite": "CREATE VIEW old_jobs AS SELECT ruleset_version FROM jobs",
+    "postgres": "CREATE VIEW old_jobs AS SELECT spec FROM jobs",
+}
+
+
+def test_a_failed_step_leaves_the_store_as_it_was(backend: Backend) -> None:
+    backend.migrate_to(2)
+    backend.sql(BLOCKING_VIEW[backend.name])
+    before = backend.layout()
+    with pytest.raises(StoreUnavailable) as raised:
+        backend.run(lambda store: store.ping())
+    message = str(raised.value)
+    assert message.startswith("schema step 3 failed and the store was left as it was (")
+    assert message.endswith("; fix the cause and run `router migrate` again")
+    assert backend.layout() == before
+    assert backend.sql("SELECT max(version) FROM schema_version") == [(2,)]
+    backend.sql("DROP VIEW old_jobs")
+    backend.run(lambda store: store.ping())
+    assert backend.layout() == LAYOUT

@@ -9,7 +9,7 @@ import os
 import socket
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 import asyncpg
@@ -17,20 +17,14 @@ import pytest
 
 from router.exceptions import StoreUnavailable
 from router.store.base import AcceptResult, AttemptResult, Outcome, Store
+from router.store.migrations import SCHEMA_VERSION
 from router.store.postgres import CONNECT_TIMEOUT, POOL_SIZE, PostgresStore
-from router.store.sql_postgres import SCHEMA_VERSION
 
-from .conftest import LEASE, T0, Backend, _postgres, accept, incoming, new_job
+from .conftest import LEASE, T0, Backend, accept, incoming, new_job
 
 QUIET = 0.3  # seconds without a wake-up after which a store counts as idle
 WAKE_DEADLINE = 5.0  # a notified waiter (waiting 60 s) must return well within this
 NO_WAKE = 1.0  # a notice takes milliseconds: none within this, none was sent
-
-
-@pytest.fixture
-def pg() -> Iterator[Backend]:
-    """A fresh database (skipped without ROUTER_TEST_POSTGRES_URL)."""
-    yield from _postgres()
 
 
 @asynccontextmanager
@@ -305,6 +299,31 @@ def test_an_outage_is_unavailable_quickly_and_heals_without_a_restart(pg: Backen
                 await sql(server, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
             assert (await accept(store, incoming("after"))).accepted == 1
             assert len(await store.claim(limit=10, lease=LEASE, now=T0)) == 2
+
+    asyncio.run(main())
+
+
+@pytest.mark.postgres
+def test_a_spec_is_written_once_until_the_store_connects_again(pg: Backend) -> None:
+    async def specs() -> object:
+        return await sql(pg.url, "SELECT count(*) FROM specs")
+
+    async def main() -> None:
+        async with replicas(pg.url, 1) as (store,):
+            await accept(store, incoming("a"))
+            assert await specs() == 1
+            # Written once: later pushes of the same action send no spec (shown by its
+            # absence once the row is gone behind the store's back).
+            await sql(pg.url, "DELETE FROM specs")
+            await accept(store, incoming("b"))
+            assert await specs() == 0
+            # A new connection may reach a database without it (a failover to a standby that
+            # missed the latest commits): the store writes its specs again.
+            await terminate_backends(pg.url)
+            await accept(store, incoming("c"))
+            assert await specs() == 1
+            claimed = await store.claim(limit=10, lease=LEASE, now=T0)
+            assert len(claimed) == 3  # the spec written again serves "b" too
 
     asyncio.run(main())
 
