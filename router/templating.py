@@ -379,11 +379,20 @@ def _allowed_methods(value: Any) -> frozenset[str] | None:
 
 
 class _CheckedFilters(dict[str, Callable[..., Any]]):
-    """The environment's filters: each one registered (by item assignment) is wrapped in the
-    deadline and size checks."""
+    """The environment's filters: each one registered, however, is wrapped in the deadline and
+    size checks."""
 
     def __setitem__(self, name: str, func: Callable[..., Any]) -> None:
         super().__setitem__(name, _checked_filter(name, func))
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for name, func in dict(*args, **kwargs).items():
+            self[name] = func
+
+    def setdefault(self, name: str, func: Callable[..., Any]) -> Callable[..., Any]:
+        if name not in self:
+            self[name] = func
+        return self[name]
 
 
 def _checked_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
