@@ -10,8 +10,9 @@ or exhaust its memory. Every render runs inside a Budget:
 - Size: no text or list a template builds may exceed RenderLimits.max_bytes characters, and
   where the size of a result can be known in advance (repetition, padding and format widths,
   joins, replacements) it is refused before it is allocated. A rendered value may not exceed
-  max_bytes bytes of UTF-8, and all the text one render writes (blocks included) may not exceed
-  WRITTEN_FACTOR times that. Integers are limited to MAX_INTEGER_DIGITS digits.
+  max_bytes bytes of UTF-8, and all the text and lists the templates of one action build (kept
+  or not) may not exceed BUILT_FACTOR times that, which bounds what they can hold at once.
+  Integers are limited to MAX_INTEGER_DIGITS digits.
 
 Error messages name the limit and the setting, never a value from the template or the event.
 A Budget is found through a context variable, so each thread renders under its own limits.
@@ -37,9 +38,10 @@ DEFAULT_MAX_BYTES = 1024 * 1024  # bytes (UTF-8) of one rendered value
 # Python itself refuses to print an integer longer than this (sys.int_info), so a longer one
 # is of no use in a template; the cap keeps ** and * from computing one at all.
 MAX_INTEGER_DIGITS = 4300
-# One render may write (in all its blocks and its output) this many times max_bytes: a block
-# captured with {% set %} and then written counts twice, and a little room beyond that is cheap.
-WRITTEN_FACTOR = 4
+# The templates of one action may build this many times max_bytes of text and lists in all
+# (32 MiB by default), kept or not: a value counts once built and again written, and real
+# templates build far less. It bounds what they hold at once, however many statements they have.
+BUILT_FACTOR = 32
 SCALAR_SIZE = 32  # characters counted for a float, None or any object that is not a container
 TICK_EVERY = 1024  # container items visited between two deadline checks when measuring a value
 _LOG10_2 = 0.30103
@@ -67,22 +69,32 @@ class RenderLimits:
     def applied(self) -> Iterator[None]:
         """Render one action inside this block: its templates share one deadline, counted from
         entering the block. Outside such a block each template gets the default limits."""
-        token = _CURRENT.set(Budget(self, time.monotonic() + self.timeout))
+        token = _CURRENT.set(Budget(self, _Spent(time.monotonic() + self.timeout)))
         try:
             yield
         finally:
             _CURRENT.reset(token)
 
 
+class _Spent:
+    """What the templates of one action share: their deadline and what they built so far."""
+
+    __slots__ = ("built", "deadline")
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.built = 0
+
+
 class Budget:
     """The limits of one render and what it has spent. Only the rendering thread uses it."""
 
-    __slots__ = ("_sizes", "deadline", "limits", "written")
+    __slots__ = ("_sizes", "_spent", "deadline", "limits")
 
-    def __init__(self, limits: RenderLimits, deadline: float) -> None:
+    def __init__(self, limits: RenderLimits, spent: _Spent) -> None:
         self.limits = limits
-        self.deadline = deadline
-        self.written = 0
+        self.deadline = spent.deadline
+        self._spent = spent
         # Sizes of the containers this render built, by id (the object is kept so the id
         # cannot be reused): nesting a list in another costs one lookup, not a walk.
         self._sizes: dict[int, tuple[object, int]] = {}
@@ -101,6 +113,15 @@ class Budget:
             raise TemplateLimitExceeded(
                 f"{what} would exceed the limit of {limit} characters "
                 "(ROUTER_TEMPLATE_MAX_BYTES); make it smaller or raise the limit"
+            )
+
+    def refuse_input(self, size: int, what: str) -> None:
+        """Refuse `size` characters or items to `what`, whose work on them no check can stop."""
+        limit = self.limits.max_bytes
+        if size > limit:
+            raise TemplateLimitExceeded(
+                f"{what} takes at most {limit} characters (ROUTER_TEMPLATE_MAX_BYTES); give it "
+                "less or raise the limit"
             )
 
     def refuse_digits(self, bits: int, what: str) -> None:
@@ -150,33 +171,42 @@ class Budget:
                 self.tick()
         return total
 
+    def made(self, size: int) -> None:
+        """Count `size` characters the templates of this action just built or wrote."""
+        spent = self._spent
+        spent.built += size
+        allowed = BUILT_FACTOR * self.limits.max_bytes
+        if spent.built > allowed:
+            raise TemplateLimitExceeded(
+                f"the templates of this action build more than {allowed} characters in all "
+                f"({BUILT_FACTOR} times ROUTER_TEMPLATE_MAX_BYTES); make them build less or raise "
+                "the limit"
+            )
+
     def built(self, value: Any, what: str) -> Any:
         """A container the template just built: refused if over the limit, else remembered."""
         size = self.size_of(value)
         self.refuse_over(size, what)
+        self.made(size)
         self._sizes[id(value)] = (value, size)
         return value
 
     def text(self, value: Any, what: str) -> str:
         """str(value), refused before conversion when it would be over the limit."""
         if isinstance(value, str):
-            text = value
-        else:
-            self.refuse_over(self.size_of(value), what)
-            text = str(value)
+            self.refuse_over(len(value), what)
+            return value
+        self.refuse_over(self.size_of(value), what)
+        text = str(value)
         self.refuse_over(len(text), what)
+        self.made(len(text))
         return text
 
-    def wrote(self, size: int) -> None:
-        """Count text the template writes (output and blocks alike)."""
-        self.written += size
-        allowed = WRITTEN_FACTOR * self.limits.max_bytes
-        if self.written > allowed:
-            raise TemplateLimitExceeded(
-                f"the template writes more than {allowed} characters in all "
-                f"({WRITTEN_FACTOR} times ROUTER_TEMPLATE_MAX_BYTES); make it write less or raise "
-                "the limit"
-            )
+    def new_text(self, text: str, what: str) -> str:
+        """Text an operation just built: refused over the limit, and counted."""
+        self.refuse_over(len(text), what)
+        self.made(len(text))
+        return text
 
     def iterate(self, iterable: Iterable[Any]) -> Iterator[Any]:
         """A loop's iterable, checking the deadline before every iteration."""
@@ -186,6 +216,18 @@ class Budget:
                 self.tick()
             yield item
 
+    def collect(self, iterable: Iterable[Any], what: str) -> list[Any]:
+        """list(iterable), refused as soon as its items are over the limit."""
+        items: list[Any] = []
+        size = 2
+        for item in self.iterate(iterable):
+            size += self.size_of(item) + 2
+            self.refuse_over(size, what)
+            items.append(item)
+        self.made(size)
+        self._sizes[id(items)] = (items, size)
+        return items
+
     def counted(self, iterator: Iterable[Any], what: str) -> Iterator[Any]:
         """Items of a lazy filter result, refused once the text they hold is over the limit."""
         total = 0
@@ -193,6 +235,7 @@ class Budget:
             if isinstance(item, str):
                 total += len(item)
                 self.refuse_over(total, what)
+                self.made(len(item))
             yield item
 
 
@@ -216,9 +259,9 @@ def rendering() -> Iterator[Budget]:
     outer = _CURRENT.get()
     if outer is None:
         limits = RenderLimits()
-        budget = Budget(limits, time.monotonic() + limits.timeout)
+        budget = Budget(limits, _Spent(time.monotonic() + limits.timeout))
     else:
-        budget = Budget(outer.limits, outer.deadline)
+        budget = Budget(outer.limits, outer._spent)
     token = _CURRENT.set(budget)
     try:
         yield budget
@@ -303,8 +346,12 @@ MAX_WRAPPED_CHARS = 100_000
 # item here, so this many take a small part of the time limit.
 MAX_SORTED_ITEMS = 100_000
 SORTING_FILTERS = frozenset({"dictsort", "groupby", "max", "min", "sort"})
+# Python's round(x, n) computes 10 ** n: no float has more digits than this, anyway.
+MAX_ROUND_DIGITS = 100
 # The filters check_filter has something to check for.
-CHECKED_FILTERS = SORTING_FILTERS | {"center", "format", "indent", "replace", "tojson", "wordwrap"}
+CHECKED_FILTERS = SORTING_FILTERS | {
+    "center", "format", "indent", "replace", "round", "tojson", "wordwrap",
+}  # fmt: skip
 
 
 def check_binop(budget: Budget, operator: str, left: Any, right: Any) -> None:
@@ -334,7 +381,7 @@ def checked_result(budget: Budget, value: Any, what: str) -> Any:
     """A value an operation just built: text is refused over the limit, a list is measured
     and remembered (so nesting it costs nothing to check)."""
     if isinstance(value, str):
-        budget.refuse_over(len(value), what)
+        budget.new_text(value, what)
     elif isinstance(value, list | tuple):
         budget.built(value, what)
     return value
@@ -359,6 +406,8 @@ def str_call_args(
         count = _arg(args, kwargs, 2, "count", -1)
         if isinstance(old, str) and isinstance(new, str) and isinstance(count, int):
             budget.refuse_over(replaced_size(text, old, new, count), what)
+    elif name in ("split", "rsplit", "splitlines"):
+        budget.refuse_input(len(text), what)  # a list of parts, made at once
     elif name == "join" and len(args) == 1:
         items = list(budget.iterate(args[0]))
         size = sum(len(item) for item in items if isinstance(item, str))
@@ -411,6 +460,12 @@ def check_filter(
         budget.refuse_over(percent_size(budget, value, dict(kwargs) or tuple(args)), what)
     elif name == "tojson":
         budget.refuse_over(budget.size_of(value), what)
+    elif name == "round":
+        precision = _arg(args, kwargs, 0, "precision", 0)
+        if isinstance(precision, int) and abs(precision) > MAX_ROUND_DIGITS:
+            raise TemplateLimitExceeded(
+                f"{what} rounds to at most {MAX_ROUND_DIGITS} digits; use a smaller precision"
+            )
     return value
 
 

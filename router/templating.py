@@ -70,6 +70,14 @@ TEXT_FILTERS = frozenset(
         "wordcount", "wordwrap",
     }
 )  # fmt: skip
+# Filters whose work on a text runs in Python or builds a list of its parts at once: no check
+# can stop them midway, so their text is limited beforehand (as their result would be).
+TEXT_INPUT_FILTERS = frozenset({"indent", "striptags", "title", "urlencode", "wordcount"})
+# Filters that loop over their input in Python: it is handed to them through the deadline
+# check, so even the items they skip are counted.
+LOOPING_FILTERS = frozenset(
+    {"map", "max", "min", "reject", "rejectattr", "select", "selectattr", "sum", "unique"}
+)
 # Filters that only pick or reorder the values they are given: their result is not new data.
 PICKING_FILTERS = frozenset(
     {
@@ -307,8 +315,10 @@ class _Environment(ImmutableSandboxedEnvironment):
             if is_format_map:
                 if kwargs or len(args) != 1:
                     raise TypeError("format_map() takes exactly one argument")
-                return type(text)(formatter.vformat(text, (), args[0]))
-            return type(text)(formatter.vformat(text, args, kwargs))
+                result = formatter.vformat(text, (), args[0])
+            else:
+                result = formatter.vformat(text, args, kwargs)
+            return budget.new_text(type(text)(result), "format()")
 
         return update_wrapper(checked_format, value)
 
@@ -342,20 +352,21 @@ class _Environment(ImmutableSandboxedEnvironment):
         budget = limits.current()
         texts = [budget.text(part, "~") for part in parts]
         budget.refuse_over(sum(map(len, texts)), "~")
-        return "".join(texts)
+        return budget.new_text("".join(texts), "~")
 
     def concat(self, parts: Iterable[str]) -> str:
         budget = limits.current()
         texts = parts if isinstance(parts, list) else list(parts)
         budget.refuse_over(sum(map(len, texts)), "a block of the template")
-        return "".join(texts)
+        return budget.new_text("".join(texts), "a block of the template")
 
 
 def _finalize(value: Any) -> str:
     """Every `{{ expression }}` becomes text here, under the size limit, and is counted."""
     budget = limits.current()
     text = budget.text(value, "writing this value")
-    budget.wrote(len(text))
+    if text is value:  # a text written as it is (text() counted the ones it converted)
+        budget.made(len(text))
     return text
 
 
@@ -399,6 +410,8 @@ def _checked_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     # Filters decorated with pass_context / pass_environment get that first, then the value.
     skip = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
     stringify = name in TEXT_FILTERS
+    capped = name in TEXT_INPUT_FILTERS
+    loops = name in LOOPING_FILTERS
     prechecked = name in limits.CHECKED_FILTERS
     picks = name in PICKING_FILTERS
     what = f"the {name} filter"
@@ -406,10 +419,14 @@ def _checked_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def checked(*args: Any, **kwargs: Any) -> Any:
         budget = limits.current()
-        if (stringify or prechecked) and len(args) > skip:
+        if (stringify or capped or loops or prechecked) and len(args) > skip:
             value = args[skip]
             if stringify and not isinstance(value, str):
                 value = budget.text(value, what)
+            if capped and isinstance(value, str):
+                budget.refuse_input(len(value), what)
+            if loops and not isinstance(value, jinja2.Undefined):
+                value = budget.iterate(value)
             if prechecked:
                 value = limits.check_filter(budget, name, value, args[skip + 1 :], kwargs)
             if value is not args[skip]:
@@ -418,8 +435,7 @@ def _checked_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
         if picks or isinstance(result, int | float):
             return result
         if isinstance(result, str):
-            budget.refuse_over(len(result), what)
-            return result
+            return budget.new_text(result, what)
         if isinstance(result, Iterator):
             return budget.counted(result, what)
         return limits.checked_result(budget, result, what)
@@ -435,6 +451,11 @@ def _sum(
     if not isinstance(start, int | float):
         raise SecurityError("the sum filter adds numbers only")
     return jinja2.filters.sync_do_sum(environment, iterable, attribute, start)
+
+
+def _list(value: Iterable[Any]) -> list[Any]:
+    # Jinja's list() reads the whole input before anything could measure the result.
+    return limits.current().collect(value, "the list filter")
 
 
 @jinja2.pass_environment
@@ -473,6 +494,7 @@ def _environment() -> _Environment:
     env.filters["tojson"] = _tojson
     env.filters["sum"] = _sum
     env.filters["join"] = _join
+    env.filters["list"] = _list
     return env
 
 
@@ -529,6 +551,7 @@ class Template:
             size = len(text.encode("utf-8", "surrogatepass"))
         if size > limit:
             raise _too_large(limit)
+        budget.made(len(text))
         return text
 
 

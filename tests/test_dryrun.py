@@ -260,9 +260,9 @@ def test_without_a_body_the_data_is_sent_as_json(tmp_path: Path) -> None:
     assert outcome.passed, outcome.failures
 
 
-# A billion empty iterations: never done within any time limit.
+# A billion empty iterations over the record's list: never done within any time limit.
 SPIN = (
-    "{% for a in 'x' * 1000 %}{% for b in 'x' * 1000 %}{% for c in 'x' * 1000 %}"
+    "{% for a in data.many %}{% for b in data.many %}{% for c in data.many %}"
     "{% endfor %}{% endfor %}{% endfor %}"
 )
 RUNAWAY = f"""\
@@ -281,9 +281,8 @@ def test_a_template_over_a_limit_is_reported_with_its_action(tmp_path: Path) -> 
     (tmp_path / "rules.toml").write_text(RUNAWAY, encoding="utf-8")
     limits = RenderLimits(timeout=0.2, max_bytes=1024)
     started = time.monotonic()
-    document = dry_run(
-        load_rules(tmp_path), normalise(event("CREATE", {"id": 1})), explain=False, limits=limits
-    )
+    records = normalise(event("CREATE", {"many": list(range(1000))}))
+    document = dry_run(load_rules(tmp_path), records, explain=False, limits=limits)
     assert time.monotonic() - started < 2
     spin, large = document["records"][0]["actions"]
     assert spin["error"] == (
@@ -300,7 +299,7 @@ def test_a_rule_test_fails_on_a_template_over_a_limit(tmp_path: Path) -> None:
     ruleset = write_test(
         tmp_path,
         '[[test]]\nexpect = ["runaway"]\n[[test.action]]\nrule = "runaway"\nmessage = "x"\n'
-        "[test.event]\ndata = { id = 1 }\n",
+        "[test.event]\ndata = { many = [" + ", ".join(["1"] * 1000) + "] }\n",
         rules=RUNAWAY,
     )
     (outcome,) = run_tests(ruleset, limits=RenderLimits(timeout=0.2))

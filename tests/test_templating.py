@@ -470,7 +470,7 @@ def test_render_log_action() -> None:
 
 # ---------------------------------------------------------------- limits
 
-SPIN = "{% for a in 'x' * 100000 %}{% for b in 'x' * 100000 %}{% endfor %}{% endfor %}"
+SPIN = "{% set s = 'x' * 100000 %}{% for a in s %}{% for b in s %}{% endfor %}{% endfor %}"
 
 
 @pytest.mark.parametrize(
@@ -559,6 +559,19 @@ def test_render_action_reports_the_key_over_a_limit() -> None:
     with RenderLimits(timeout=0.2).applied(), pytest.raises(TemplateLimitExceeded) as caught:
         render_action(http(SPIN), context())
     assert str(caught.value).startswith("template for body: rendering took longer than 0.2 s")
+
+
+def test_the_templates_of_one_action_share_one_total_of_what_they_build() -> None:
+    # Each header is within the limit; forty of them are not, together. Each counts three
+    # million characters (built, written, kept): the twelfth goes over 32 MiB.
+    action = http(None, **{f"X-{n}": "{{ 'x' * 1000000 }}" for n in range(40)})
+    with RenderLimits().applied(), pytest.raises(TemplateLimitExceeded) as caught:
+        render_action(action, context())
+    assert str(caught.value) == (
+        "template for headers.X-11: the templates of this action build more than 33554432 "
+        "characters in all (32 times ROUTER_TEMPLATE_MAX_BYTES); make them build less or raise "
+        "the limit"
+    )
 
 
 @pytest.mark.parametrize(

@@ -259,7 +259,7 @@ def test_a_secret_missing_in_this_process_retries_instead_of_killing_the_job(
 
 # A billion empty loop iterations: never done within a time limit.
 SPIN = (
-    "{% for a in 'x' * 1000 %}{% for b in 'x' * 1000 %}{% for c in 'x' * 1000 %}"
+    "{% set s = 'x' * 1000 %}{% for a in s %}{% for b in s %}{% for c in s %}"
     "{% endfor %}{% endfor %}{% endfor %}"
 )
 

@@ -33,7 +33,7 @@ SLACK = 0.5  # seconds an attack may take beyond the time limit
 MEMORY_GROWTH = 64 * 1024  # KiB an attack may add to the peak of a harmless render
 
 # Compiles and renders argv[1] as an http body, under the default limits, for a record whose
-# data holds a 10,000-item list; prints what happened as JSON.
+# data holds a 10,000-item list and a text of two million characters; prints what happened.
 CHILD = """
 import json, sys, time
 from router.exceptions import RenderError
@@ -42,7 +42,10 @@ from router.templating import (
     PlaceholderSecrets, TemplateProblem, build_context, compile_template,
 )
 
-record = {"id": "attack", "data": {"items": list(range(10000)), "text": "x" * 1000}}
+record = {
+    "id": "attack",
+    "data": {"items": list(range(10000)), "text": "x" * 1000, "big": "a" * 2000000},
+}
 started = time.monotonic()
 try:
     template = compile_template(sys.argv[1])
@@ -128,11 +131,18 @@ NESTED = (
     "{% set c = [b, b, b, b, b, b, b, b] %}{% set d = [c, c, c, c, c, c, c, c] %}"
     "{{ [d, d, d, d, d, d, d, d] | length }}"
 )
-# The loops of the worst template, each iteration allocating and upper-casing a megabyte.
+# The worst template: loops inside loops over 10,000 items, each iteration reading a whole
+# long text in one call (time the loop cannot interrupt, and the interpreter's lock held).
 NESTED_LOOPS = (
     "{% for a in data['items'] %}{% for b in data['items'] %}"
-    "{% set s = ('y' * 1000000) | upper %}{% endfor %}{% endfor %}"
+    "{% if data.big.count('a') == a * b %}{% endif %}{% endfor %}{% endfor %}"
 )
+BUILT = (
+    f"template for body: the templates of this action build more than {32 * LIMIT} characters "
+    "in all (32 times ROUTER_TEMPLATE_MAX_BYTES); make them build less or raise the limit"
+)
+# Forty statements, each keeping another megabyte.
+MANY_SETS = "".join(f"{{% set a{n} = 'x' * 1000000 %}}" for n in range(40))
 
 ATTACKS = [
     # Numbers: ** by the size of its result, so chained powers stop at the first.
@@ -182,9 +192,28 @@ ATTACKS = [
     ("{{ ('y' * 1000).join('x' * 1000000) }}", too_large("join()")),
     ("{{ ('x' * 1000000) | replace('x', 'yyyy') }}", too_large("the replace filter")),
     ("{{ ('x' * 1000).replace('', 'y' * 10000) }}", too_large("replace()")),
-    ("{{ ('x' * 1000000) | map('center', 1000) | list | length }}", too_large("the map filter")),
+    (
+        "{% for s in ('x' * 1000000) | map('center', 1000) %}{% endfor %}",
+        too_large("the map filter"),
+    ),
+    ("{{ ('x' * 1000000) | map('center', 1000) | list | length }}", too_large("the list filter")),
     ("{{ ('\"' * 100000) | tojson | tojson | tojson | tojson }}", too_large("the tojson filter")),
     ("{{ ('x' * 1000000) | list | string }}", too_large("the list filter")),
+    # Long texts from the event, to work that runs in Python or splits them at once.
+    (
+        "{{ data.big | title }}",
+        f"template for body: the title filter takes at most {LIMIT} characters "
+        "(ROUTER_TEMPLATE_MAX_BYTES); give it less or raise the limit",
+    ),
+    (
+        "{{ data.big.split('a') | length }}",
+        f"template for body: split() takes at most {LIMIT} characters "
+        "(ROUTER_TEMPLATE_MAX_BYTES); give it less or raise the limit",
+    ),
+    (
+        "{{ 1.5 | round(1000000000, 'floor') }}",
+        "template for body: the round filter rounds to at most 100 digits; use a smaller precision",
+    ),
     # Time: loops check the deadline on every iteration.
     (
         "{% for a in data['items'] %}{% for b in data['items'] %}{% endfor %}{% endfor %}",
@@ -202,11 +231,9 @@ ATTACKS = [
     ),
     # Output: the value itself, and all the text written in blocks.
     ("{% for c in 'x' * 2000 %}{{ 'y' * 1000 }}{% endfor %}", OUTPUT_TOO_LARGE),
-    (
-        "{% set x %}{% for c in 'x' * 100000 %}{{ 'y' * 1000000 }}{% endfor %}{% endset %}",
-        f"template for body: the template writes more than {4 * LIMIT} characters in all "
-        "(4 times ROUTER_TEMPLATE_MAX_BYTES); make it write less or raise the limit",
-    ),
+    ("{% set x %}{% for c in 'x' * 100000 %}{{ 'y' * 1000000 }}{% endfor %}{% endset %}", BUILT),
+    (MANY_SETS, BUILT),
+    ("{% for c in 'x' * 100000 %}{{ ('y' * 1000000) | upper | length }}{% endfor %}", BUILT),
     # Methods that could build anything are not reachable.
     (
         "{{ (1).to_bytes(1000000000, 'big') }}",
@@ -267,7 +294,8 @@ def router_env(**settings: str) -> dict[str, str]:
 def test_router_test_reports_a_runaway_template_and_exits_1(tmp_path: Path) -> None:
     directory = rules(tmp_path, NESTED_LOOPS)
     event = tmp_path / "event.json"
-    event.write_text(json.dumps({"id": "e1", "data": {"items": list(range(10000))}}))
+    data = {"items": list(range(10000)), "big": "a" * 1000000}
+    event.write_text(json.dumps({"id": "e1", "data": data}))
     run = run_measured(
         [sys.executable, "-m", "router", "test", str(directory), str(event)],
         env=router_env(ROUTER_TEMPLATE_TIMEOUT="0.5"),
@@ -352,7 +380,8 @@ url = "{sink.url("/forward")}"
         try:
             items = list(range(10000))
             for n in range(3):  # three seconds of rendering at the 1 s limit
-                evil = {"id": f"evil-{n}", "tableId": "666", "data": {"items": items}}
+                data = {"items": items, "big": "a" * 1000000}
+                evil = {"id": f"evil-{n}", "tableId": "666", "data": data}
                 assert router.push(evil).status_code == 202
             health: list[float] = []
             pushes: list[float] = []
