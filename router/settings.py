@@ -66,7 +66,6 @@ class Settings(BaseSettings):
     template_timeout: float = Field(
         1.0,
         gt=0,
-        le=60,
         description="Seconds the templates of one action may take to render; a job over it "
         "is dead.",
     )

@@ -98,6 +98,7 @@ STR_METHODS = frozenset(
     }
 )  # fmt: skip
 MAPPING_METHODS = frozenset({"get", "items", "keys", "values"})
+MAX_REASON_CHARS = 300  # of an error's own text in a render error (it may quote event data)
 SEQUENCE_METHODS = frozenset({"count", "index"})
 
 
@@ -566,6 +567,8 @@ def _reason(exc: Exception) -> str:
     if isinstance(exc, RenderError):
         return str(exc)
     text = " ".join(str(exc).split()) or type(exc).__name__
+    if len(text) > MAX_REASON_CHARS:  # e.g. float() quotes the whole text it could not read
+        text = text[: MAX_REASON_CHARS - 1] + "…"
     if isinstance(exc, jinja2.TemplateError | SecurityError):
         return text
     return f"{type(exc).__name__}: {text}"

@@ -595,3 +595,13 @@ def test_nothing_is_evaluated_while_compiling(source: str) -> None:
     assert peak < 10_000_000
     with pytest.raises(TemplateLimitExceeded):
         template.render(context())
+
+
+def test_a_render_error_quotes_no_more_than_a_few_hundred_characters() -> None:
+    # The message names the missing key, here a text of the event: it is cut, not stored whole.
+    record = {**RECORD, "data": {"text": "x" * 100000}}
+    with pytest.raises(RenderError) as caught:
+        compile_template("{{ data[data.text] }}").render(context(record=record))
+    message = str(caught.value)
+    assert message.startswith("template: 'dict object' has no attribute 'xxx")
+    assert message.endswith("x…") and len(message) == len("template: ") + 300
