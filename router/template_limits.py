@@ -339,9 +339,14 @@ def wrapped_size(text: str, width: int, wrapstring: str) -> int:
 
 # ---------------------------------------------------------------- checked operations
 
-# textwrap is pure Python (about a microsecond a character at width 1): beyond this much text a
-# single wordwrap could outlast the time limit, which cannot interrupt it. E-mails are far shorter.
-MAX_WRAPPED_CHARS = 100_000
+# Filters whose work on a text runs in Python (about a microsecond a character for wordwrap at
+# width 1, a list of every word for title) where no deadline check reaches: beyond this much
+# text one call could take a good part of the time limit and tens of megabytes. E-mails, URLs and
+# messages are far shorter.
+MAX_SLOW_TEXT = 100_000
+SLOW_TEXT_FILTERS = frozenset(
+    {"indent", "striptags", "title", "urlencode", "wordcount", "wordwrap"}
+)
 # Sorting runs a Python key function per item that no deadline check reaches: about 1.5 µs an
 # item here, so this many take a small part of the time limit.
 MAX_SORTED_ITEMS = 100_000
@@ -349,8 +354,8 @@ SORTING_FILTERS = frozenset({"dictsort", "groupby", "max", "min", "sort"})
 # Python's round(x, n) computes 10 ** n: no float has more digits than this, anyway.
 MAX_ROUND_DIGITS = 100
 # The filters check_filter has something to check for.
-CHECKED_FILTERS = SORTING_FILTERS | {
-    "center", "format", "indent", "replace", "round", "tojson", "wordwrap",
+CHECKED_FILTERS = SORTING_FILTERS | SLOW_TEXT_FILTERS | {
+    "center", "format", "replace", "round", "tojson",
 }  # fmt: skip
 
 
@@ -423,6 +428,10 @@ def check_filter(
     made. `value` is what the filter is applied to (already text for text filters); returns
     the value to apply it to (a lazy one read here, under the deadline, if it must be counted)."""
     what = f"the {name} filter"
+    if name in SLOW_TEXT_FILTERS and isinstance(value, str) and len(value) > MAX_SLOW_TEXT:
+        raise TemplateLimitExceeded(
+            f"{what} takes at most {MAX_SLOW_TEXT} characters; give it a shorter text"
+        )
     if name in SORTING_FILTERS:
         if not isinstance(value, Sized):
             value = list(budget.iterate(value))
@@ -440,11 +449,6 @@ def check_filter(
         if isinstance(value, str):
             budget.refuse_over(len(value) + (value.count("\n") + 1) * max(step, 0), what)
     elif name == "wordwrap" and isinstance(value, str):
-        if len(value) > MAX_WRAPPED_CHARS:
-            raise TemplateLimitExceeded(
-                f"the wordwrap filter wraps at most {MAX_WRAPPED_CHARS} characters; "
-                "wrap a shorter text"
-            )
         width = _arg(args, kwargs, 0, "width", 79)
         wrapstring = _arg(args, kwargs, 2, "wrapstring", None)
         if isinstance(width, int):

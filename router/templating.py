@@ -70,9 +70,6 @@ TEXT_FILTERS = frozenset(
         "wordcount", "wordwrap",
     }
 )  # fmt: skip
-# Filters whose work on a text runs in Python or builds a list of its parts at once: no check
-# can stop them midway, so their text is limited beforehand (as their result would be).
-TEXT_INPUT_FILTERS = frozenset({"indent", "striptags", "title", "urlencode", "wordcount"})
 # Filters that loop over their input in Python: it is handed to them through the deadline
 # check, so even the items they skip are counted.
 LOOPING_FILTERS = frozenset(
@@ -411,7 +408,6 @@ def _checked_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     # Filters decorated with pass_context / pass_environment get that first, then the value.
     skip = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
     stringify = name in TEXT_FILTERS
-    capped = name in TEXT_INPUT_FILTERS
     loops = name in LOOPING_FILTERS
     prechecked = name in limits.CHECKED_FILTERS
     picks = name in PICKING_FILTERS
@@ -420,12 +416,10 @@ def _checked_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(func)
     def checked(*args: Any, **kwargs: Any) -> Any:
         budget = limits.current()
-        if (stringify or capped or loops or prechecked) and len(args) > skip:
+        if (stringify or loops or prechecked) and len(args) > skip:
             value = args[skip]
             if stringify and not isinstance(value, str):
                 value = budget.text(value, what)
-            if capped and isinstance(value, str):
-                budget.refuse_input(len(value), what)
             if loops and not isinstance(value, jinja2.Undefined):
                 value = budget.iterate(value)
             if prechecked:

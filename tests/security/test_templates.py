@@ -168,15 +168,15 @@ ATTACKS = [
     ("{{ '\t'.expandtabs(1000000000) }}", too_large("expandtabs()")),
     ("{{ ('\t' * 1000).expandtabs(10000) }}", too_large("expandtabs()")),
     ("{{ 'x' | indent(1000000000) }}", too_large("the indent filter")),
-    ("{{ ('x\n' * 100000) | indent(100) }}", too_large("the indent filter")),
+    ("{{ ('x\n' * 40000) | indent(100) }}", too_large("the indent filter")),
     (
         "{{ ('a b ' * 20000) | wordwrap(1, wrapstring='y' * 1000) }}",
         too_large("the wordwrap filter"),
     ),
     (
         "{{ ('a ' * 60000) | wordwrap(1) }}",
-        "template for body: the wordwrap filter wraps at most 100000 characters; wrap a shorter "
-        "text",
+        "template for body: the wordwrap filter takes at most 100000 characters; give it a "
+        "shorter text",
     ),
     ("{{ '%999999999s' % 'x' }}", too_large("% formatting")),
     ("{{ '%*s' % (999999999, 'x') }}", too_large("% formatting")),
@@ -202,8 +202,13 @@ ATTACKS = [
     # Long texts from the event, to work that runs in Python or splits them at once.
     (
         "{{ data.big | title }}",
-        f"template for body: the title filter takes at most {LIMIT} characters "
-        "(ROUTER_TEMPLATE_MAX_BYTES); give it less or raise the limit",
+        "template for body: the title filter takes at most 100000 characters; give it a "
+        "shorter text",
+    ),
+    (
+        "{{ ('<a>' * 40000) | striptags }}",
+        "template for body: the striptags filter takes at most 100000 characters; give it a "
+        "shorter text",
     ),
     (
         "{{ data.big.split('a') | length }}",
