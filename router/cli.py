@@ -25,6 +25,7 @@ from router.events import Record, normalise, parse_body
 from router.exceptions import RejectedBody
 from router.loader import LoadResult, load
 from router.settings import Settings, secret_values
+from router.template_limits import RenderLimits
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -38,8 +39,12 @@ class UsageError(Exception):
 
 
 def _default_rules_dir() -> str:
+    return _settings().rules_dir
+
+
+def _settings() -> Settings:
     try:
-        return Settings().rules_dir  # type: ignore[call-arg]  # all fields have defaults
+        return Settings()  # type: ignore[call-arg]  # all fields have defaults
     except ValidationError as exc:
         problems = "; ".join(
             f"ROUTER_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
@@ -246,6 +251,7 @@ def _read_events(files: Sequence[Path]) -> list[tuple[Path, Record]]:
 def _run_test(args: argparse.Namespace) -> int:
     directory, files = _split_paths(args.paths)
     records = _read_events(files)  # before loading: a bad event file is a usage error
+    limits = RenderLimits.from_settings(_settings())  # as a worker would render
     result = load(directory, secrets=None, unset_secrets="ignore")
     if result.ruleset is None:
         if args.format == "json":
@@ -259,16 +265,21 @@ def _run_test(args: argparse.Namespace) -> int:
     for diagnostic in result.diagnostics:  # warnings only; keep stdout for the report
         print(diagnostic, file=sys.stderr)
     if files:
-        return _dry_run(args, result, records)
-    return _rule_tests(args, directory, result)
+        return _dry_run(args, result, records, limits)
+    return _rule_tests(args, directory, result, limits)
 
 
 def _dry_run(
-    args: argparse.Namespace, result: LoadResult, records: list[tuple[Path, Record]]
+    args: argparse.Namespace,
+    result: LoadResult,
+    records: list[tuple[Path, Record]],
+    limits: RenderLimits,
 ) -> int:
     assert result.ruleset is not None
     explain = args.explain or args.format == "json"
-    document = dryrun.dry_run(result.ruleset, [r for _, r in records], explain=explain)
+    document = dryrun.dry_run(
+        result.ruleset, [r for _, r in records], explain=explain, limits=limits
+    )
     document["records"] = [
         {"index": entry["index"], "file": path.as_posix(), **entry}
         for entry, (path, _) in zip(document["records"], records, strict=True)
@@ -338,9 +349,11 @@ def _print_block(label: str, text: str) -> None:
         print(f"         {' ' * len(label)}  {line}".rstrip())
 
 
-def _rule_tests(args: argparse.Namespace, directory: Path, result: LoadResult) -> int:
+def _rule_tests(
+    args: argparse.Namespace, directory: Path, result: LoadResult, limits: RenderLimits
+) -> int:
     assert result.ruleset is not None
-    outcomes = dryrun.run_tests(result.ruleset)
+    outcomes = dryrun.run_tests(result.ruleset, limits=limits)
     failed = sum(1 for outcome in outcomes if not outcome.passed)
     passed = len(outcomes) - failed
     if args.format == "json":

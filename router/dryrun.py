@@ -16,15 +16,19 @@ from typing import Any, ClassVar
 from router.events import Record, normalise
 from router.exceptions import NotAnEvent, RenderError
 from router.rules import Action, ExpectedAction, Location, Rule, RuleSet, RuleTest
+from router.template_limits import RenderLimits
 from router.templating import PlaceholderSecrets, build_context, render_action
 
 # What `delivery_id` renders as when nothing is delivered.
 DRY_RUN_DELIVERY_ID = "dry-run"
 
 
-def render(rule: Rule, index: int, record: Record, *, now: datetime) -> dict[str, Any]:
-    """One action of `rule` rendered for `record`: {"rule", "action", "type", ...rendered keys},
-    or {"rule", "action", "type", "error"} when a template fails on this record."""
+def render(
+    rule: Rule, index: int, record: Record, *, now: datetime, limits: RenderLimits | None = None
+) -> dict[str, Any]:
+    """One action of `rule` rendered for `record` under `limits` (default: RenderLimits()):
+    {"rule", "action", "type", ...rendered keys}, or {"rule", "action", "type", "error"} when a
+    template fails on this record or goes over a limit."""
     action: Action = rule.actions[index]
     head: dict[str, Any] = {"rule": rule.name, "action": index, "type": action.type}
     context = build_context(
@@ -35,7 +39,8 @@ def render(rule: Rule, index: int, record: Record, *, now: datetime) -> dict[str
         now=now,
     )
     try:
-        rendered = render_action(action, context)
+        with (limits or RenderLimits()).applied():
+            rendered = render_action(action, context)
     except RenderError as exc:
         return {**head, "error": str(exc)}
     if rendered.get("type") == "email" and rendered.get("html") is None:
@@ -44,7 +49,12 @@ def render(rule: Rule, index: int, record: Record, *, now: datetime) -> dict[str
 
 
 def dry_run(
-    ruleset: RuleSet, records: Sequence[Record], *, explain: bool, now: datetime | None = None
+    ruleset: RuleSet,
+    records: Sequence[Record],
+    *,
+    explain: bool,
+    now: datetime | None = None,
+    limits: RenderLimits | None = None,
 ) -> dict[str, Any]:
     """The `router test --format json` document for `records`, in input order.
 
@@ -61,7 +71,7 @@ def dry_run(
             "event_id": record.get("id"),
             "matched": [rule.name for rule in matched],
             "actions": [
-                render(rule, position, record, now=moment)
+                render(rule, position, record, now=moment, limits=limits)
                 for rule in matched
                 for position in range(len(rule.actions))
             ],
@@ -128,13 +138,20 @@ class TestOutcome:
         }
 
 
-def run_tests(ruleset: RuleSet, *, now: datetime | None = None) -> list[TestOutcome]:
-    """Run every `[[test]]` table of `ruleset`, in the order they were loaded."""
+def run_tests(
+    ruleset: RuleSet, *, now: datetime | None = None, limits: RenderLimits | None = None
+) -> list[TestOutcome]:
+    """Run every `[[test]]` table of `ruleset`, in the order they were loaded, rendering
+    under `limits` (default: RenderLimits())."""
     moment = now or datetime.now(UTC)
-    return [TestOutcome(test, tuple(_check(ruleset, test, moment))) for test in ruleset.tests]
+    return [
+        TestOutcome(test, tuple(_check(ruleset, test, moment, limits))) for test in ruleset.tests
+    ]
 
 
-def _check(ruleset: RuleSet, test: RuleTest, now: datetime) -> list[Failure]:
+def _check(
+    ruleset: RuleSet, test: RuleTest, now: datetime, limits: RenderLimits | None
+) -> list[Failure]:
     where = test.location
     try:
         records = normalise(test.event)
@@ -170,7 +187,7 @@ def _check(ruleset: RuleSet, test: RuleTest, now: datetime) -> list[Failure]:
                 )
             )
     for expected in test.actions:
-        failures.extend(_check_action(ruleset, expected, records, matched, now))
+        failures.extend(_check_action(ruleset, expected, records, matched, now, limits))
     return failures
 
 
@@ -180,6 +197,7 @@ def _check_action(
     records: Sequence[Record],
     matched: Sequence[set[str]],
     now: datetime,
+    limits: RenderLimits | None,
 ) -> list[Failure]:
     def fail(message: str, **details: Any) -> Failure:
         return Failure(
@@ -202,7 +220,7 @@ def _check_action(
     if expected.rule not in matched[expected.record]:
         return [fail("the rule does not match this record, so its action is never rendered")]
 
-    rendered = render(rule, expected.action, records[expected.record], now=now)
+    rendered = render(rule, expected.action, records[expected.record], now=now, limits=limits)
     if "error" in rendered:
         return [fail(f"the action cannot be rendered: {rendered['error']}")]
     failures: list[Failure] = []

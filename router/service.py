@@ -30,6 +30,7 @@ from router.rules import RuleSet
 from router.settings import Settings, secret_values
 from router.store import open_store
 from router.store.base import Store
+from router.template_limits import RenderLimits
 from router.worker import Worker, WorkerLimits
 
 log = logging.getLogger("router.service")
@@ -94,6 +95,7 @@ def build_worker(settings: Settings, store: Store, metrics: Metrics) -> Worker:
             per_host=settings.per_host_concurrency,
             lease=settings.lease_seconds,
         ),
+        render_limits=RenderLimits.from_settings(settings),
         metrics=metrics,
     )
 

@@ -88,6 +88,18 @@ class Settings(BaseSettings):
         7 * 86400.0, gt=0, description="Seconds done jobs and event records are kept."
     )
     reload: bool = Field(True, description="Watch the rules directory and reload on change.")
+    template_timeout: float = Field(
+        1.0,
+        gt=0,
+        description="Seconds the templates of one action may take to render; a job over it "
+        "is dead.",
+    )
+    template_max_bytes: int = Field(
+        1024 * 1024,
+        ge=1024,
+        description="Largest rendered value (a body, a header...) and largest text or list a "
+        "template may build, in bytes; a job over it is dead.",
+    )
     smtp_host: str = Field("localhost", description="SMTP server for e-mail actions.")
     smtp_port: int = Field(25, ge=1, le=65535, description="SMTP port.")
     smtp_username: str | None = Field(None, description="SMTP user (no login when unset).")

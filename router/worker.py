@@ -4,6 +4,10 @@ Concurrency is bounded overall and per destination (an HTTP host, the SMTP serve
 Claims skip destinations whose slots are all busy; jobs one claim brings beyond a destination's
 slots wait in a short local queue, and beyond that go back to the store. So a slow or dead
 destination never fills the worker and holds up the others.
+
+Templates render off the event loop, in one thread of the worker's own: the jobs of a claim
+in as few calls as their render time allows, each action under the RenderLimits. So a slow
+template delays deliveries, never the intake or the health checks of the same process.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import logging
 import time
 from collections import defaultdict, deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +35,7 @@ from router.metrics import Metrics
 from router.retry import RetryPolicy
 from router.rules import Action, HttpAction, spec_hash
 from router.store.base import AttemptResult, Job, Outcome, Store
+from router.template_limits import RenderLimits
 from router.templating import EnvSecrets, build_context, render_action
 
 log = logging.getLogger("router.worker")
@@ -41,6 +47,13 @@ RETRY_SLACK = 0.005  # seconds past a retry's time before claiming it: the store
 HOST_QUEUE_FACTOR = 2  # jobs queued here per busy destination, as a multiple of its slots
 STORE_RETRY = 1.0  # seconds between attempts to reach an unavailable store
 ACTION_CACHE_SIZE = 4096
+# Rendering is CPU work under the GIL: more threads would not render faster, and one keeps the
+# jobs of a claim in order and leaves the event loop a fair share of the interpreter.
+RENDER_THREADS = 1
+# Seconds of rendering in one thread call before the rendered jobs are handed to the loop:
+# cheap renders go in one call per claim, and a slow template holds up the rest of its claim
+# for no more than this (plus its own time limit).
+RENDER_SLICE = 0.05
 
 
 @dataclass
@@ -49,6 +62,17 @@ class _Prepared:
     action: Action
     rendered: dict[str, Any]
     host: str
+
+
+@dataclass
+class _Unrenderable:
+    """A job that could not be rendered: dead at once, or retried when `retry`."""
+
+    job: Job
+    action: Action | None
+    started: float
+    error: str
+    retry: bool = False
 
 
 @dataclass
@@ -76,6 +100,7 @@ class Worker:
         *,
         secrets: Mapping[str, str],
         limits: WorkerLimits | None = None,
+        render_limits: RenderLimits | None = None,
         metrics: Metrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -84,6 +109,7 @@ class Worker:
         self.policy = policy
         self.secrets = EnvSecrets(dict(secrets))
         self.limits = limits or WorkerLimits()
+        self.render_limits = render_limits or RenderLimits()
         self.metrics = metrics or Metrics()
         self.clock = clock
         self._hosts: defaultdict[str, _HostState] = defaultdict(_HostState)
@@ -97,13 +123,15 @@ class Worker:
         self._backlogged: set[str] = set()  # destinations with more due jobs than room here
         self._look = True  # whether a general claim may find due jobs
         self._next_retry: float | None = None  # earliest retry this worker scheduled
-        self._held: dict[str, str] = {}  # job id -> lease token, for jobs in flight or queued
+        self._held: dict[str, str] = {}  # job id -> lease token, for jobs claimed, not finished
+        self._renderer: ThreadPoolExecutor | None = None
         self.delivered = 0  # attempts finished (any outcome), for tests and logs
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Work until `stop` is set (or, with drain=True, until nothing is due or in flight),
         then let in-flight deliveries finish within the grace period."""
         renewing = asyncio.create_task(self._renew_leases())
+        self._renderer = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="router-render")
         try:
             while not stop.is_set():
                 if self._results and self._flushing is None:  # an earlier record() failed
@@ -126,6 +154,8 @@ class Worker:
             finally:
                 renewing.cancel()
                 await asyncio.gather(renewing, return_exceptions=True)
+                self._renderer.shutdown(wait=False)
+                self._renderer = None
 
     async def _renew_leases(self) -> None:
         """Keep the leases of held jobs alive: a delivery may outlast one lease (a long
@@ -201,12 +231,26 @@ class Worker:
         return self.limits.per_host * (1 + HOST_QUEUE_FACTOR)
 
     async def _admit(self, jobs: list[Job]) -> None:
-        release: list[tuple[str, str]] = []
+        # Held from the claim on: their leases are renewed while they wait to be rendered.
         for job in jobs:
-            prepared = self._prepare(job)
-            if prepared is None:
-                continue
             self._held[job.id] = job.lease_token
+        loop = asyncio.get_running_loop()
+        pending = jobs
+        while pending:
+            rendered, pending = await loop.run_in_executor(
+                self._renderer, self._render_some, pending
+            )
+            await self._place(rendered)
+
+    async def _place(self, rendered: list[_Prepared | _Unrenderable]) -> None:
+        """Start each rendered job, queue it, or hand it back to the store; record the jobs
+        that could not be rendered."""
+        release: list[tuple[str, str]] = []
+        for prepared in rendered:
+            if isinstance(prepared, _Unrenderable):
+                self._unrenderable(prepared)
+                continue
+            job = prepared.job
             host = self._hosts[prepared.host]
             if host.active < self.limits.per_host:
                 self._start(prepared)
@@ -222,28 +266,51 @@ class Worker:
             # own, and another worker with free slots may take these meanwhile.
             await self.store.release(release, next_at=self.clock())
 
-    def _prepare(self, job: Job) -> _Prepared | None:
+    def _render_some(self, jobs: list[Job]) -> tuple[list[_Prepared | _Unrenderable], list[Job]]:
+        """In the render thread: render jobs in order until RENDER_SLICE has passed; returns
+        them and the jobs left. Touches nothing the event loop uses but the action cache."""
+        rendered: list[_Prepared | _Unrenderable] = []
+        until = time.monotonic() + RENDER_SLICE
+        for index, job in enumerate(jobs):
+            rendered.append(self._prepare(job))
+            if time.monotonic() > until:
+                return rendered, jobs[index + 1 :]
+        return rendered, []
+
+    def _prepare(self, job: Job) -> _Prepared | _Unrenderable:
         """Rebuild the action from the job's stored spec and render it; a job that cannot be
         rendered is dead at once (retrying cannot change the record or the spec)."""
         started = self.clock()
         try:
             action = self._action(job.spec)
         except ValueError as exc:
-            self._finish(job, None, Outcome.DEAD, started, error=f"invalid action: {exc}")
-            return None
+            return _Unrenderable(job, None, started, f"invalid action: {exc}")
         try:
-            context = build_context(
-                job.record, rule=job.rule, delivery_id=job.id, secrets=self.secrets
-            )
-            rendered = render_action(action, context)
+            with self.render_limits.applied():
+                context = build_context(
+                    job.record, rule=job.rule, delivery_id=job.id, secrets=self.secrets
+                )
+                rendered = render_action(action, context)
             rendered["rule"], rendered["event_id"] = job.rule, job.event_id
         except MissingSecret as exc:  # this process is misconfigured: retry, do not give up
-            self._failed(job, action, started, RetryLater(f"cannot render: {exc}"))
-            return None
+            return _Unrenderable(job, action, started, f"cannot render: {exc}", retry=True)
         except (RenderError, ValueError) as exc:
-            self._finish(job, action, Outcome.DEAD, started, error=f"cannot render: {exc}")
-            return None
+            return _Unrenderable(job, action, started, f"cannot render: {exc}")
+        except Exception as exc:  # a bug in rendering must not lose the job: retry it
+            log.exception("rendering crashed", extra={"delivery_id": job.id, "rule": job.rule})
+            error = f"internal error: {type(exc).__name__}"
+            return _Unrenderable(job, action, started, error, retry=True)
         return _Prepared(job, action, rendered, job.destination)
+
+    def _unrenderable(self, failed: _Unrenderable) -> None:
+        if failed.action is None:
+            self._finish(failed.job, None, Outcome.DEAD, failed.started, error=failed.error)
+        elif failed.retry:
+            self._failed(failed.job, failed.action, failed.started, RetryLater(failed.error))
+        else:
+            self._finish(
+                failed.job, failed.action, Outcome.DEAD, failed.started, error=failed.error
+            )
 
     def _action(self, spec: Mapping[str, Any]) -> Action:
         key = spec_hash(spec)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,7 @@ from router.dryrun import dry_run, run_tests
 from router.events import normalise
 from router.loader import load_rules
 from router.rules import RuleSet
+from router.template_limits import RenderLimits
 
 NOW = datetime(2025, 3, 14, 9, 26, 53, tzinfo=UTC)
 
@@ -256,3 +258,52 @@ def test_without_a_body_the_data_is_sent_as_json(tmp_path: Path) -> None:
     )
     (outcome,) = run_tests(ruleset, now=NOW)
     assert outcome.passed, outcome.failures
+
+
+# A billion empty iterations over the record's list: never done within any time limit.
+SPIN = (
+    "{% for a in data.many %}{% for b in data.many %}{% for c in data.many %}"
+    "{% endfor %}{% endfor %}{% endfor %}"
+)
+RUNAWAY = f"""\
+[[rule]]
+name = "runaway"
+[[rule.action]]
+type = "log"
+message = "{SPIN}"
+[[rule.action]]
+type = "log"
+message = "{{{{ 'x' * 2000 }}}}"
+"""
+
+
+def test_a_template_over_a_limit_is_reported_with_its_action(tmp_path: Path) -> None:
+    (tmp_path / "rules.toml").write_text(RUNAWAY, encoding="utf-8")
+    limits = RenderLimits(timeout=0.2, max_bytes=1024)
+    started = time.monotonic()
+    records = normalise(event("CREATE", {"many": list(range(1000))}))
+    document = dry_run(load_rules(tmp_path), records, explain=False, limits=limits)
+    assert time.monotonic() - started < 2
+    spin, large = document["records"][0]["actions"]
+    assert spin["error"] == (
+        "template for message: rendering took longer than 0.2 s (ROUTER_TEMPLATE_TIMEOUT); "
+        "simplify the template or raise the limit"
+    )
+    assert large["error"] == (
+        "template for message: repeating a text would exceed the limit of 1024 characters "
+        "(ROUTER_TEMPLATE_MAX_BYTES); make it smaller or raise the limit"
+    )
+
+
+def test_a_rule_test_fails_on_a_template_over_a_limit(tmp_path: Path) -> None:
+    ruleset = write_test(
+        tmp_path,
+        '[[test]]\nexpect = ["runaway"]\n[[test.action]]\nrule = "runaway"\nmessage = "x"\n'
+        "[test.event]\ndata = { many = [" + ", ".join(["1"] * 1000) + "] }\n",
+        rules=RUNAWAY,
+    )
+    (outcome,) = run_tests(ruleset, limits=RenderLimits(timeout=0.2))
+    (failure,) = outcome.failures
+    assert failure.message.startswith(
+        "the action cannot be rendered: template for message: rendering took longer than 0.2 s"
+    )

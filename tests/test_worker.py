@@ -17,6 +17,7 @@ from router.rules import Action
 from router.settings import Settings
 from router.store.base import IncomingRecord, Job, NewJob, Status
 from router.store.sqlite import SQLiteStore
+from router.template_limits import RenderLimits
 from router.worker import Worker, WorkerLimits
 from tests.sinks import HttpSink, Reply
 
@@ -80,6 +81,7 @@ def make_worker(
     per_host: int,
     lease: float = 60.0,
     backoff: float = 0.01,
+    render_limits: RenderLimits | None = None,
 ) -> Worker:
     settings = Settings(retry_base_delay=backoff, retry_max_delay=max(backoff, 0.05))
     return Worker(
@@ -90,6 +92,7 @@ def make_worker(
         limits=WorkerLimits(
             concurrency=concurrency, per_host=per_host, lease=lease, drain_grace=10
         ),
+        render_limits=render_limits,
     )
 
 
@@ -252,3 +255,55 @@ def test_a_secret_missing_in_this_process_retries_instead_of_killing_the_job(
     status, attempts, error = asyncio.run(scenario())
     assert (status, attempts) == (Status.PENDING, 1)
     assert "secret CRM_TOKEN is not set" in error
+
+
+# A billion empty loop iterations: never done within a time limit.
+SPIN = (
+    "{% set s = 'x' * 1000 %}{% for a in s %}{% for b in s %}{% for c in s %}"
+    "{% endfor %}{% endfor %}{% endfor %}"
+)
+
+
+def test_a_runaway_template_is_dead_at_its_limit_and_never_stalls_the_loop(
+    tmp_path: Path,
+) -> None:
+    with HttpSink() as sink:
+        spin = action_for(tmp_path, "spin", f'type = "log"\nmessage = "{SPIN}"')
+        fast = action_for(tmp_path, "fast", f'type = "http"\nurl = "{sink.url("/f")}"')
+
+        async def scenario() -> tuple[float, list[Status], set[str | None]]:
+            store = SQLiteStore(f"sqlite:///{tmp_path / 'w.db'}")
+            await store.open()
+            await backlog(store, spin, "spin", 3)  # queued first: rendered first
+            await backlog(store, fast, "fast", 5)
+            worker = make_worker(
+                store, concurrency=8, per_host=4, render_limits=RenderLimits(timeout=0.3)
+            )
+            rendering = asyncio.Event()
+            longest = 0.0
+
+            async def watch_the_loop() -> None:
+                # How late the loop wakes a 10 ms timer while the worker renders.
+                nonlocal longest
+                while not rendering.is_set():
+                    before = time.monotonic()
+                    await asyncio.sleep(0.01)
+                    longest = max(longest, time.monotonic() - before)
+
+            watcher = asyncio.create_task(watch_the_loop())
+            await run_worker(worker, asyncio.Event(), drain=True)
+            rendering.set()
+            await watcher
+            jobs = await store.list_jobs(rule="spin")
+            await store.close()
+            return longest, [job.status for job in jobs], {job.last_error for job in jobs}
+
+        longest, statuses, errors = asyncio.run(scenario())
+    # Rendered on the loop, each 0.3 s render would have held it for 0.3 s.
+    assert longest < 0.15
+    assert statuses == [Status.DEAD] * 3
+    assert errors == {
+        "cannot render: template for message: rendering took longer than 0.3 s "
+        "(ROUTER_TEMPLATE_TIMEOUT); simplify the template or raise the limit"
+    }
+    assert len(sink.requests) == 5
