@@ -516,7 +516,7 @@ def test_rule_tests_compare_cc_and_bcc_like_to(
     (rules / "a.toml").write_text(RULE_TESTED % (cc, bcc))
     result = load(rules)
     assert result.ruleset is not None, "\n".join(map(str, result.diagnostics))
-    (outcome,) = run_tests(result.ruleset)
+    (outcome,) = run_tests(result.ruleset, result.tests)
     assert outcome.passed == passed, outcome.failures
 
 
