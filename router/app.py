@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.engine import Engine
 from router.events import normalise, parse_body
-from router.exceptions import RejectedBody, StoreUnavailable
+from router.exceptions import BodyTooLarge, RejectedBody, StoreUnavailable
 from router.metrics import Metrics
 from router.store.base import Store
 
@@ -45,10 +45,6 @@ class ReloadStatus:
     ok: bool = True
     at: float | None = None
     errors: list[str] = field(default_factory=list)
-
-
-class BodyTooLarge(Exception):
-    pass
 
 
 @dataclass

@@ -11,11 +11,11 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
+from router.actions.registry import destination_of
 from router.events import Record, dedupe_key
+from router.matching import RuleSet
 from router.metrics import Metrics
-from router.rules import Action, HttpAction, RuleSet, spec_hash
 from router.store.base import AcceptResult, IncomingRecord, NewJob, Store
 
 log = logging.getLogger("router.engine")
@@ -25,22 +25,6 @@ def new_job_id() -> str:
     """A random 128-bit job id (also the Idempotency-Key). It needs to be unique, not secret:
     the Mersenne Twister, seeded from os.urandom in each process, costs a fifth of uuid4()."""
     return f"{random.getrandbits(128):032x}"
-
-
-def destination_of(action: Action) -> str:
-    """The destination a job is stored with; the worker limits concurrency per destination.
-    It is the URL's host[:port] when the template writes it out, else (a host computed by the
-    template, e.g. from a secret) one destination per action."""
-    if isinstance(action, HttpAction):
-        try:
-            parts = urlsplit(action.url.source.strip())
-            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
-        except ValueError:
-            parts, port = None, None
-        if parts is None or "{" in parts.netloc or not parts.hostname or port is None:
-            return f"http:{spec_hash(action.spec)[:12]}"
-        return f"{parts.hostname}:{port}"  # hostname is lower-cased, userinfo dropped
-    return "smtp" if action.type == "email" else "log"
 
 
 @dataclass(frozen=True, slots=True)

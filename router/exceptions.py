@@ -3,24 +3,26 @@
 RouterError
 ├── RejectedBody          the request body is refused (the intake answers 4xx)
 │   ├── MalformedBody     not JSON, not UTF-8            -> 400
+│   ├── BodyTooLarge      over ROUTER_MAX_BODY_BYTES     -> 413
 │   └── NotAnEvent        JSON, but no ACTITO event      -> 422
-├── RuleSetInvalid        fix the rule files (carries every diagnostic)
+├── RuleSetInvalid        fix the rule files (carries every diagnostic; router.rulefiles)
 ├── StoreUnavailable      retry later (the intake answers 503)
 │   └── StoreGone         the store's file was deleted or replaced: restart the router
 ├── RenderError           a template failed on this record: the delivery cannot be made
+│   ├── TemplateLimitExceeded  ...it went over its time or size limit
 │   └── MissingSecret     ...because this process lacks a secret: retry once it is set
-└── DeliveryFailed        one delivery attempt failed
-    ├── RetryLater        transient (connection, timeout, 408/429/5xx, SMTP 4xx)
-    └── GiveUp            permanent (other 4xx, SMTP 5xx): the job is dead at once
+├── DeliveryFailed        one delivery attempt failed
+│   ├── RetryLater        transient (connection, timeout, 408/429/5xx, SMTP 4xx)
+│   └── GiveUp            permanent (other 4xx, SMTP 5xx): the job is dead at once
+├── StartupError          a process cannot start: fix what the message says  (exit status 1)
+├── CommandError          a command cannot do its work                      (exit status 1)
+└── UsageError            a command is given wrongly                        (exit status 2)
+
+The command line (router.cli) is the one place these become exit statuses; the intake
+(router.app) the one place they become HTTP statuses.
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from router.diagnostics import Diagnostic
 
 
 class RouterError(Exception):
@@ -41,13 +43,8 @@ class NotAnEvent(RejectedBody):
     status_code = 422
 
 
-class RuleSetInvalid(RouterError):
-    """A rule set failed validation; `diagnostics` holds every problem found."""
-
-    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
-        self.diagnostics = list(diagnostics)
-        errors = [d for d in self.diagnostics if d.severity == "error"]
-        super().__init__(f"{len(errors)} error(s) in the rule files")
+class BodyTooLarge(RejectedBody):
+    status_code = 413
 
 
 class StoreUnavailable(RouterError):
@@ -61,6 +58,10 @@ class StoreGone(StoreUnavailable):
 
 class RenderError(RouterError):
     """A template could not be rendered for this record (a missing name, a sandbox refusal)."""
+
+
+class TemplateLimitExceeded(RenderError):
+    """A render went over its time or size limit: permanent for this record and template."""
 
 
 class MissingSecret(RenderError):
@@ -88,3 +89,15 @@ class RetryLater(DeliveryFailed):
 
 class GiveUp(DeliveryFailed):
     """A permanent failure: retrying cannot help, the job is dead."""
+
+
+class StartupError(RouterError):
+    """A process cannot start; the message says why and how to fix it."""
+
+
+class CommandError(RouterError):
+    """A command cannot do its work; the message says why."""
+
+
+class UsageError(RouterError):
+    """A command cannot run as given (arguments, settings, an unreadable input file)."""

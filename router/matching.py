@@ -4,7 +4,7 @@ A rule matches when every criterion it gives holds (SPEC §3): tableType, tableI
 eventType compare the record's value exactly (a list means any of; tableId compares as text, so
 16 and "16" are equal); `fields` holds when the record's `fields` overlaps the wanted names;
 `condition` is a JMESPath expression on the whole record that must be truthy in JMESPath's sense
-(false, null, "", [] and {} are false; 0 and the string "false" are true).
+(router.conditions).
 
 The Matcher indexes rules by their four exact-match criteria, so a record only meets the rules
 that can match it; only `fields` and `condition` are checked per candidate.
@@ -15,144 +15,17 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from dataclasses import dataclass, field
+from typing import Any
 
-import jmespath
-from jmespath import exceptions as jmespath_errors
-from jmespath.functions import Functions
-from jmespath.lexer import Lexer
-from jmespath.visitor import Options, TreeInterpreter
-
+from router.conditions import Condition, ConditionProblem, truthy
 from router.rules import Match, Rule
 
-if TYPE_CHECKING:
-    from jmespath.visitor import _TreeNode
-
-# One interpreter for every condition: building one per search costs as much as the search.
-_INTERPRETER = TreeInterpreter(Options())
-_FUNCTIONS: Mapping[str, Any] = Functions().FUNCTION_TABLE
-_LITERAL_NAMES = ("null", "true", "false")
 # Exact-match criteria in the order explain reports them; `fields` and `condition` follow.
 _KEYS = ("tableType", "tableId", "operation", "eventType")
 _ANY = object()  # index bucket component of a rule that leaves a key out
 CACHE_LIMIT = 4096  # distinct record keys whose candidate list is kept
 VALUE_PREVIEW = 80  # characters of a seen value shown by explain
-
-
-class ConditionProblem(ValueError):
-    """A condition cannot be compiled, or could not be evaluated on a record."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(message)
-        self.message = message
-
-
-class Condition:
-    """A compiled JMESPath condition (immutable); equal when the sources are equal."""
-
-    __slots__ = ("_parsed", "source")
-
-    def __init__(self, source: str, parsed: _TreeNode) -> None:
-        self.source = source
-        self._parsed = parsed
-
-    def holds(self, record: Mapping[str, Any]) -> bool:
-        """JMESPath truthiness of the result; an evaluation error (a function given a value of
-        the wrong type, e.g. ends_with on null) means the condition does not hold."""
-        try:
-            return _truthy(_INTERPRETER.visit(self._parsed, record))
-        except jmespath_errors.JMESPathError:
-            return False
-
-    def value(self, record: Mapping[str, Any]) -> Any:
-        """The raw result (for explain); ConditionProblem when evaluation fails."""
-        try:
-            return _INTERPRETER.visit(self._parsed, record)
-        except jmespath_errors.JMESPathError as exc:
-            raise ConditionProblem(" ".join(str(exc).split())) from None
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Condition) and other.source == self.source
-
-    def __hash__(self) -> int:
-        return hash(self.source)
-
-    def __repr__(self) -> str:
-        return f"Condition({self.source!r})"
-
-
-def _truthy(value: Any) -> bool:
-    # JMESPath truthiness, not Python's: 0 is true. (`0 == False` in Python, so test identity.)
-    if value is None or value is False:
-        return False
-    if isinstance(value, str | list | dict):
-        return len(value) > 0
-    return True
-
-
-def compile_condition(source: str) -> Condition:
-    """Compile a JMESPath condition; ConditionProblem (with the 1-based column) on a syntax
-    error, an unknown function or a wrong number of arguments."""
-    if not source.strip():
-        raise ConditionProblem("the condition is empty; write a JMESPath expression")
-    try:
-        parsed = jmespath.compile(source).parsed
-    except jmespath_errors.LexerError as exc:
-        raise ConditionProblem(f"column {exc.lex_position + 1}: {exc.message}") from None
-    except jmespath_errors.ParseError as exc:
-        if isinstance(exc, jmespath_errors.IncompleteExpressionError):
-            what = "the expression is incomplete"
-        elif exc.token_value is not None:
-            what = f"unexpected {exc.token_value!r}"
-        else:
-            what = exc.msg
-        raise ConditionProblem(f"column {exc.lex_position + 1}: {what}") from None
-    except jmespath_errors.JMESPathError as exc:
-        raise ConditionProblem(" ".join(str(exc).split())) from None
-    _check_functions(parsed)
-    return Condition(source, parsed)
-
-
-def _check_functions(node: Mapping[str, Any]) -> None:
-    # jmespath reports unknown functions and arity only at search time; we want them at load.
-    if node.get("type") == "function_expression":
-        name = node["value"]
-        if name not in _FUNCTIONS:
-            raise ConditionProblem(f"unknown JMESPath function {name}()")
-        signature = _FUNCTIONS[name]["signature"]
-        given = len(node["children"])
-        variadic = bool(signature) and signature[-1].get("variadic", False)
-        if given < len(signature) or (given > len(signature) and not variadic):
-            wanted = f"{len(signature)}{' or more' if variadic else ''}"
-            raise ConditionProblem(f"{name}() takes {wanted} argument(s), given {given}")
-    for child in node.get("children", ()):
-        if isinstance(child, Mapping):
-            _check_functions(child)
-
-
-def condition_warnings(source: str) -> list[str]:
-    """Warnings for bare `null`, `true`, `false`: in JMESPath they are field names (almost
-    always null), the literals are written with backticks. Quoted identifiers ("null") and
-    names after a dot (data.true) are meant as field names and are not reported."""
-    warnings: list[str] = []
-    previous = ""
-    try:
-        for token in Lexer().tokenize(source):
-            if (
-                token["type"] == "unquoted_identifier"
-                and token["value"] in _LITERAL_NAMES
-                and previous != "dot"
-            ):
-                message = (
-                    f"'{token['value']}' here is a field name; "
-                    f"write `{token['value']}` with backticks for the literal"
-                )
-                if message not in warnings:
-                    warnings.append(message)
-            previous = token["type"]
-    except jmespath_errors.JMESPathError:
-        return []  # compile_condition reports the syntax error
-    return warnings
 
 
 def _text_id(value: Any) -> str | None:
@@ -278,7 +151,7 @@ def _why_not(rule: Rule, record: Mapping[str, Any]) -> str | None:
             value = condition.value(record)
         except ConditionProblem as exc:
             return f"condition: {source} failed: {exc.message}"
-        if not _truthy(value):
+        if not truthy(value):
             return f"condition: {source} gave {_show(value)}"
     return None
 
@@ -288,3 +161,24 @@ def _show(value: Any) -> str:
     if len(text) > VALUE_PREVIEW:
         return text[: VALUE_PREVIEW - 1] + "…"
     return text
+
+
+@dataclass(frozen=True, slots=True)
+class RuleSet:
+    """A validated, compiled set of rules with its index. Immutable: a reload builds a new one
+    and swaps it in."""
+
+    rules: tuple[Rule, ...]  # enabled and disabled, in file-name then file order
+    version: str  # content hash of the files it was built from
+    secrets: frozenset[str]  # names referenced as secrets.NAME by any template
+    matcher: Matcher = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "matcher", Matcher(self.rules))
+
+    @property
+    def enabled(self) -> tuple[Rule, ...]:
+        return tuple(rule for rule in self.rules if rule.enabled)
+
+    def rule(self, name: str) -> Rule | None:
+        return next((rule for rule in self.rules if rule.name == name), None)

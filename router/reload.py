@@ -17,7 +17,7 @@ import watchfiles
 
 from router.app import ReloadStatus
 from router.engine import Engine
-from router.loader import load
+from router.rulefiles.loader import load
 
 log = logging.getLogger("router.reload")
 

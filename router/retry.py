@@ -21,7 +21,6 @@ from typing import TYPE_CHECKING
 from router.exceptions import DeliveryFailed, RetryLater
 
 if TYPE_CHECKING:
-    from router.rules import RetryOverride
     from router.settings import Settings
 
 # 2 ** 64 base delays is far beyond any sane max_delay; the cap keeps float powers finite.
@@ -30,6 +29,14 @@ _DEFAULT_RNG = random.Random()
 
 REASON_PERMANENT = "permanent failure"
 REASON_TOO_OLD = "gave up: older than max age"
+
+
+@dataclass(frozen=True, slots=True)
+class RetryOverride:
+    """An action's own retry limits (its `retry` table); None keeps the global setting."""
+
+    max_attempts: int | None = None
+    max_age: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,7 +28,7 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from router.exceptions import RenderError
+from router.exceptions import TemplateLimitExceeded
 
 if TYPE_CHECKING:
     from router.settings import Settings
@@ -47,10 +47,6 @@ TICK_EVERY = 1024  # container items visited between two deadline checks when me
 _LOG10_2 = 0.30103
 
 _CONTAINERS = (list, tuple, set, frozenset, KeysView, ValuesView, ItemsView, Mapping)
-
-
-class TemplateLimitExceeded(RenderError):
-    """A render went over its time or size limit: permanent for this record and template."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.actions.base import Deliverer
+from router.actions.registry import parse_action, render
 from router.exceptions import (
     DeliveryFailed,
     MissingSecret,
@@ -30,13 +31,13 @@ from router.exceptions import (
     RetryLater,
     StoreUnavailable,
 )
-from router.loader import parse_action
 from router.metrics import Metrics
 from router.retry import RetryPolicy
-from router.rules import Action, HttpAction, spec_hash
+from router.rules import Action, spec_hash
+from router.sandbox import EnvSecrets
 from router.store.base import AttemptResult, Job, Outcome, Store
 from router.template_limits import RenderLimits
-from router.templating import EnvSecrets, build_context, render_action
+from router.templating import build_context
 
 log = logging.getLogger("router.worker")
 
@@ -290,7 +291,7 @@ class Worker:
                 context = build_context(
                     job.record, rule=job.rule, delivery_id=job.id, secrets=self.secrets
                 )
-                rendered = render_action(action, context)
+                rendered = render(action, context)
             rendered["rule"], rendered["event_id"] = job.rule, job.event_id
         except MissingSecret as exc:  # this process is misconfigured: retry, do not give up
             return _Unrenderable(job, action, started, f"cannot render: {exc}", retry=True)
@@ -334,7 +335,7 @@ class Worker:
         status: int | None = None
         try:
             deliverer = self.deliverers[action.type]
-            timeout = action.timeout if isinstance(action, HttpAction) else None
+            timeout = action.timeout
             status = await deliverer.deliver(prepared.rendered, job_id=job.id, timeout=timeout)
             self._finish(job, action, Outcome.DONE, started, status=status)
         except DeliveryFailed as failure:

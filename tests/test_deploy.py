@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from router.cli import build_parser
-from router.loader import load
+from router.rulefiles.loader import load
 from router.settings import Settings
 from tests.deploy_support import DEPLOY, ROOT, run
 

@@ -1,4 +1,4 @@
-"""router.dryrun: dry runs and rule tests on rule sets built by the real loader."""
+"""router.rulefiles.dryrun: dry runs and rule tests on rule sets built by the real loader."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from router.dryrun import dry_run, run_tests
 from router.events import normalise
-from router.loader import load_rules
-from router.rules import RuleSet
+from router.matching import RuleSet
+from router.rulefiles.dryrun import dry_run, run_tests
+from router.rulefiles.loader import load, load_rules
+from router.rulefiles.ruletests import RuleTest
 from router.template_limits import RenderLimits
 
 NOW = datetime(2025, 3, 14, 9, 26, 53, tzinfo=UTC)
@@ -127,11 +128,13 @@ def test_a_render_error_is_reported_with_the_action_not_raised(ruleset: RuleSet)
     assert audit["message"] == "audit DELETE"
 
 
-def write_test(tmp_path: Path, text: str, rules: str = RULES) -> RuleSet:
+def write_test(tmp_path: Path, text: str, rules: str = RULES) -> tuple[RuleSet, list[RuleTest]]:
     (tmp_path / "rules.toml").write_text(rules, encoding="utf-8")
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "t.toml").write_text(text, encoding="utf-8")
-    return load_rules(tmp_path)
+    loaded = load(tmp_path)
+    assert loaded.ruleset is not None, loaded.diagnostics
+    return loaded.ruleset, list(loaded.tests)
 
 
 CREATE_7 = '[test.event]\noperation = "CREATE"\ndata = { id = 7 }\n'
@@ -190,7 +193,7 @@ def test_rule_tests_compare_matches_and_rendered_values(
     tmp_path: Path, expectation: str, failure: tuple[str | None, Any, Any] | None
 ) -> None:
     ruleset = write_test(tmp_path, f'[[test]]\nname = "t"\n{expectation}\n{CREATE_7}')
-    (outcome,) = run_tests(ruleset, now=NOW)
+    (outcome,) = run_tests(*ruleset, now=NOW)
     assert outcome.test.name == "t"
     if failure is None:
         assert outcome.passed, outcome.failures
@@ -215,7 +218,7 @@ def test_expect_per_record_checks_each_record_of_a_bulk_event(tmp_path: Path) ->
         '[[test]]\nexpect_per_record = [["crm", "audit"], ["audit"]]\n'
         '[test.event]\noperation = "CREATE"\ndata = [{ id = 1 }, { id = 2 }]\n',
     )
-    (outcome,) = run_tests(ruleset, now=NOW)
+    (outcome,) = run_tests(*ruleset, now=NOW)
     (failure,) = outcome.failures
     assert (failure.record, failure.expected, failure.actual) == (1, ["audit"], ["crm", "audit"])
     assert failure.location == outcome.test.location
@@ -228,7 +231,7 @@ def test_a_render_error_fails_the_test(tmp_path: Path) -> None:
         '[[test]]\nexpect = ["missing-key", "audit"]\n[[test.action]]\nrule = "missing-key"\n'
         'message = "x"\n[test.event]\noperation = "DELETE"\ndata = { id = 1 }\n',
     )
-    (outcome,) = run_tests(ruleset, now=NOW)
+    (outcome,) = run_tests(*ruleset, now=NOW)
     (failure,) = outcome.failures
     assert "cannot be rendered" in failure.message and "nothing_here" in failure.message
     assert failure.location.line == 3  # the [[test.action]] table
@@ -242,7 +245,7 @@ def test_body_json_on_a_body_that_is_not_json(tmp_path: Path) -> None:
         "[test.event]\ndata = { id = 1 }\n",
         rules=plain + "body = 'id={{ data.id }}'\n",
     )
-    (outcome,) = run_tests(ruleset, now=NOW)
+    (outcome,) = run_tests(*ruleset, now=NOW)
     (failure,) = outcome.failures
     assert failure.message.startswith("the rendered body is not JSON")
     assert failure.actual == "id=1"
@@ -256,7 +259,7 @@ def test_without_a_body_the_data_is_sent_as_json(tmp_path: Path) -> None:
         'body_json = { id = 1, name = "Zoë" }\n[test.event]\ndata = { id = 1, name = "Zoë" }\n',
         rules=plain,
     )
-    (outcome,) = run_tests(ruleset, now=NOW)
+    (outcome,) = run_tests(*ruleset, now=NOW)
     assert outcome.passed, outcome.failures
 
 
@@ -302,7 +305,7 @@ def test_a_rule_test_fails_on_a_template_over_a_limit(tmp_path: Path) -> None:
         "[test.event]\ndata = { many = [" + ", ".join(["1"] * 1000) + "] }\n",
         rules=RUNAWAY,
     )
-    (outcome,) = run_tests(ruleset, limits=RenderLimits(timeout=0.2))
+    (outcome,) = run_tests(*ruleset, limits=RenderLimits(timeout=0.2))
     (failure,) = outcome.failures
     assert failure.message.startswith(
         "the action cannot be rendered: template for message: rendering took longer than 0.2 s"

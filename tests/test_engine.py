@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from router.engine import destination_of
-from router.loader import load_rules
+from router.actions.registry import destination_of
+from router.rulefiles.loader import load_rules
 from router.rules import spec_hash
 
 

@@ -10,12 +10,18 @@ from typing import Any
 
 import pytest
 
-from router.diagnostics import Diagnostic
-from router.exceptions import RuleSetInvalid
-from router.loader import load, load_rules, parse_action
-from router.rules import EmailAction, HttpAction, LogAction, RetryOverride
-from router.templating import PlaceholderSecrets, build_context, render_action
-from router.toml_positions import positions
+from router.actions.email import EmailAction
+from router.actions.http import HttpAction
+from router.actions.log import LogAction
+from router.actions.registry import parse_action
+from router.actions.registry import render as render_action
+from router.retry import RetryOverride
+from router.rulefiles import RuleSetInvalid
+from router.rulefiles.diagnostics import Diagnostic
+from router.rulefiles.loader import load, load_rules
+from router.rulefiles.positions import positions
+from router.sandbox import PlaceholderSecrets
+from router.templating import build_context
 
 LOG_ACTION = '[[rule.action]]\ntype = "log"\nmessage = "hi"\n'
 EVENT = {"tableType": "PROFILE_TABLE", "operation": "CREATE", "data": {"profileId": 7}}
@@ -563,8 +569,7 @@ def test_unset_secret_policies(rules: Path) -> None:
 
 def test_rule_tests_are_parsed(rules: Path) -> None:
     valid_set(rules)
-    ruleset = load_rules("rules")
-    from_file, inline = ruleset.tests
+    from_file, inline = load("rules").tests
     assert from_file.name == "test 1 of rules/tests/crm.toml"
     assert str(from_file.location) == "rules/tests/crm.toml:1"
     assert from_file.event == BULK_EVENT
@@ -710,7 +715,7 @@ def test_expect_per_record_may_expect_no_rule(rules: Path) -> None:
             'event = [{ data = {} }, { data = {} }]\nexpect_per_record = [[], ["r"]]\n'
         },
     )
-    [test] = load_rules("rules").tests
+    [test] = load("rules").tests
     assert test.expect_per_record == (frozenset(), frozenset({"r"}))
     assert test.expect is None
 

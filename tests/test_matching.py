@@ -9,14 +9,9 @@ from typing import Any
 import jmespath
 import pytest
 
+from router.conditions import Condition, ConditionProblem, compile_condition, condition_warnings
 from router.events import normalise, parse_body
-from router.matching import (
-    Condition,
-    ConditionProblem,
-    Matcher,
-    compile_condition,
-    condition_warnings,
-)
+from router.matching import Matcher
 from router.rules import Location, Match, Rule
 
 SAMPLES = Path(__file__).parent / "samples"

@@ -7,8 +7,7 @@ from email.utils import format_datetime
 import pytest
 
 from router.exceptions import DeliveryFailed, GiveUp, RetryLater
-from router.retry import Decision, RetryPolicy, parse_retry_after
-from router.rules import RetryOverride
+from router.retry import Decision, RetryOverride, RetryPolicy, parse_retry_after
 from router.settings import Settings
 
 POLICY = RetryPolicy(

@@ -10,18 +10,20 @@ from typing import Any
 import pytest
 
 from router import urls
-from router.exceptions import MissingSecret, RenderError
-from router.rules import EmailAction, HttpAction, LogAction, RetryOverride
-from router.template_limits import RenderLimits, TemplateLimitExceeded
+from router.actions.email import EmailAction
+from router.actions.http import HttpAction
+from router.actions.log import LogAction
+from router.actions.registry import render as render_action
+from router.exceptions import MissingSecret, RenderError, TemplateLimitExceeded
+from router.retry import RetryOverride
+from router.sandbox import EnvSecrets, PlaceholderSecrets
+from router.template_limits import RenderLimits
 from router.templating import (
     CONTEXT_NAMES,
-    EnvSecrets,
-    PlaceholderSecrets,
     TemplateProblem,
     build_context,
     compile_template,
     compile_url_template,
-    render_action,
 )
 
 RECORD: dict[str, Any] = {

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from router import urls
+from router.sandbox import PlaceholderSecrets
 from router.templating import (
-    PlaceholderSecrets,
     TemplateProblem,
     build_context,
     compile_template,

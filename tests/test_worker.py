@@ -9,10 +9,9 @@ import uuid
 from collections.abc import Collection, Sequence
 from pathlib import Path
 
-from router.actions import build_deliverers
-from router.engine import destination_of
-from router.loader import load_rules
+from router.actions.registry import build_deliverers, destination_of
 from router.retry import RetryPolicy
+from router.rulefiles.loader import load_rules
 from router.rules import Action
 from router.settings import Settings
 from router.store.base import IncomingRecord, Job, NewJob, Status

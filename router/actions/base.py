@@ -1,20 +1,61 @@
-"""The deliverer contract: one class per action type, looked up by name in the registry.
+"""What an action type is: one class per type, in one module per type, found by name in the
+registry (router.actions).
 
-The worker renders an action's templates into a plain dict (`rendered`) and hands it to the
-deliverer of that type. A deliverer makes exactly one attempt and reports how it went: a status
-code, or RetryLater / GiveUp. It never retries by itself and never sleeps: retrying is the
-worker's business (see router.retry), so that a failing destination costs a job a row in the
-store, not a held slot.
+An ActionType says everything its type means: the keys of its `[[rule.action]]` table (with
+types, defaults, bounds, and which are templates), how a table compiles into a frozen Action,
+how an Action renders for one record (what `router test` prints and a delivery sends), which
+destination its jobs count against, how `[[test.action]]` tables check it, how `router test`
+prints it, and its Deliverer. The rule files, the dry run, the worker, the CLI and the docs all
+read the same registry, so a new action type is one new module.
+
+A Deliverer makes exactly one attempt and reports how it went: a status code, or RetryLater /
+GiveUp. It never retries by itself and never sleeps: retrying is the worker's business (see
+router.retry), so that a failing destination costs a job a row in the store, not a held slot.
 """
 
 from __future__ import annotations
 
 import abc
+import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Self
+
+from router.checks import Checker, KeyPath
+from router.retry import RetryOverride
+from router.rules import Action
 
 if TYPE_CHECKING:
     from router.settings import Settings
+
+# Bounds of the `retry` table every action may have (seconds unless named otherwise).
+RETRY_ATTEMPTS_RANGE = (1, 100)
+RETRY_MAX_AGE_RANGE = (1.0, 30 * 86400.0)
+RETRY_KEYS = ("max_attempts", "max_age")
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    """One key of an action's table, as `router check` knows it and the docs describe it."""
+
+    name: str
+    kind: str  # what the docs show: "template", "list of templates", "number", ...
+    doc: str
+    required: bool = False
+    default: Any = None
+    bounds: tuple[float, float] | None = None
+    template: bool = False  # the value (or each of its values) is a Jinja2 template
+
+
+# Keys every action type has.
+TYPE_KEY = Key("type", "string", "The action type.", required=True)
+RETRY_KEY = Key(
+    "retry",
+    "table",
+    "`{ max_attempts, max_age }` overriding ROUTER_RETRY_MAX_ATTEMPTS and "
+    "ROUTER_RETRY_MAX_AGE for this action (1 to 100 attempts; 1 s to 30 days).",
+)
+COMMON_KEYS = (TYPE_KEY, RETRY_KEY)
 
 
 class Deliverer(abc.ABC):
@@ -50,3 +91,85 @@ class Deliverer(abc.ABC):
         Error messages are one sentence and must never hold a secret: no header values, no
         URL query or userinfo, no password.
         """
+
+
+class ActionType(abc.ABC):
+    """One action type. Instances are registered once (router.actions.register) and only read.
+
+    `keys` lists the keys of the type's table besides `type` and `retry`; `rendered` the keys of
+    what `render` returns besides `type` (the `router test --format json` shape); `test_keys`
+    what a `[[test.action]]` table may check (default: `rendered`).
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str]  # one line for the docs
+    keys: ClassVar[tuple[Key, ...]]
+    rendered: ClassVar[tuple[str, ...]]
+    shown_when_set: ClassVar[tuple[str, ...]] = ()  # rendered keys a dry run omits when None
+    deliverer: ClassVar[type[Deliverer]]
+
+    @property
+    def test_keys(self) -> tuple[str, ...]:
+        return self.rendered
+
+    @abc.abstractmethod
+    def compile(
+        self, checker: Checker, path: KeyPath, raw: dict[str, Any], retry: RetryOverride
+    ) -> Action | None:
+        """Check the table `raw` (its keys are known to be the type's own) and build the
+        Action, reporting every problem to `checker`; None when any was reported."""
+
+    @abc.abstractmethod
+    def render(self, action: Any, context: Mapping[str, Any]) -> dict[str, Any]:
+        """Render every template of `action` with `context` (router.templating.build_context)
+        into {"type": name, ...}: what a delivery sends and `router test` shows. Raises
+        RenderError naming the key ("template for url: ..."), also when a rendered value fails
+        the type's own checks, so a dry run meets the very error a delivery would."""
+
+    def destination(self, action: Any) -> str:
+        """The destination a job of `action` counts against: the worker bounds concurrency
+        per destination. Default: one destination for the whole type."""
+        return self.name
+
+    def expected(self, checker: Checker, path: KeyPath, key: str, value: Any) -> Any:
+        """A value a `[[test.action]]` table gives for `key` (one of test_keys), checked;
+        default: a string."""
+        return checker.text(path, value)
+
+    def compare(self, key: str, want: Any, rendered: Mapping[str, Any]) -> tuple[str, Any] | None:
+        """None when `rendered` satisfies `key = want` in a `[[test.action]]` table, else (what
+        is wrong, the value seen). Default: equality."""
+        if key not in rendered:
+            return f"a {self.name} action has no '{key}'", None
+        actual = rendered[key]
+        return None if actual == want else (f"the rendered {key} differs", actual)
+
+    def describe(self, rendered: Mapping[str, Any]) -> tuple[str, list[tuple[str, str]]]:
+        """How `router test` prints a rendered action: a summary after the type name, then
+        (label, text) blocks. Default: every rendered key as a block."""
+        blocks = [
+            (key, value if isinstance(value, str) else json.dumps(value, ensure_ascii=False))
+            for key, value in rendered.items()
+            if key != "type" and value is not None
+        ]
+        return "", blocks
+
+    def make_deliverer(self, settings: Settings) -> Deliverer:
+        return self.deliverer.from_settings(settings)
+
+
+def compile_retry(checker: Checker, path: KeyPath, value: Any) -> RetryOverride:
+    """The `retry` table of an action (absent: the global settings apply)."""
+    table = {} if value is None else checker.table(path, value, RETRY_KEYS) or {}
+    attempts = table.get("max_attempts")
+    if attempts is not None:
+        attempts = checker.number(
+            (*path, "max_attempts"), attempts, RETRY_ATTEMPTS_RANGE, integer=True
+        )
+    age = table.get("max_age")
+    if age is not None:
+        age = checker.number((*path, "max_age"), age, RETRY_MAX_AGE_RANGE)
+    return RetryOverride(
+        max_attempts=None if attempts is None else int(attempts),
+        max_age=None if age is None else float(age),
+    )

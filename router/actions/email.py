@@ -1,20 +1,26 @@
-"""The email action: one SMTP session per attempt through aiosmtplib.
+"""The email action: one message per delivery, one SMTP session per attempt (aiosmtplib).
 
-Outcomes: the server accepted the message for every recipient -> delivered (returns 250).
-SMTP 4xx replies, connection errors and timeouts -> RetryLater; 5xx replies -> GiveUp, including
-a recipient refused with 5xx (then retrying cannot help; the accepted recipients already have
-the message). A recipient refused with 4xx is RetryLater: at-least-once, so the recipients who
-accepted may get the message twice. A `Message-ID` derived from the job id is the same on every
-attempt, so mail systems can recognise repeats.
+Its table: `to`, `cc`, `bcc` (templates; each entry renders to exactly one address unless
+`address_lists = true`), `subject` (a template; one line, no encoded words), `text` and/or
+`html` (templates). Every rendered recipient and header is checked after rendering
+(router.actions.addresses), so event data can neither add a recipient nor a header. Its jobs
+count against one destination: the SMTP server.
+
+Outcomes of an attempt: the server accepted the message for every recipient -> delivered
+(returns 250). SMTP 4xx replies, connection errors and timeouts -> RetryLater; 5xx replies ->
+GiveUp, including a recipient refused with 5xx (then retrying cannot help; the accepted
+recipients already have the message). A recipient refused with 4xx is RetryLater:
+at-least-once, so the recipients who accepted may get the message twice. A `Message-ID` derived
+from the job id is the same on every attempt, so mail systems can recognise repeats.
 
 One connection per attempt keeps the deliverer stateless and each failure isolated; e-mail
 volumes are small next to HTTP. The password is never put in a message, and server replies are
 shortened and scrubbed of it.
 
-The envelope is explicit: its sender and recipients are the addresses router.mail checked (To,
-Cc and Bcc), never read back from the headers, so no header can add a recipient; Bcc is in
-the envelope only. A rendered action that fails those checks is GiveUp (render_action refuses
-it first; this guards every other caller).
+The envelope is explicit: its sender and recipients are the addresses the checks accepted (To,
+Cc and Bcc), never read back from the headers, so no header can add a recipient; Bcc is in the
+envelope only. A rendered action that fails those checks is GiveUp (rendering refuses it first;
+this guards every other caller).
 """
 
 from __future__ import annotations
@@ -30,9 +36,15 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 import aiosmtplib
 from pydantic import SecretStr
 
-from router.actions.base import Deliverer
-from router.exceptions import DeliveryFailed, GiveUp, RetryLater
-from router.mail import AddressProblem, check_email, one_address
+from router.actions.addresses import AddressProblem, check_email, entry_addresses, one_address
+from router.actions.base import ActionType, Deliverer, Key
+from router.actions.headers import header_problem
+from router.checks import Checker, KeyPath
+from router.exceptions import DeliveryFailed, GiveUp, RenderError, RetryLater
+from router.retry import RetryOverride
+from router.rules import Action
+from router.sandbox import PlaceholderSecrets
+from router.templating import Template
 
 if TYPE_CHECKING:
     from router.settings import Settings
@@ -40,6 +52,45 @@ if TYPE_CHECKING:
 TlsMode = Literal["none", "starttls", "tls"]
 REPLY_CHARS = 200  # how much of a server reply an error message keeps
 SENT = 250
+RECIPIENTS = ("to", "cc", "bcc")
+
+KEYS = (
+    Key(
+        "to",
+        "template or list of templates",
+        "Recipients; each entry renders to one address (`local@domain` or `Name <local@domain>`).",
+        required=True,
+        template=True,
+    ),
+    Key("cc", "template or list of templates", "Copy recipients, like `to`.", template=True),
+    Key(
+        "bcc",
+        "template or list of templates",
+        "Blind-copy recipients, like `to`; they are never shown in the headers.",
+        template=True,
+    ),
+    Key(
+        "address_lists",
+        "boolean",
+        "Let an entry of to, cc or bcc render to several comma-separated addresses.",
+        default=False,
+    ),
+    Key("subject", "template", "The subject: one line.", required=True, template=True),
+    Key("text", "template", "The plain-text body (text, html or both).", template=True),
+    Key("html", "template", "The HTML body (text, html or both).", template=True),
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EmailAction(Action):
+    type: str = "email"
+    to: tuple[Template, ...]
+    subject: Template
+    text: Template | None
+    html: Template | None
+    cc: tuple[Template, ...] = ()
+    bcc: tuple[Template, ...] = ()
+    address_lists: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -201,4 +252,115 @@ class EmailDeliverer(Deliverer):
         return " ".join(text.split())[:REPLY_CHARS]
 
 
-__all__ = ["SENT", "EmailDeliverer", "Outgoing"]
+class EmailType(ActionType):
+    name = "email"
+    summary = "Send an e-mail through the SMTP server of the settings."
+    keys = KEYS
+    rendered = ("to", "cc", "bcc", "subject", "text", "html")
+    shown_when_set = ("html",)
+    deliverer = EmailDeliverer
+
+    def compile(
+        self, checker: Checker, path: KeyPath, raw: dict[str, Any], retry: RetryOverride
+    ) -> Action | None:
+        lists = checker.boolean((*path, "address_lists"), raw.get("address_lists"), False)
+        value = checker.require(raw, "to", path, "give at least one recipient address")
+        to = _recipients(checker, (*path, "to"), value, bool(lists))
+        if to == []:
+            checker.report((*path, "to"), "is empty; give at least one recipient address")
+        cc = _recipients(checker, (*path, "cc"), raw.get("cc"), bool(lists))
+        bcc = _recipients(checker, (*path, "bcc"), raw.get("bcc"), bool(lists))
+        subject = checker.template(
+            (*path, "subject"), checker.require(raw, "subject", path, "give the subject")
+        )
+        checker.literal(
+            (*path, "subject"), subject, lambda text: header_problem(text, encoded_words=True)
+        )
+        text = checker.template((*path, "text"), raw.get("text"))
+        html = checker.template((*path, "html"), raw.get("html"))
+        if "text" not in raw and "html" not in raw:
+            checker.report((*path, "text"), "is missing; an email needs text, html or both")
+        recipients = [*(to or ()), *(cc or ()), *(bcc or ())]
+        if subject is None or not to or None in recipients or lists is None:
+            return None
+        return EmailAction(
+            spec=raw,
+            to=tuple(t for t in to if t is not None),
+            subject=subject,
+            text=text,
+            html=html,
+            retry=retry,
+            cc=tuple(t for t in cc or () if t is not None),
+            bcc=tuple(t for t in bcc or () if t is not None),
+            address_lists=lists,
+        )
+
+    def render(self, action: EmailAction, context: Mapping[str, Any]) -> dict[str, Any]:
+        rendered: dict[str, Any] = {"type": "email"}
+        for key, templates in (("to", action.to), ("cc", action.cc), ("bcc", action.bcc)):
+            if key == "to" or templates:
+                rendered[key] = [
+                    template.render(context, where=f"{key}[{i}]")
+                    for i, template in enumerate(templates)
+                ]
+        rendered["subject"] = action.subject.render(context, where="subject")
+        rendered["text"] = action.text.render(context, where="text") if action.text else None
+        rendered["html"] = action.html.render(context, where="html") if action.html else None
+        # A dry run renders secrets as placeholders: where one stands, the address is unknown.
+        dry = isinstance(context.get("secrets"), PlaceholderSecrets)
+        try:
+            return check_email(
+                rendered,
+                address_lists=action.address_lists,
+                opaque=_has_placeholder if dry else None,
+            )
+        except AddressProblem as problem:
+            raise RenderError(f"template for {problem.key}: {problem.problem}") from None
+
+    def destination(self, action: EmailAction) -> str:
+        return "smtp"
+
+    def expected(self, checker: Checker, path: KeyPath, key: str, value: Any) -> Any:
+        if key in RECIPIENTS:
+            return checker.texts(path, value)
+        return checker.text(path, value)
+
+    def describe(self, rendered: Mapping[str, Any]) -> tuple[str, list[tuple[str, str]]]:
+        blocks = [(key, ", ".join(rendered[key])) for key in ("cc", "bcc") if rendered.get(key)]
+        blocks.append(("subject", rendered["subject"]))
+        blocks += [
+            (key, rendered[key]) for key in ("text", "html") if rendered.get(key) is not None
+        ]
+        return f"to {', '.join(rendered['to'])}", blocks
+
+
+def _recipients(
+    checker: Checker, path: KeyPath, value: Any, lists: bool
+) -> list[Template | None] | None:
+    """Each entry of to, cc or bcc compiled (None where it failed); None if the key is absent
+    or not a string or a list of them."""
+    entries = checker.texts(path, value)
+    if entries is None:
+        return None
+    compiled: list[Template | None] = []
+    for index, source in enumerate(entries):
+        at = (*path, index) if isinstance(value, list) else path
+        template = checker.template(at, source)
+        checker.literal(at, template, lambda text: _address_problem(text, lists))
+        compiled.append(template)
+    return compiled
+
+
+def _address_problem(text: str, lists: bool) -> str | None:
+    try:
+        entry_addresses(text, lists=lists)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def _has_placeholder(value: str) -> bool:
+    return "<secret " in value
+
+
+__all__ = ["SENT", "EmailAction", "EmailDeliverer", "EmailType", "Outgoing"]

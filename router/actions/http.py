@@ -1,15 +1,20 @@
-"""The http action: one request per attempt through one pooled aiohttp session.
+"""The http action: one HTTP request per delivery, through one pooled aiohttp session.
 
-Outcomes: 2xx is delivered (the status is returned). 408, 429 and 5xx, connection errors,
-timeouts and DNS failures are RetryLater (with the destination's `Retry-After`, if any). Other
-4xx are GiveUp, and so are 3xx: redirects are not followed, because following one would send
-the body and the rule's headers (often a bearer token) to wherever the answer points; a moved
-endpoint is a rule to fix, and the dead job says so. An invalid URL, or a header value with a
-line break or another control character, is GiveUp.
+Its table: `url` (a template; event values are percent-encoded where they stand, router.urls),
+`method`, `headers` (templates; each rendered value one line, router.actions.headers), `body`
+(a template; without one, the record's `data` is sent as JSON) and `timeout`. Its jobs count
+against the URL's host:port, so a slow host never holds up another.
 
-The URL is sent exactly as rendered: render_action percent-encoded the event's values in it
-(router.urls), and `URL(..., encoded=True)` keeps yarl and aiohttp from re-encoding or
-normalising it (`%2F` stays `%2F`, nothing resolves `..`).
+Outcomes of an attempt: 2xx is delivered (the status is returned). 408, 429 and 5xx, connection
+errors, timeouts and DNS failures are RetryLater (with the destination's `Retry-After`, if any).
+Other 4xx are GiveUp, and so are 3xx: redirects are not followed, because following one would
+send the body and the rule's headers (often a bearer token) to wherever the answer points; a
+moved endpoint is a rule to fix, and the dead job says so. An invalid URL, or a header value
+with a line break or another control character, is GiveUp.
+
+The URL is sent exactly as rendered: rendering percent-encoded the event's values in it, and
+`URL(..., encoded=True)` keeps yarl and aiohttp from re-encoding or normalising it (`%2F` stays
+`%2F`, nothing resolves `..`).
 
 Error messages name the destination as host[:port] only. Header values and the URL's path,
 query and userinfo are never repeated: they are where secrets live.
@@ -19,22 +24,66 @@ from __future__ import annotations
 
 import errno
 import importlib.metadata
+import json
+import re
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
+from urllib.parse import urlsplit
 
 import aiohttp
 from yarl import URL
 
-from router.actions.base import Deliverer
-from router.exceptions import GiveUp, RetryLater
-from router.headers import header_problem
-from router.retry import parse_retry_after
-from router.rules import HTTP_TIMEOUT_DEFAULT
-from router.urls import UrlProblem, check
+from router.actions.base import ActionType, Deliverer, Key
+from router.actions.headers import header_problem
+from router.checks import Checker, KeyPath, kind_of
+from router.exceptions import GiveUp, RenderError, RetryLater
+from router.retry import RetryOverride, parse_retry_after
+from router.rules import Action, spec_hash
+from router.sandbox import PlaceholderSecrets, tojson
+from router.templating import Template, compile_url_template
+from router.urls import UrlProblem, build, check
 
 if TYPE_CHECKING:
     from router.settings import Settings
+
+METHODS = ("GET", "POST", "PUT", "PATCH", "DELETE")
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an HTTP token (RFC 9110)
+
+URL_KEY = Key(
+    "url",
+    "template",
+    "The URL to call. Values from the event are percent-encoded for where they stand.",
+    required=True,
+    template=True,
+)
+METHOD_KEY = Key("method", "string", f"One of {', '.join(METHODS)}.", default="POST")
+HEADERS_KEY = Key(
+    "headers",
+    "table of templates",
+    "Header name = template; each value must be one line.",
+    template=True,
+)
+BODY_KEY = Key(
+    "body",
+    "template",
+    "The request body; without it, the record's `data` is sent as JSON.",
+    template=True,
+)
+TIMEOUT_KEY = Key(
+    "timeout", "number", "Seconds one attempt may take.", default=10.0, bounds=(0.1, 300.0)
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HttpAction(Action):
+    type: str = "http"
+    method: str
+    url: Template
+    headers: tuple[tuple[str, Template], ...]
+    body: Template | None  # None: send the record's `data` as JSON
+
 
 DNS_CACHE_SECONDS = 300
 MAX_RESPONSE_BYTES = 64 * 1024  # read (and discard) at most this much of an answer
@@ -86,7 +135,7 @@ class HttpDeliverer(Deliverer):
         *,
         concurrency: int = 64,
         per_host_concurrency: int = 8,
-        default_timeout: float = HTTP_TIMEOUT_DEFAULT,
+        default_timeout: float = TIMEOUT_KEY.default,
     ) -> None:
         self._limit = concurrency
         self._limit_per_host = per_host_concurrency
@@ -210,4 +259,137 @@ def _outcome(status: int, where: str, retry_after: str | None) -> int:
     raise GiveUp(message, status_code=status)
 
 
-__all__ = ["MAX_RESPONSE_BYTES", "USER_AGENT", "HttpDeliverer", "parse_url"]
+class HttpType(ActionType):
+    name = "http"
+    summary = "Send an HTTP request (a CRM, a shop, a chat or any REST API)."
+    keys = (URL_KEY, METHOD_KEY, HEADERS_KEY, BODY_KEY, TIMEOUT_KEY)
+    rendered = ("method", "url", "headers", "body")
+
+    deliverer = HttpDeliverer
+
+    @property
+    def test_keys(self) -> tuple[str, ...]:
+        return (*self.rendered, "body_json")
+
+    def compile(
+        self, checker: Checker, path: KeyPath, raw: dict[str, Any], retry: RetryOverride
+    ) -> Action | None:
+        method = checker.text((*path, "method"), raw.get("method", METHOD_KEY.default))
+        if method is not None and method.upper() not in METHODS:
+            checker.choice((*path, "method"), method, METHODS, "HTTP method")
+        url = checker.template(
+            (*path, "url"),
+            checker.require(raw, "url", path, "give the URL to call"),
+            compiler=compile_url_template,
+        )
+        headers: list[tuple[str, Template | None]] = []
+        table = raw.get("headers", {})
+        if not isinstance(table, dict):
+            checker.report(
+                (*path, "headers"), f"must be a table of name = template, not {kind_of(table)}"
+            )
+        else:
+            for name, value in table.items():
+                if not _HEADER_NAME.match(name):
+                    checker.report((*path, "headers", name), "is not a valid HTTP header name")
+                template = checker.template((*path, "headers", name), value)
+                checker.literal((*path, "headers", name), template, header_problem)
+                headers.append((name, template))
+        body = checker.template((*path, "body"), raw.get("body"))
+        assert TIMEOUT_KEY.bounds is not None
+        timeout = checker.number(
+            (*path, "timeout"), raw.get("timeout", TIMEOUT_KEY.default), TIMEOUT_KEY.bounds
+        )
+        complete = [(n, t) for n, t in headers if t is not None]
+        if method is None or url is None or timeout is None or len(complete) < len(headers):
+            return None
+        return HttpAction(
+            spec=raw,
+            method=method.upper(),
+            url=url,
+            headers=tuple(complete),
+            body=body,
+            timeout=float(timeout),
+            retry=retry,
+        )
+
+    def render(self, action: HttpAction, context: Mapping[str, Any]) -> dict[str, Any]:
+        # A dry run renders secrets as placeholders: where one stands, the real value is unknown.
+        dry = isinstance(context.get("secrets"), PlaceholderSecrets)
+        headers = {}
+        for name, template in action.headers:
+            value = template.render(context, where=f"headers.{name}")
+            problem = header_problem(value)  # a line break would add headers
+            if problem is not None:
+                raise RenderError(f"template for headers.{name}: {problem}")
+            headers[name] = value
+        if action.body is None:
+            body = tojson(context.get("data"))
+        else:
+            body = action.body.render(context, where="body")
+        try:
+            url = build(action.url.render(context, where="url"), placeholders=dry)
+        except UrlProblem as problem:
+            raise RenderError(f"template for url: {problem.message}") from None
+        return {
+            "type": "http",
+            "method": action.method,
+            "url": url,
+            "headers": headers,
+            "body": body,
+        }
+
+    def destination(self, action: HttpAction) -> str:
+        """The URL's host:port when the template writes it out, else (a host computed by the
+        template, e.g. from a secret) one destination per action."""
+        try:
+            parts = urlsplit(action.url.source.strip())
+            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
+        except ValueError:
+            parts, port = None, None
+        if parts is None or "{" in parts.netloc or not parts.hostname or port is None:
+            return f"http:{spec_hash(action.spec)[:12]}"
+        return f"{parts.hostname}:{port}"  # hostname is lower-cased, userinfo dropped
+
+    def expected(self, checker: Checker, path: KeyPath, key: str, value: Any) -> Any:
+        if key == "body_json":
+            return value  # compared as parsed JSON
+        if key == "headers":
+            if not isinstance(value, dict):
+                checker.report(
+                    path, f"must be a table of header name = value, not {kind_of(value)}"
+                )
+                return None
+            return {name: checker.text((*path, name), v) for name, v in value.items()}
+        text = checker.text(path, value)
+        return text.upper() if key == "method" and text else text
+
+    def compare(self, key: str, want: Any, rendered: Mapping[str, Any]) -> tuple[str, Any] | None:
+        if key == "body_json":
+            body = rendered.get("body")
+            try:
+                actual = json.loads(body) if isinstance(body, str) else body
+            except ValueError as exc:
+                return f"the rendered body is not JSON ({exc})", body
+            return None if actual == want else ("the rendered body differs", actual)
+        if key == "headers" and isinstance(want, dict):
+            # The listed headers must have these values; others (Content-Type...) may exist.
+            # Header names are case-insensitive.
+            folded = {str(name).lower(): value for name, value in rendered["headers"].items()}
+            seen = {name: folded.get(str(name).lower()) for name in want}
+            return None if seen == want else ("the rendered headers differ", seen)
+        return super().compare(key, want, rendered)
+
+    def describe(self, rendered: Mapping[str, Any]) -> tuple[str, list[tuple[str, str]]]:
+        blocks = [(str(name), str(value)) for name, value in rendered["headers"].items()]
+        return f"{rendered['method']} {rendered['url']}", [*blocks, ("body", rendered["body"])]
+
+
+__all__ = [
+    "MAX_RESPONSE_BYTES",
+    "USER_AGENT",
+    "HttpAction",
+    "HttpDeliverer",
+    "HttpType",
+    "parse_url",
+]

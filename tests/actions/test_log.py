@@ -7,8 +7,9 @@ from typing import Any
 
 import pytest
 
-from router.actions import REGISTRY, Deliverer, build_deliverers
+from router.actions.base import Deliverer
 from router.actions.log import LogDeliverer
+from router.actions.registry import REGISTRY, build_deliverers
 from router.exceptions import GiveUp
 from router.settings import Settings
 
@@ -60,5 +61,5 @@ def test_registry_builds_one_deliverer_per_type() -> None:
     assert set(deliverers) == set(REGISTRY) == {"http", "email", "log"}
     for name, deliverer in deliverers.items():
         assert isinstance(deliverer, Deliverer)
-        assert type(deliverer) is REGISTRY[name]
+        assert type(deliverer) is REGISTRY[name].deliverer
         assert deliverer.type == name

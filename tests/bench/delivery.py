@@ -22,9 +22,9 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from router.actions import build_deliverers
-from router.loader import load_rules
+from router.actions.registry import build_deliverers
 from router.retry import RetryPolicy
+from router.rulefiles.loader import load_rules
 from router.settings import Settings
 from router.store import open_store
 from router.store.base import IncomingRecord, NewJob

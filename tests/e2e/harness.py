@@ -47,8 +47,10 @@ class RouterProcess:
         env: Mapping[str, str] | None = None,
         secret: str | None = SECRET,
         port: int | None = None,
+        module: str = "router",
     ) -> None:
         self.workdir = workdir
+        self.module = module  # `python -m <module>`: a test's own entry point may register types
         self.port = port or free_port()
         self.command = command
         self.log_path = workdir / f"router-{self.port}-{command[0]}.log"
@@ -71,7 +73,7 @@ class RouterProcess:
     def start(self, *, wait: bool = True) -> RouterProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "router", *self.command],
+            [sys.executable, "-m", self.module, *self.command],
             cwd=self.workdir,
             env=self.env,
             stdout=log,

@@ -37,7 +37,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from router.app import starlette_app
 from router.connections import LINGER_SECONDS, ConnectionLimits
-from router.service import build_server
+from router.wiring import build_server
 from tests.e2e.conftest import forward_rule
 from tests.e2e.harness import SECRET, RouterProcess, poll
 from tests.sinks import HttpSink, free_port

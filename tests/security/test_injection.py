@@ -19,9 +19,10 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from router.dryrun import run_tests
-from router.loader import load
-from router.rules import EmailAction, HttpAction
+from router.actions.email import EmailAction
+from router.actions.http import HttpAction
+from router.rulefiles.dryrun import run_tests
+from router.rulefiles.loader import load
 from router.urls import AUTHORITY_PROBLEM
 from tests.e2e.harness import RouterProcess, poll
 from tests.sinks import HttpRequest, HttpSink, SmtpMessage, SmtpSink
@@ -515,7 +516,7 @@ def test_rule_tests_compare_cc_and_bcc_like_to(
     (rules / "a.toml").write_text(RULE_TESTED % (cc, bcc))
     result = load(rules)
     assert result.ruleset is not None, "\n".join(map(str, result.diagnostics))
-    (outcome,) = run_tests(result.ruleset)
+    (outcome,) = run_tests(result.ruleset, result.tests)
     assert outcome.passed == passed, outcome.failures
 
 

@@ -45,9 +45,8 @@ CHILD = (
 import json, sys, time
 from router.exceptions import RenderError
 from router.template_limits import RenderLimits
-from router.templating import (
-    PlaceholderSecrets, TemplateProblem, build_context, compile_template,
-)
+from router.sandbox import PlaceholderSecrets
+from router.templating import TemplateProblem, build_context, compile_template
 
 record = {
     "id": "attack",

@@ -1,12 +1,11 @@
-"""Rules directory -> RuleSet, or every problem in it as a located Diagnostic.
+"""Rules directory -> RuleSet and rule tests, or every problem in it as a located Diagnostic.
 
 Files are read in name order (`*.toml`, then `tests/*.toml`, which hold only `[[test]]` tables),
-decoded with tomllib and mapped to lines with router.toml_positions. Every check runs on every
-file before anything is returned, so a user sees all mistakes at once. This module finds and
-reads the files and assembles rules; router.schema checks a rule's match and actions and
-compiles their templates and conditions, once; router.ruletests reads the `[[test]]` tables.
-An action keeps its raw table as `spec`, and `parse_action` (defined in router.schema, exported
-here too) rebuilds the same action from it for the worker.
+decoded with tomllib and mapped to lines with router.rulefiles.positions. Every check runs on
+every file before anything is returned, so a user sees all mistakes at once. This module finds
+and reads the files and assembles rules; router.rulefiles.schema checks a rule's match, each
+action's type checks its own table (router.actions), templates and conditions are compiled once;
+router.rulefiles.ruletests reads the `[[test]]` tables.
 """
 
 from __future__ import annotations
@@ -15,40 +14,44 @@ import hashlib
 import os
 import re
 import tomllib
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from router.diagnostics import Diagnostic
-from router.exceptions import RuleSetInvalid
-from router.matching import Matcher
-from router.rules import Action, Location, Rule, RuleSet
-from router.ruletests import _TestReader
-from router.schema import (
-    Context,
-    UnsetSecrets,
-    compile_action,
-    compile_match,
-    kind_of,
-    parse_action,
-    unknown_keys,
-)
-from router.toml_positions import KeyPath, positions
+from router.actions.registry import compile_action
+from router.checks import KeyPath, kind_of
+from router.exceptions import RouterError
+from router.matching import RuleSet
+from router.rulefiles.diagnostics import Diagnostic
+from router.rulefiles.positions import positions
+from router.rulefiles.ruletests import RuleTest, TestReader
+from router.rulefiles.schema import Context, UnsetSecrets, compile_match
+from router.rules import Action, Location, Rule
 
-__all__ = ["LoadResult", "UnsetSecrets", "load", "load_rules", "parse_action"]
+__all__ = ["LoadResult", "RuleSetInvalid", "UnsetSecrets", "load", "load_rules"]
 
 _RULE_KEYS = ("name", "description", "enabled", "match", "action")
 _SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
+class RuleSetInvalid(RouterError):
+    """A rule set failed validation; `diagnostics` holds every problem found."""
+
+    def __init__(self, diagnostics: Sequence[Diagnostic]) -> None:
+        self.diagnostics = list(diagnostics)
+        errors = [d for d in self.diagnostics if d.severity == "error"]
+        super().__init__(f"{len(errors)} error(s) in the rule files")
+
+
 @dataclass(frozen=True)
 class LoadResult:
-    """The compiled rule set (None iff any diagnostic is an error) and every diagnostic, in
-    file order then line order."""
+    """The compiled rule set (None iff any diagnostic is an error), its `[[test]]` tables, and
+    every diagnostic, in file order then line order."""
 
     ruleset: RuleSet | None
     diagnostics: list[Diagnostic]
+    tests: tuple[RuleTest, ...] = ()
 
 
 def load(
@@ -109,12 +112,12 @@ class _Loader:
                 elif key in _RULE_KEYS and "rule" in allowed:
                     context.report((key,), "is outside any rule; put it under a [[rule]] table")
                 elif key not in allowed:
-                    context.report((key,), unknown_keys(key, allowed))
+                    context.report((key,), context.unknown_key(key, allowed))
             for index, raw in enumerate(
                 _array(context, document, "rule") if "rule" in allowed else ()
             ):
                 self._rule(context, ("rule", index), raw)
-        tests = _TestReader(self.defined, self.action_types, self.complete)
+        tests = TestReader(self.defined, self.action_types, self.complete)
         for file, document, context in documents:
             for index, raw in enumerate(_array(context, document, "test")):
                 tests.read(context, index, raw, file.shown)
@@ -122,12 +125,9 @@ class _Loader:
         diagnostics = sorted(self.out, key=lambda d: (order.get(d.file, -1), d.line))
         if any(d.severity == "error" for d in diagnostics):
             return LoadResult(None, diagnostics)
-        rules = tuple(self.rules)
         version = self.digest.hexdigest()[:12]
-        ruleset = RuleSet(
-            rules, tuple(tests.tests), version, frozenset(self.used_secrets), Matcher(rules)
-        )
-        return LoadResult(ruleset, diagnostics)
+        ruleset = RuleSet(tuple(self.rules), version, frozenset(self.used_secrets))
+        return LoadResult(ruleset, diagnostics, tuple(tests.tests))
 
     def _discover(self, directory: str | Path) -> list[_File]:
         shown, root = os.fspath(directory), Path(directory)

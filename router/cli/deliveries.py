@@ -1,7 +1,4 @@
-"""Commands that run or inspect the service: `serve`, `worker`, `migrate`, `deliveries`.
-
-Registered by router.cli like the authoring commands; errors become exit codes there.
-"""
+"""`router deliveries list|show|replay`: inspect delivery jobs and replay dead ones."""
 
 from __future__ import annotations
 
@@ -12,208 +9,15 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
-
-from router import logs
-from router.exceptions import StoreUnavailable
+from router.cli.common import Formatter, Sub, add_store_option, load_settings
+from router.exceptions import CommandError, StoreUnavailable
 from router.settings import Settings
 from router.store import open_store
 from router.store.base import JobDetail, JobSummary, Status, Store
 
 _T = TypeVar("_T")
-if TYPE_CHECKING:
-    _Sub = argparse._SubParsersAction[argparse.ArgumentParser]
-_Formatter = argparse.RawDescriptionHelpFormatter
-
-
-class CommandError(Exception):
-    """The command cannot do its work; the message says why (exit status 1)."""
-
-
-def settings_table() -> str:
-    """Every ROUTER_* setting with its default: for --help and the README."""
-    rows = []
-    for name, field in Settings.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        if isinstance(default, list):
-            default = ",".join(default) or "(none)"
-        elif default is None:
-            default = "(unset)"
-        elif isinstance(default, float) and default.is_integer():
-            default = int(default)
-        rows.append((f"ROUTER_{name.upper()}", str(default), field.description or ""))
-    rows.append(("ROUTER_SECRET_<NAME>", "(unset)", "A template secret, read as secrets.NAME."))
-    width = max(len(r[0]) for r in rows)
-    return "\n".join(
-        f"  {env:<{width}}  {desc} [default: {default}]" for env, default, desc in rows
-    )
-
-
-def load_settings(**overrides: Any) -> Settings:
-    given = {key: value for key, value in overrides.items() if value is not None}
-    try:
-        return Settings(**given)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in exc.errors()
-        )
-        raise CommandError(f"invalid settings: {problems}") from None
-
-
-def _add_store_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--store",
-        metavar="URL",
-        help="store URL (default: ROUTER_STORE_URL or sqlite:///router.db)",
-    )
-
-
-# ---------------------------------------------------------------- serve / worker / migrate
-
-_SERVE_EPILOG = """\
-examples:
-  router serve                                  # rules/ and router.db, on 127.0.0.1:8080
-  ROUTER_WEBHOOK_SECRETS=s3cret router serve --host 0.0.0.0
-  router serve --no-worker --store postgresql://router@db/router   # an intake-only replica
-
-settings (environment variables, or a .env file; options above override them):
-"""
-
-
-def _add_serve(sub: _Sub) -> None:
-    parser = sub.add_parser(
-        "serve",
-        help="run the intake and delivery workers",
-        description="Receive ACTITO webhooks on POST /webhooks/actito, store a delivery job per "
-        "(record, rule, action) before answering 202, and deliver them (unless --no-worker). "
-        "The rules directory is watched and reloaded on change.",
-        epilog=_SERVE_EPILOG + settings_table(),
-        formatter_class=_Formatter,
-    )
-    parser.add_argument("--rules", metavar="DIR", help="rules directory (ROUTER_RULES_DIR)")
-    _add_store_option(parser)
-    parser.add_argument("--host", help="listen address (ROUTER_HOST)")
-    parser.add_argument("--port", type=int, metavar="PORT", help="listen port (ROUTER_PORT)")
-    parser.add_argument(
-        "--no-worker", action="store_true", help="intake only: leave delivery to `router worker`"
-    )
-    _add_process_options(parser)
-    parser.set_defaults(func=_run_serve)
-
-
-def _add_process_options(parser: argparse.ArgumentParser) -> None:
-    """Options `serve` and `worker` share."""
-    parser.add_argument(
-        "--concurrency",
-        type=int,
-        metavar="N",
-        help="deliveries in flight at once (ROUTER_CONCURRENCY)",
-    )
-    parser.add_argument(
-        "--no-migrate",
-        action="store_true",
-        help="refuse to start if the store schema is not current instead of migrating it",
-    )
-
-
-def _run_serve(args: argparse.Namespace) -> int:
-    from router.service import serve
-
-    settings = load_settings(
-        rules_dir=args.rules,
-        store_url=args.store,
-        host=args.host,
-        port=args.port,
-        concurrency=args.concurrency,
-    )
-    return _run_process(
-        lambda: serve(settings, worker=not args.no_worker, migrate=not args.no_migrate), settings
-    )
-
-
-_WORKER_EPILOG = """\
-examples:
-  router worker                                  # next to `router serve --no-worker`
-  router worker --store postgresql://router@db/router --concurrency 128
-
-SIGTERM stops claiming new jobs and lets deliveries in flight finish.
-"""
-
-
-def _add_worker(sub: _Sub) -> None:
-    parser = sub.add_parser(
-        "worker",
-        help="deliver stored jobs (no intake)",
-        description="Claim due delivery jobs from the store and deliver them, retrying with "
-        "backoff. Run several against one PostgreSQL store to scale delivery.",
-        epilog=_WORKER_EPILOG + "\nsettings:\n" + settings_table(),
-        formatter_class=_Formatter,
-    )
-    _add_store_option(parser)
-    _add_process_options(parser)
-    parser.set_defaults(func=_run_worker)
-
-
-def _run_worker(args: argparse.Namespace) -> int:
-    from router.service import run_worker
-
-    settings = load_settings(store_url=args.store, concurrency=args.concurrency)
-    return _run_process(lambda: run_worker(settings, migrate=not args.no_migrate), settings)
-
-
-def _run_process(run: Callable[[], None], settings: Settings) -> int:
-    from router.service import StartupError
-
-    logs.configure(settings.log_level, settings.log_format)
-    try:
-        run()
-    except StartupError as exc:
-        raise CommandError(str(exc)) from None
-    return 0
-
-
-def _add_migrate(sub: _Sub) -> None:
-    parser = sub.add_parser(
-        "migrate",
-        help="bring the store's schema up to date",
-        description="Apply pending schema migrations to the store. Run it once before rolling "
-        "out a new version to several replicas (they can also migrate at start).",
-        epilog="examples:\n  router migrate --store postgresql://router@db/router\n"
-        "  router migrate --check        # exit 1 if migrations are pending",
-        formatter_class=_Formatter,
-    )
-    _add_store_option(parser)
-    parser.add_argument(
-        "--check", action="store_true", help="only report; exit 1 if the schema is not current"
-    )
-    parser.set_defaults(func=_run_migrate)
-
-
-def _run_migrate(args: argparse.Namespace) -> int:
-    settings = load_settings(store_url=args.store)
-
-    from router.service import StartupError, preflight_store
-
-    try:
-        preflight_store(settings, migrate=False)
-    except StartupError as exc:  # an old or missing schema, or no store at all: it says which
-        if args.check:
-            print(f"the store is not ready: {exc}")
-            return 1
-    else:
-        print("the store schema is current")
-        return 0
-    try:
-        preflight_store(settings, migrate=True)
-    except StartupError as exc:
-        raise CommandError(str(exc)) from None
-    print("migrations applied; the store schema is current")
-    return 0
-
-
-# ---------------------------------------------------------------- deliveries
 
 _DELIVERIES_EPILOG = """\
 examples:
@@ -225,14 +29,14 @@ examples:
 """
 
 
-def _add_deliveries(sub: _Sub) -> None:
+def _add_deliveries(sub: Sub[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "deliveries",
         help="inspect delivery jobs and replay dead ones",
         description="Inspect delivery jobs (pending, done, dead) and replay dead ones. A "
         "replayed job is delivered again with the rule as it was when its event arrived.",
         epilog=_DELIVERIES_EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     actions = parser.add_subparsers(dest="deliveries_command", metavar="ACTION", required=True)
 
@@ -242,7 +46,7 @@ def _add_deliveries(sub: _Sub) -> None:
         description="List delivery jobs, newest first: id, status, rule, action, attempts, "
         "last update and last error.",
         epilog=_DELIVERIES_EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     listing.add_argument(
         "--status",
@@ -263,7 +67,7 @@ def _add_deliveries(sub: _Sub) -> None:
         "the record's data, and every attempt (time, outcome, status code, duration, error). "
         "Secrets are never stored, so they never show.",
         epilog=_DELIVERIES_EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     show.add_argument("id", metavar="ID", help="the job id (as listed; also its Idempotency-Key)")
     _add_common(show)
@@ -275,7 +79,7 @@ def _add_deliveries(sub: _Sub) -> None:
         description="Make dead jobs pending again, due now, with a fresh retry budget. Jobs "
         "that are not dead are left alone (exit status 1 names them).",
         epilog=_DELIVERIES_EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     replay.add_argument("ids", nargs="*", metavar="ID", help="the dead jobs to replay")
     replay.add_argument("--all-dead", action="store_true", help="every dead job (see --rule)")
@@ -285,7 +89,7 @@ def _add_deliveries(sub: _Sub) -> None:
 
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
-    _add_store_option(parser)
+    add_store_option(parser)
     parser.add_argument(
         "--format", choices=["text", "json"], default="text", help="output format (default text)"
     )
@@ -456,4 +260,4 @@ def _detail_dict(detail: JobDetail) -> dict[str, Any]:
     }
 
 
-COMMANDS = (_add_serve, _add_worker, _add_deliveries, _add_migrate)
+COMMANDS = (_add_deliveries,)

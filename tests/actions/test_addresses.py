@@ -1,4 +1,4 @@
-"""The checks of rendered e-mail values and header values (router.mail, router.headers)."""
+"""The checks of rendered e-mail values and header values (actions.addresses, actions.headers)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,14 @@ from typing import Any
 
 import pytest
 
-from router.headers import header_problem
-from router.mail import AddressProblem, check_email, entry_addresses, parse_address, split_list
+from router.actions.addresses import (
+    AddressProblem,
+    check_email,
+    entry_addresses,
+    parse_address,
+    split_list,
+)
+from router.actions.headers import header_problem
 
 EVIL = "attacker@evil.example"
 

@@ -1,5 +1,6 @@
-"""Process roles: `serve` (intake, plus delivery unless --no-worker) and `worker` (delivery
-only). Builds the parts from settings, runs them, and stops them gracefully on SIGTERM."""
+"""The wiring of a process: `serve` (intake, plus delivery unless --no-worker) and `worker`
+(delivery only). Builds the parts from the settings, runs them under uvicorn, and stops them
+gracefully on SIGTERM. Anything that keeps a process from starting is a StartupError."""
 
 from __future__ import annotations
 
@@ -17,29 +18,25 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from router.actions import build_deliverers
+from router.actions.registry import build_deliverers
 from router.app import ErrorBoundary, IntakeConfig, ReloadStatus, create_app, create_worker_app
 from router.connections import ConnectionGuard, ConnectionLimits, connection_limits
 from router.engine import Engine
-from router.exceptions import RuleSetInvalid, StoreUnavailable
-from router.loader import load_rules
+from router.exceptions import StartupError, StoreUnavailable
+from router.matching import RuleSet
 from router.metrics import Metrics
 from router.reload import Reloader
 from router.retry import RetryPolicy
-from router.rules import RuleSet
+from router.rulefiles.loader import RuleSetInvalid, load_rules
 from router.settings import Settings, secret_values
 from router.store import open_store
 from router.store.base import Store
 from router.template_limits import RenderLimits
 from router.worker import Worker, WorkerLimits
 
-log = logging.getLogger("router.service")
+log = logging.getLogger("router.wiring")
 
 PURGE_EVERY = 3600.0  # seconds between retention purges
-
-
-class StartupError(Exception):
-    """The process cannot start; the message says why and how to fix it."""
 
 
 def load_startup_rules(settings: Settings) -> RuleSet:

@@ -1,75 +1,36 @@
-"""The `router` command line (also `python -m router`). Errors become exit codes here only.
-
-Exit codes: 0 success; 1 the rules or their tests failed (errors in the rule files, a failing
-`[[test]]`, an action that cannot be rendered); 2 the command itself is wrong (bad arguments, an
-event file that is not an event, invalid settings). Each subcommand registers its parser in an
-`_add_<command>(sub)` function and runs in the function it sets as `func`.
-"""
+"""Authoring commands: `router check` (are the rule files valid?) and `router test` (what would
+these events do; do the [[test]] tables pass?)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-from collections.abc import Callable, Sequence
-from importlib import metadata
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from router import cli_service, dryrun
-from router.diagnostics import Diagnostic
+from router.actions import registry
+from router.cli.common import (
+    Formatter,
+    Sub,
+    add_format,
+    plural,
+    print_json,
+    rules_dir,
+    settings,
+    shown,
+)
 from router.events import Record, normalise, parse_body
-from router.exceptions import RejectedBody
-from router.loader import LoadResult, load
-from router.settings import Settings, secret_values
+from router.exceptions import RejectedBody, UsageError
+from router.rulefiles import dryrun
+from router.rulefiles.diagnostics import Diagnostic
+from router.rulefiles.loader import LoadResult, load
+from router.settings import secret_values
 from router.template_limits import RenderLimits
 
 EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
-_Formatter = argparse.RawDescriptionHelpFormatter
-
-
-class UsageError(Exception):
-    """The command cannot run as given; main prints the message and exits with EXIT_USAGE."""
-
-
-def _default_rules_dir() -> str:
-    return _settings().rules_dir
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()  # type: ignore[call-arg]  # all fields have defaults
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"ROUTER_{'_'.join(str(p) for p in error['loc']).upper()}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise UsageError(f"invalid settings: {problems}") from None
-
-
-def _rules_dir(given: str | None) -> Path:
-    directory = Path(given if given is not None else _default_rules_dir())
-    if not directory.is_dir():
-        raise UsageError(f"rules directory '{directory}' does not exist or is not a directory")
-    return directory
-
-
-def _shown(directory: Path) -> str:
-    return f"{directory.as_posix().rstrip('/')}/"
-
-
-def _plural(count: int, word: str, plural: str | None = None) -> str:
-    return f"{count} {word if count == 1 else plural or word + 's'}"
-
-
-def _print_json(document: Any) -> None:
-    print(json.dumps(document, indent=2, ensure_ascii=False))
+EXIT_FAILED = 1  # the rules, a test or a render failed
 
 
 def _rule_files(directory: Path) -> int:
@@ -85,10 +46,10 @@ def _counts(diagnostics: Sequence[Diagnostic]) -> tuple[int, int]:
 def _summary(directory: Path, result: LoadResult) -> str:
     errors, warnings = _counts(result.diagnostics)
     files = _rule_files(directory)
-    rules = "" if result.ruleset is None else f"{_plural(len(result.ruleset.rules), 'rule')} in "
+    rules = "" if result.ruleset is None else f"{plural(len(result.ruleset.rules), 'rule')} in "
     return (
-        f"{_shown(directory)}: {rules}{_plural(files, 'file')}, "
-        f"{_plural(errors, 'error')}, {_plural(warnings, 'warning')}"
+        f"{shown(directory)}: {rules}{plural(files, 'file')}, "
+        f"{plural(errors, 'error')}, {plural(warnings, 'warning')}"
     )
 
 
@@ -110,14 +71,14 @@ examples:
 """
 
 
-def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_check(sub: Sub[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "check",
         help="validate the rule files",
         description="Validate the rule files of RULES_DIR: TOML syntax, keys, types, "
         "JMESPath conditions, templates and secrets.",
         epilog=_CHECK_EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     parser.add_argument(
         "rules_dir", nargs="?", metavar="RULES_DIR", help="default: ROUTER_RULES_DIR or 'rules'"
@@ -125,18 +86,12 @@ def _add_check(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     parser.add_argument(
         "--strict", action="store_true", help="treat secrets that are not set as errors"
     )
-    _add_format(parser)
+    add_format(parser)
     parser.set_defaults(func=_run_check)
 
 
-def _add_format(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--format", choices=("text", "json"), default="text", help="output format (default: text)"
-    )
-
-
 def _run_check(args: argparse.Namespace) -> int:
-    directory = _rules_dir(args.rules_dir)
+    directory = rules_dir(args.rules_dir)
     result = load(
         directory,
         secrets=frozenset(secret_values()),
@@ -146,7 +101,7 @@ def _run_check(args: argparse.Namespace) -> int:
     ok = result.ruleset is not None and errors == 0
     if args.format == "json":
         ruleset = result.ruleset
-        _print_json(
+        print_json(
             {
                 "ok": ok,
                 "rules": None if ruleset is None else len(ruleset.rules),
@@ -186,7 +141,7 @@ examples:
 """
 
 
-def _add_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def _add_test(sub: Sub[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "test",
         usage="router test [-h] [--explain] [--format {text,json}] [RULES_DIR] [EVENT.json ...]",
@@ -194,7 +149,7 @@ def _add_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description="Show what the rules would do with some events (sending nothing), or run "
         "the rule tests.",
         epilog=_TEST_EPILOG,
-        formatter_class=_Formatter,
+        formatter_class=Formatter,
     )
     parser.add_argument(
         "paths",
@@ -209,14 +164,14 @@ def _add_test(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="for each rule that did not match, show the first criterion that failed "
         "(always included with --format json)",
     )
-    _add_format(parser)
+    add_format(parser)
     parser.set_defaults(func=_run_test)
 
 
 def _split_paths(paths: Sequence[str]) -> tuple[Path, list[Path]]:
     if paths and Path(paths[0]).is_dir():
-        return _rules_dir(paths[0]), _event_files(paths[1:])
-    return _rules_dir(None), _event_files(paths)
+        return rules_dir(paths[0]), _event_files(paths[1:])
+    return rules_dir(None), _event_files(paths)
 
 
 def _event_files(paths: Sequence[str]) -> list[Path]:
@@ -251,12 +206,12 @@ def _read_events(files: Sequence[Path]) -> list[tuple[Path, Record]]:
 def _run_test(args: argparse.Namespace) -> int:
     directory, files = _split_paths(args.paths)
     records = _read_events(files)  # before loading: a bad event file is a usage error
-    limits = RenderLimits.from_settings(_settings())  # as a worker would render
+    limits = RenderLimits.from_settings(settings())  # as a worker would render
     result = load(directory, secrets=None, unset_secrets="ignore")
     if result.ruleset is None:
         if args.format == "json":
             diagnostics = [d.as_dict() for d in result.diagnostics]
-            _print_json({"ok": False, "diagnostics": diagnostics})
+            print_json({"ok": False, "diagnostics": diagnostics})
         else:
             for diagnostic in result.diagnostics:
                 print(diagnostic)
@@ -286,7 +241,7 @@ def _dry_run(
     ]
     failed = any("error" in a for entry in document["records"] for a in entry["actions"])
     if args.format == "json":
-        _print_json(document)
+        print_json(document)
     else:
         _print_dry_run(document, [record for _, record in records])
     return EXIT_FAILED if failed else EXIT_OK
@@ -309,9 +264,9 @@ def _print_dry_run(document: dict[str, Any], records: Sequence[Record]) -> None:
         if "not_matched" in entry:
             for miss in entry["not_matched"]:
                 print(f"    not matched: {miss['rule']}: {miss['reason']}")
-    rendered = f"{_plural(actions - errors, 'action')} rendered"
+    rendered = f"{plural(actions - errors, 'action')} rendered"
     failed = f", {errors} could not be rendered" if errors else ""
-    counted = f"{_plural(len(records), 'record')}, {_plural(matches, 'match', 'matches')}"
+    counted = f"{plural(len(records), 'record')}, {plural(matches, 'match', 'matches')}"
     print(f"\n{counted}, {rendered}{failed}; nothing was sent")
 
 
@@ -327,19 +282,10 @@ def _print_action(action: dict[str, Any]) -> None:
     if "error" in action:
         print(f"{head}: ERROR {action['error']}")
         return
-    if action["type"] == "http":
-        print(f"{head} {action['method']} {action['url']}")
-        for name, value in action["headers"].items():
-            print(f"         {name}: {value}")
-        _print_block("body", action["body"])
-    elif action["type"] == "email":
-        print(f"{head} to {', '.join(action['to'])}")
-        _print_block("subject", action["subject"])
-        for key in ("text", "html"):
-            if action.get(key) is not None:
-                _print_block(key, action[key])
-    else:
-        print(f"{head} [{action['level']}] {action['message']}")
+    summary, blocks = registry.REGISTRY[action["type"]].describe(action)
+    print(f"{head} {summary}".rstrip())
+    for label, text in blocks:
+        _print_block(label, text)
 
 
 def _print_block(label: str, text: str) -> None:
@@ -353,11 +299,11 @@ def _rule_tests(
     args: argparse.Namespace, directory: Path, result: LoadResult, limits: RenderLimits
 ) -> int:
     assert result.ruleset is not None
-    outcomes = dryrun.run_tests(result.ruleset, limits=limits)
+    outcomes = dryrun.run_tests(result.ruleset, result.tests, limits=limits)
     failed = sum(1 for outcome in outcomes if not outcome.passed)
     passed = len(outcomes) - failed
     if args.format == "json":
-        _print_json(
+        print_json(
             {
                 "ok": failed == 0,
                 "passed": passed,
@@ -367,7 +313,7 @@ def _rule_tests(
         )
     else:
         if not outcomes:
-            print(f"{_shown(directory)}: no [[test]] tables to run")
+            print(f"{shown(directory)}: no [[test]] tables to run")
         for outcome in outcomes:
             _print_outcome(outcome)
         print(f"\n{passed} passed, {failed} failed")
@@ -395,64 +341,4 @@ def _value(key: str | None, value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-# ---------------------------------------------------------------- entry point
-
-_MAIN_EPILOG = """\
-examples (the authoring loop: edit rules/*.toml, then):
-  router check rules/                              # is every file valid?
-  router test rules/ rules/events/unsubscribe.json # what would this event do?
-  router test --explain rules/ event.json          # why did a rule not match?
-  router test rules/                               # do the [[test]] tables still pass?
-
-Settings come from ROUTER_* environment variables (and a .env file); `router <command> --help`
-shows each command's options and examples.
-"""
-
-# The commands, in the order `router --help` lists them.
-COMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
-    _add_check,
-    _add_test,
-    *cli_service.COMMANDS,
-]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="router",
-        description="Rule-based event router for ACTITO webhooks.",
-        epilog=_MAIN_EPILOG,
-        formatter_class=_Formatter,
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for add in COMMANDS:
-        add(sub)
-    return parser
-
-
-def _version() -> str:
-    try:
-        return metadata.version("actito-router")
-    except metadata.PackageNotFoundError:
-        return "unknown"
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run one command; return its exit status (the console script exits with it)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        status: int = args.func(args)
-    except UsageError as exc:
-        print(f"router {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except cli_service.CommandError as exc:
-        print(f"router {args.command}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        # The reader went away (`router test ... | head`): stop quietly, as Unix tools do.
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return EXIT_FAILED
-    return status
+COMMANDS = (_add_check, _add_test)

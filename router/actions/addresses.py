@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from email.headerregistry import Address
 from typing import Any
 
-from router.headers import header_problem
+from router.actions.headers import header_problem
 
 RECIPIENT_KEYS = ("to", "cc", "bcc")
 MAX_LOCAL_LENGTH = 64  # characters, RFC 5321

@@ -1,5 +1,8 @@
 """`[[test]]` tables -> RuleTest: an event, the rules expected to match, the expected actions.
 
+What an action's rendered values may be checked against, and how, is its type's
+(router.actions: `test_keys`, `expected`, `compare`).
+
 Tests are read after every rule file, so a test can name any rule and its actions; a rule name
 nobody defines is a mistake only when every rule file could be read (otherwise the rule may be in
 the file that failed, which has its own diagnostic). Problems are reported through the same
@@ -11,26 +14,53 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from router.actions.registry import REGISTRY
+from router.checks import KeyPath, closest, kind_of
 from router.events import Record, normalise, parse_body
 from router.exceptions import MalformedBody, NotAnEvent
-from router.rules import ExpectedAction, Location, RuleTest
-from router.schema import Context, closest, kind_of
-from router.toml_positions import KeyPath
+from router.rulefiles.schema import Context
+from router.rules import Location
 
 _TEST_KEYS = ("name", "event", "expect", "expect_per_record", "action")
-_RENDERED_KEYS = {
-    "http": ("method", "url", "headers", "body", "body_json"),
-    "email": ("to", "cc", "bcc", "subject", "text", "html"),
-    "log": ("level", "message"),
-}
-_TEST_ACTION_KEYS = ("rule", "action", "record", *sum(_RENDERED_KEYS.values(), ()))
 
 
-class _TestReader:
+@dataclass(frozen=True, slots=True)
+class ExpectedAction:
+    """Rendered values one action of one rule must have for one record of a rule test."""
+
+    rule: str
+    action: int  # index among the rule's actions
+    record: int  # index among the test event's records
+    values: Mapping[str, Any]  # test key -> expected value, as the action's type reads it
+    location: Location
+
+
+@dataclass(frozen=True, slots=True)
+class RuleTest:
+    name: str
+    location: Location
+    event: Any  # the decoded event body (inline, or read from the JSON file at load)
+    expect: frozenset[str] | None  # exact set of rules matching every record
+    expect_per_record: tuple[frozenset[str], ...] | None  # or one set per record
+    actions: tuple[ExpectedAction, ...]
+
+
+def _test_action_keys() -> tuple[str, ...]:
+    """Every key a `[[test.action]]` table may have, whatever its rule's action type."""
+    keys = dict.fromkeys(("rule", "action", "record"))
+    for action_type in REGISTRY.values():
+        keys.update(dict.fromkeys(action_type.test_keys))
+    return tuple(keys)
+
+
+class TestReader:
     """Reads `[[test]]` tables against the rules of one load, once all of them are read."""
+
+    __test__ = False  # not a pytest test class, despite its name
 
     def __init__(
         self,
@@ -157,7 +187,8 @@ class _TestReader:
         self, context: Context, path: KeyPath, raw: Any, records: list[Record] | None
     ) -> ExpectedAction | None:
         before = context.errors
-        table = context.table(path, raw, _TEST_ACTION_KEYS)
+        known_keys = _test_action_keys()
+        table = context.table(path, raw, known_keys)
         if table is None:
             return None
         value = context.require(table, "rule", path, "name the rule whose action is checked")
@@ -170,37 +201,26 @@ class _TestReader:
             if kinds is not None and action >= len(kinds):
                 message = f"rule '{rule}' has {len(kinds)} action(s); action is an index from 0"
                 context.report((*path, "action"), message)
-            elif (
-                kinds is not None
-                and isinstance(kinds[action], str)
-                and kinds[action] in _RENDERED_KEYS
-            ):
-                kind = kinds[action]
+            elif kinds is not None and isinstance(kinds[action], str):
+                kind = REGISTRY.get(kinds[action])
         if record is not None and records is not None and record >= len(records):
             message = f"the event has {len(records)} record(s); record is an index from 0"
             context.report((*path, "record"), message)
         values: dict[str, Any] = {}
         for key, value in table.items():
             at = (*path, key)
-            if key in ("rule", "action", "record") or key not in _TEST_ACTION_KEYS:
+            if key in ("rule", "action", "record") or key not in known_keys:
                 continue
-            if kind is not None and key not in _RENDERED_KEYS[kind]:
+            if kind is not None and key not in kind.test_keys:
                 context.report(
                     at,
-                    f"a {kind} action has no {key}; it renders {', '.join(_RENDERED_KEYS[kind])}",
+                    f"a {kind.name} action has no {key}; it renders {', '.join(kind.test_keys)}",
                 )
-            elif key == "body_json":
-                values[key] = value
-            elif key == "headers" and not isinstance(value, dict):
-                context.report(at, f"must be a table of header name = value, not {kind_of(value)}")
-            elif key == "headers":
-                values[key] = {n: context.text((*at, n), v) for n, v in value.items()}
-            elif key in ("to", "cc", "bcc"):
-                values[key] = context.texts(at, value)
-            else:
-                text = context.text(at, value)
-                values[key] = text.upper() if key == "method" and text else text
-                values[key] = text.lower() if key == "level" and text else values[key]
+                continue
+            # A rule of unknown type (its file had errors): read the value as the first type
+            # that knows the key would.
+            reader = kind or next(t for t in REGISTRY.values() if key in t.test_keys)
+            values[key] = reader.expected(context, at, key, value)
         if context.errors > before or rule is None or action is None or record is None:
             return None
         return ExpectedAction(

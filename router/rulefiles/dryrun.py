@@ -7,17 +7,20 @@ with placeholder secrets (`<secret NAME>`), so no secret value can reach a repor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
+from router.actions import registry
 from router.events import Record, normalise
 from router.exceptions import NotAnEvent, RenderError
-from router.rules import Action, ExpectedAction, Location, Rule, RuleSet, RuleTest
+from router.matching import RuleSet
+from router.rulefiles.ruletests import ExpectedAction, RuleTest
+from router.rules import Location, Rule
+from router.sandbox import PlaceholderSecrets
 from router.template_limits import RenderLimits
-from router.templating import PlaceholderSecrets, build_context, render_action
+from router.templating import build_context
 
 # What `delivery_id` renders as when nothing is delivered.
 DRY_RUN_DELIVERY_ID = "dry-run"
@@ -29,7 +32,7 @@ def render(
     """One action of `rule` rendered for `record` under `limits` (default: RenderLimits()):
     {"rule", "action", "type", ...rendered keys}, or {"rule", "action", "type", "error"} when a
     template fails on this record or goes over a limit."""
-    action: Action = rule.actions[index]
+    action = rule.actions[index]
     head: dict[str, Any] = {"rule": rule.name, "action": index, "type": action.type}
     context = build_context(
         record,
@@ -40,11 +43,12 @@ def render(
     )
     try:
         with (limits or RenderLimits()).applied():
-            rendered = render_action(action, context)
+            rendered = registry.render(action, context)
     except RenderError as exc:
         return {**head, "error": str(exc)}
-    if rendered.get("type") == "email" and rendered.get("html") is None:
-        del rendered["html"]  # the JSON document shows `html` only when the action has one
+    for key in registry.of(action).shown_when_set:  # e.g. an e-mail's html: only when it has one
+        if rendered.get(key) is None:
+            rendered.pop(key, None)
     return {**head, **rendered}
 
 
@@ -139,14 +143,16 @@ class TestOutcome:
 
 
 def run_tests(
-    ruleset: RuleSet, *, now: datetime | None = None, limits: RenderLimits | None = None
+    ruleset: RuleSet,
+    tests: Sequence[RuleTest],
+    *,
+    now: datetime | None = None,
+    limits: RenderLimits | None = None,
 ) -> list[TestOutcome]:
-    """Run every `[[test]]` table of `ruleset`, in the order they were loaded, rendering
-    under `limits` (default: RenderLimits())."""
+    """Run the `[[test]]` tables `tests` against `ruleset`, in order, rendering under `limits`
+    (default: RenderLimits())."""
     moment = now or datetime.now(UTC)
-    return [
-        TestOutcome(test, tuple(_check(ruleset, test, moment, limits))) for test in ruleset.tests
-    ]
+    return [TestOutcome(test, tuple(_check(ruleset, test, moment, limits))) for test in tests]
 
 
 def _check(
@@ -225,32 +231,11 @@ def _check_action(
         return [fail(f"the action cannot be rendered: {rendered['error']}")]
     failures: list[Failure] = []
     for key, want in expected.values.items():
-        problem = _compare(key, want, rendered)
+        problem = registry.of(rule.actions[expected.action]).compare(key, want, rendered)
         if problem is not None:
             message, actual = problem
             failures.append(fail(message, key=key, expected=want, actual=actual))
     return failures
-
-
-def _compare(key: str, want: Any, rendered: dict[str, Any]) -> tuple[str, Any] | None:
-    """None when `rendered` satisfies `key = want`, else (what is wrong, the value seen)."""
-    if key == "body_json":
-        body = rendered.get("body")
-        try:
-            actual = json.loads(body) if isinstance(body, str) else body
-        except ValueError as exc:
-            return f"the rendered body is not JSON ({exc})", body
-        return None if actual == want else ("the rendered body differs", actual)
-    if key not in rendered:
-        return f"a {rendered['type']} action has no '{key}'", None
-    actual = rendered[key]
-    if isinstance(want, dict) and isinstance(actual, dict):
-        # Headers: the listed ones must have these values; others (Content-Type...) may exist.
-        # Header names are case-insensitive.
-        folded = {str(name).lower(): value for name, value in actual.items()}
-        seen = {name: folded.get(str(name).lower()) for name in want}
-        return None if seen == want else (f"the rendered {key} differ", seen)
-    return None if actual == want else (f"the rendered {key} differs", actual)
 
 
 def _ordered(ruleset: RuleSet, names: set[str] | frozenset[str]) -> list[str]:

@@ -1,0 +1,110 @@
+"""The action types, by name: the one registry that `router check`, `[[test]]` tables, the dry
+run, the worker, the CLI and the docs read. A type is one module (router.actions.http, .email,
+.log) holding an ActionType; `register` adds one, so a new type touches no other module.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from router.actions.base import COMMON_KEYS, ActionType, Deliverer, Key, compile_retry
+from router.actions.email import EmailType
+from router.actions.http import HttpType
+from router.actions.log import LogType
+from router.checks import Checker, KeyPath, Problems, kind_of
+from router.rules import Action
+
+if TYPE_CHECKING:
+    from router.settings import Settings
+
+REGISTRY: dict[str, ActionType] = {}
+
+
+def register(action_type: ActionType) -> ActionType:
+    """Make `action_type` known by its name (a second type of the same name replaces it)."""
+    REGISTRY[action_type.name] = action_type
+    return action_type
+
+
+def of(action: Action) -> ActionType:
+    """The registered type of a compiled action."""
+    return REGISTRY[action.type]
+
+
+def keys_of(name: str) -> tuple[Key, ...]:
+    """Every key a table of type `name` may have, the common ones first."""
+    return (*COMMON_KEYS, *REGISTRY[name].keys)
+
+
+def compile_action(checker: Checker, path: KeyPath, value: Any) -> Action | None:
+    """One action table (from a rule file, or a spec a job stored): its type's checks and
+    compilation; None after reporting any problem."""
+    before = checker.errors
+    if not isinstance(value, dict):
+        checker.report(path, f"must be a table, not {kind_of(value)}")
+        return None
+    name = checker.text((*path, "type"), checker.require(value, "type", path, "set type"))
+    if name is None:
+        return None
+    action_type = REGISTRY.get(name)
+    if action_type is None:
+        checker.choice((*path, "type"), name, list(REGISTRY), "action type")
+        return None
+    known = [key.name for key in keys_of(name)]
+    for key in value:
+        if key not in known:
+            checker.report((*path, key), _unknown_key(key, known, checker))
+    retry = compile_retry(checker, (*path, "retry"), value.get("retry"))
+    raw = copy.deepcopy(value)  # the spec jobs store: nothing may change it afterwards
+    action = action_type.compile(checker, path, raw, retry)
+    return action if checker.errors == before else None
+
+
+def _unknown_key(key: str, known: list[str], checker: Checker) -> str:
+    owners = [name for name in REGISTRY if key in {k.name for k in keys_of(name)}]
+    if owners:
+        return f"unknown key: only {' and '.join(owners)} actions have {key}"
+    return checker.unknown_key(key, known)
+
+
+def parse_action(spec: Mapping[str, Any]) -> Action:
+    """Rebuild the action compiled from `spec` (an `Action.spec` a delivery job stored), with
+    the very code that validated it; ValueError if the spec is not a valid action."""
+    problems = Problems()
+    action = compile_action(problems, (), dict(spec))
+    if action is None:
+        raise ValueError("; ".join(problems.lines) or "not a valid action")
+    return action
+
+
+def render(action: Action, context: Mapping[str, Any]) -> dict[str, Any]:
+    """Render `action` with `context` (see ActionType.render)."""
+    return of(action).render(action, context)
+
+
+def destination_of(action: Action) -> str:
+    """The destination a job of `action` counts against (see ActionType.destination)."""
+    return of(action).destination(action)
+
+
+def build_deliverers(settings: Settings) -> dict[str, Deliverer]:
+    """One deliverer per registered type, not started yet (the worker calls `start`)."""
+    return {name: kind.make_deliverer(settings) for name, kind in REGISTRY.items()}
+
+
+for _builtin in (HttpType(), EmailType(), LogType()):
+    register(_builtin)
+
+__all__ = [
+    "REGISTRY",
+    "build_deliverers",
+    "compile_action",
+    "destination_of",
+    "keys_of",
+    "of",
+    "parse_action",
+    "register",
+    "render",
+]
