@@ -71,7 +71,9 @@ def create_app(
     def authorised(request: Request) -> bool:
         if not config.secrets:
             return True
-        given = request.headers.get(config.secret_header, "").encode()
+        # Header values arrive as bytes, which Starlette decodes as Latin-1: encoding them back
+        # the same way gives the exact bytes the sender put there (a UTF-8 secret included).
+        given = request.headers.get(config.secret_header, "").encode("latin-1")
         # Compare against every secret, so timing does not tell which one (or none) was close.
         results = [hmac.compare_digest(given, secret) for secret in config.secrets]
         return any(results)
@@ -208,7 +210,10 @@ def starlette_app(
 
     async def http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, HTTPException)
-        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+        # Its headers too: a 405 must say which methods are allowed (Allow).
+        return JSONResponse(
+            {"error": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
 
     async def internal_error(request: Request, exc: Exception) -> Response:
         # Starlette answers with this and then re-raises; ErrorBoundary logs and swallows it.

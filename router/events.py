@@ -20,6 +20,7 @@ OPERATIONS = ("CREATE", "UPDATE", "DELETE", "UPDATED_SUBSCRIPTION", "UPDATED_SEG
 TABLE_TYPES = ("PROFILE_TABLE", "CUSTOM_TABLE")
 EVENT_TYPES = ("DATA", "TRIGGER")
 # Keys every record has (null when the envelope does not carry them), so rules can rely on them.
+MAX_INT_DIGITS = 4300  # Python's own limit on converting integers from text (int_info)
 STANDARD_KEYS = ("id", "tableType", "tableId", "fields", "eventType", "triggerType", "operation")
 
 
@@ -34,6 +35,12 @@ def _finite_float(text: str) -> float:
     return value
 
 
+def _bounded_int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:  # Python refuses them, in words meant for us
+        raise ValueError(f"a number has more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
 def parse_body(body: bytes) -> Any:
     """Decode a request body as strict JSON (UTF-8, no NaN/Infinity), or raise MalformedBody."""
     if not body.strip():
@@ -43,7 +50,12 @@ def parse_body(body: bytes) -> Any:
     except UnicodeDecodeError as exc:
         raise MalformedBody(f"the body is not valid UTF-8 (byte {exc.start})") from exc
     try:
-        return json.loads(text, parse_constant=_refuse_constant, parse_float=_finite_float)
+        return json.loads(
+            text,
+            parse_constant=_refuse_constant,
+            parse_float=_finite_float,
+            parse_int=_bounded_int,
+        )
     except RecursionError as exc:
         raise MalformedBody("the JSON body is nested too deeply") from exc
     except ValueError as exc:
