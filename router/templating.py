@@ -154,7 +154,7 @@ def _compile(source: str) -> Template:
 
 
 def compile_url_template(source: str) -> Template:
-    """compile_template for an http action's url: each value is marked so that render_action
+    """compile_template for an http action's url: each value is marked so that the http action
     can percent-encode it for where it stands (see router.urls). Also a TemplateProblem: a
     value from the event where the literal text shows the scheme, host, port or user info."""
     template = compile_template(source)

@@ -17,14 +17,16 @@ import pytest
 from markdown_it import MarkdownIt
 from markdown_it.token import Token
 
-from router.schema import _ACTION_KEYS, _MATCH_KEYS
+from router.actions.registry import REGISTRY, keys_of
+from router.rulefiles.schema import MATCH_KEYS
 from router.settings import Settings
 
 ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
 DOCUMENTS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 SETTINGS_TABLE = ROOT / "docs" / "operations.md"
-RULE_REFERENCE = ROOT / "docs" / "rules.md"
+DOCS = ROOT / "docs"
+RULE_REFERENCE = DOCS / "rules.md"
 README_MAX_BYTES = 12 * 1024
 # Put on the line before a ```toml block whose rule is a deliberate mistake: it must fail check.
 FAILS_MARK = "<!-- check: fails -->"
@@ -137,7 +139,7 @@ def test_settings_table_has_no_unknown_settings() -> None:
 
 def test_every_match_key_is_in_the_match_table() -> None:
     documented = _table_keys(_section(RULE_REFERENCE, "rulematch-which-records"))
-    assert set(_MATCH_KEYS) - documented == set()
+    assert set(MATCH_KEYS) - documented == set()
 
 
 def undocumented_action_keys(action_keys: Mapping[str, Iterable[str]]) -> list[str]:
@@ -151,8 +153,10 @@ def undocumented_action_keys(action_keys: Mapping[str, Iterable[str]]) -> list[s
     return missing
 
 
-def test_every_action_key_the_loader_accepts_is_documented() -> None:
-    assert undocumented_action_keys(_ACTION_KEYS) == []
+def test_every_action_key_of_the_registry_is_documented() -> None:
+    action_keys = {name: [key.name for key in keys_of(name)] for name in REGISTRY}
+    assert set(action_keys) == {"http", "email", "log"}
+    assert undocumented_action_keys(action_keys) == []
 
 
 def test_the_action_key_check_finds_a_missing_key() -> None:
@@ -284,3 +288,21 @@ def test_slugs_follow_github() -> None:
 def test_the_readme_stays_short() -> None:
     size = len(README.read_bytes())
     assert size <= README_MAX_BYTES, f"README.md is {size} bytes; move detail into docs/"
+
+
+# ---------------------------------------------------------------- the package layout
+
+
+def test_the_layout_names_every_module_of_the_package() -> None:
+    """docs/README.md draws the package in the order data flows through it: every module of
+    router/ (and every subpackage) has its line there, and nothing there is gone."""
+    layout = (DOCS / "README.md").read_text()
+    named = set(re.findall(r"`(router/[\w/]+(?:\.py|/))`", layout))
+    package = ROOT / "router"
+    present = {
+        f"router/{path.relative_to(package).as_posix()}"
+        for path in package.glob("*.py")
+        if path.name not in ("__init__.py", "__main__.py")
+    } | {f"router/{path.name}/" for path in package.iterdir() if (path / "__init__.py").exists()}
+    assert present - named == set(), "modules missing from the layout in docs/README.md"
+    assert named - present == set(), "the layout in docs/README.md names what is gone"

@@ -9,8 +9,8 @@ the raw text. So a rendered recipient is parsed here, strictly: `local@domain`, 
 could pass for an address. An entry is one address, unless the action sets `address_lists`;
 then it may hold several, separated by commas, each checked as one.
 
-Both `router.templating.render_action` (so `router test` shows what a delivery would meet) and
-the e-mail deliverer (which builds the envelope from the parsed addresses) run these checks.
+Both the e-mail action's rendering (so `router test` shows what a delivery would meet) and its
+deliverer (which builds the envelope from the parsed addresses) run these checks.
 """
 
 from __future__ import annotations

@@ -230,7 +230,7 @@ class HttpDeliverer(Deliverer):
         headers = {str(name): str(value) for name, value in rendered.items()}
         for name, value in headers.items():
             problem = header_problem(value)
-            if problem is not None:  # render_action refuses it first; this guards other callers
+            if problem is not None:  # rendering refuses it first; this guards other callers
                 raise GiveUp(f"invalid request: header {name}: {problem}")
         present = {name.lower() for name in headers}
         for name, value in (
