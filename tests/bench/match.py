@@ -18,7 +18,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from router.matching import Matcher, compile_condition
+from router.conditions import compile_condition
+from router.matching import Matcher
 from router.rules import Location, Match, Rule
 
 TABLE_TYPES = ("PROFILE_TABLE", "CUSTOM_TABLE")
