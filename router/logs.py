@@ -1,6 +1,10 @@
 """Logging set-up: a sentence plus fixed fields. JSON lines when stdout is not a terminal (in a
 container), readable lines when it is. Fields come from `extra=` with the names in FIELDS.
-Every line goes through one rate limit, so no event, however frequent, can flood the log."""
+
+Warnings and errors go through one rate limit, so no problem, however frequent (a flood of
+refused connections, a destination down for every job), can flood the log. Lines below warning
+are records of work done, one per event or delivery, and are never dropped; neither is what a
+rule's log action writes (router.actions.log): that line is the delivery."""
 
 from __future__ import annotations
 
@@ -18,6 +22,8 @@ from typing import Any, TextIO
 RATE_LIMIT_LINES = 5  # lines of one kind written in any RATE_LIMIT_WINDOW
 RATE_LIMIT_WINDOW = 1.0  # seconds
 RATE_LIMIT_KINDS = 1000  # kinds remembered at once; the least recently seen is forgotten first
+RATE_LIMITED_FROM = logging.WARNING  # lines below this level are never dropped
+UNLIMITED_LOGGERS = ("router.actions.log",)  # a rule's log action: each line is a delivery
 TEMPLATE_CHARS = 200  # a kind is told apart by at most this much of its message template
 
 # The fixed vocabulary of structured fields a log call may pass through `extra=`.
@@ -85,7 +91,8 @@ class _Seen:
 
 class RateLimitedHandler(logging.StreamHandler[TextIO]):
     """A stream handler that writes at most RATE_LIMIT_LINES lines of one kind (logger, level
-    and message template) in any RATE_LIMIT_WINDOW seconds and drops the rest.
+    and message template) of warnings and errors in any RATE_LIMIT_WINDOW seconds and drops the
+    rest (lines below RATE_LIMITED_FROM, and UNLIMITED_LOGGERS, always pass).
 
     Nothing is dropped silently. The count of a kind's dropped lines is reported once, in a
     `suppressed` field: on the next line of that kind written, or, if none comes first, on a
@@ -102,6 +109,8 @@ class RateLimitedHandler(logging.StreamHandler[TextIO]):
         self._closed = False
 
     def handle(self, record: logging.LogRecord) -> bool:
+        if record.levelno < RATE_LIMITED_FROM or record.name in UNLIMITED_LOGGERS:
+            return bool(super().handle(record))
         kind = _kind(record)
         with self._limit:
             write = self._admit(kind, record)
@@ -229,7 +238,7 @@ def _summary(kind: Kind, seen: _Seen, now: float | None = None) -> logging.LogRe
 
 def configure(level: str = "info", fmt: str = "auto") -> None:
     """Route every logger (the router's, uvicorn's, asyncio's) to stdout in the chosen format,
-    through one rate limit."""
+    warnings and errors through one rate limit."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
     handler = RateLimitedHandler(sys.stdout)
     handler.setFormatter(JsonFormatter() if use_json else TextFormatter())

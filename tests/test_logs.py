@@ -91,7 +91,7 @@ def test_kinds_are_limited_apart(captured: Captured) -> None:
     try:
         for n in range(20):
             captured.logger.warning("first kind %d", n)  # same template, other arguments
-            captured.logger.info("first kind %d", n)  # another level
+            captured.logger.error("first kind %d", n)  # another level
             captured.logger.warning("second kind %d", n)  # another template
             other.warning("first kind %d", n)  # another logger
     finally:
@@ -153,3 +153,23 @@ def test_configure_limits_every_logger(
     written = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     for name in ("asyncio", "uvicorn.error", "router.app"):
         assert sum(1 for line in written if line["logger"] == name) == RATE_LIMIT_LINES
+
+
+def test_records_of_work_and_the_log_action_are_never_dropped(captured: Captured) -> None:
+    # Below warning, a line records one piece of work (a delivery, a reload); a rule's log
+    # action's line is itself the delivery, at whatever level the rule asks.
+    action = logging.getLogger("router.actions.log")
+    action.handlers[:] = [captured.handler]
+    action.propagate = False
+    try:
+        for n in range(50):
+            captured.logger.info("delivered %d", n)
+            action.error("audit %d", n)
+    finally:
+        action.handlers[:] = []
+    messages = [line["message"] for line in captured.lines()]
+    assert [m for m in messages if m.startswith("delivered")] == [
+        f"delivered {n}" for n in range(50)
+    ]
+    assert [m for m in messages if m.startswith("audit")] == [f"audit {n}" for n in range(50)]
+    assert not any("suppressed" in line for line in captured.lines())

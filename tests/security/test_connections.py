@@ -609,13 +609,17 @@ def many_files() -> Iterator[None]:
 
 
 def most_per_second(lines: list[dict[str, Any]]) -> tuple[int, str]:
-    """The most lines of one (logger, message) within any second, and that message."""
-    times: dict[tuple[str, str], list[float]] = defaultdict(list)
+    """The most repeats of one line within any second, and its message. A repeat: the same
+    logger and message, and for records of work (below warning: a delivery, each with its own
+    delivery_id), the same fields too; those are never dropped, and each tells its own news."""
+    times: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     for line in lines:
         stamp = datetime.fromisoformat(line["time"]).timestamp()
-        times[(line["logger"], line["message"])].append(stamp)
+        fields = {k: v for k, v in line.items() if k not in ("time", "suppressed")}
+        detail = "" if line["level"] in ("warning", "error", "critical") else json.dumps(fields)
+        times[(line["logger"], line["message"], detail)].append(stamp)
     worst = (0, "")
-    for (_, message), stamps in times.items():
+    for (_, message, _), stamps in times.items():
         stamps.sort()
         start = 0
         for end, stamp in enumerate(stamps):
