@@ -331,12 +331,20 @@ def _print_outcome(outcome: dryrun.TestOutcome) -> None:
             where.append(failure.key)
         print(f"  {failure.location}: {': '.join([*where, failure.message])}")
         if failure.expected is not None or failure.actual is not None:
-            print(f"    expected: {_value(failure.key, failure.expected)}")
-            print(f"    actual:   {_value(failure.key, failure.actual)}")
+            wanted, seen = _LABELS.get(failure.key or "", ("expected:", "actual:  "))
+            print(f"    {wanted} {_value(failure.key, failure.expected)}")
+            print(f"    {seen} {_value(failure.key, failure.actual)}")
+
+
+# How a failure's two values are labelled, by key (default: expected / actual).
+_LABELS = {
+    "match": ("must match:    ", "matched:       "),
+    "no_match": ("must not match:", "matched:       "),
+}
 
 
 def _value(key: str | None, value: Any) -> str:
-    if key == "expect" and isinstance(value, list):
+    if key in ("expect", "match", "no_match") and isinstance(value, list):
         return ", ".join(value) or "(no rule)"
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 

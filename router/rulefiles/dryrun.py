@@ -192,6 +192,32 @@ def _check(
                     actual=_ordered(ruleset, names),
                 )
             )
+        missing = test.wanted("match", index) - names
+        if missing:
+            failures.append(
+                Failure(
+                    f"{_rules(ruleset, missing)} must match this record but "
+                    f"{'does' if len(missing) == 1 else 'do'} not",
+                    where,
+                    record=index,
+                    key="match",
+                    expected=_ordered(ruleset, test.wanted("match", index)),
+                    actual=_ordered(ruleset, names),
+                )
+            )
+        unwanted = test.wanted("no_match", index) & names
+        if unwanted:
+            failures.append(
+                Failure(
+                    f"{_rules(ruleset, unwanted)} must not match this record but "
+                    f"{'does' if len(unwanted) == 1 else 'do'}",
+                    where,
+                    record=index,
+                    key="no_match",
+                    expected=_ordered(ruleset, test.wanted("no_match", index)),
+                    actual=_ordered(ruleset, names),
+                )
+            )
     for expected in test.actions:
         failures.extend(_check_action(ruleset, expected, records, matched, now, limits))
     return failures
@@ -236,6 +262,12 @@ def _check_action(
             message, actual = problem
             failures.append(fail(message, key=key, expected=want, actual=actual))
     return failures
+
+
+def _rules(ruleset: RuleSet, names: set[str] | frozenset[str]) -> str:
+    ordered = _ordered(ruleset, names)
+    quoted = ", ".join(f"'{name}'" for name in ordered)
+    return f"rule {quoted}" if len(ordered) == 1 else f"rules {quoted}"
 
 
 def _ordered(ruleset: RuleSet, names: set[str] | frozenset[str]) -> list[str]:
