@@ -51,6 +51,11 @@ class Condition:
         except jmespath_errors.JMESPathError:
             return False
 
+    @property
+    def parsed(self) -> _TreeNode:
+        """The parsed JMESPath tree (explain and the lints read it; never change it)."""
+        return self._parsed
+
     def value(self, record: Mapping[str, Any]) -> Any:
         """The raw result (for explain); ConditionProblem when evaluation fails."""
         try:
@@ -66,6 +71,11 @@ class Condition:
 
     def __repr__(self) -> str:
         return f"Condition({self.source!r})"
+
+
+def evaluate(node: Mapping[str, Any], record: Mapping[str, Any]) -> Any:
+    """Evaluate one node of a parsed condition on `record` (JMESPathError when it fails)."""
+    return _INTERPRETER.visit(node, record)  # type: ignore[arg-type]
 
 
 def truthy(value: Any) -> bool:

@@ -113,11 +113,17 @@ def test_dry_run_explains_each_rule_that_did_not_match_in_rule_set_order(
     document = dry_run(ruleset, normalise(event("UPDATE", {"id": 7})), explain=True, now=NOW)
     (record,) = document["records"]
     assert record["matched"] == ["audit"]
-    assert record["not_matched"] == [
-        {"rule": "crm", "reason": 'operation: wanted "CREATE", saw "UPDATE"'},
-        {"rule": "asleep", "reason": "rule is disabled"},
-        {"rule": "missing-key", "reason": 'operation: wanted "DELETE", saw "UPDATE"'},
+    assert [(m["rule"], m["reason"]) for m in record["not_matched"]] == [
+        ("crm", 'operation: wanted "CREATE", saw "UPDATE"'),
+        ("asleep", "rule is disabled"),
+        ("missing-key", 'operation: wanted "DELETE", saw "UPDATE"'),
     ]
+    assert record["not_matched"][0]["explain"] == {
+        "key": "operation",
+        "wanted": ["CREATE"],
+        "saw": "UPDATE",
+    }
+    assert record["not_matched"][1]["explain"] == {"key": "enabled", "enabled": False}
 
 
 def test_a_render_error_is_reported_with_the_action_not_raised(ruleset: RuleSet) -> None:

@@ -241,6 +241,9 @@ def _dry_run(
     ]
     failed = any("error" in a for entry in document["records"] for a in entry["actions"])
     if args.format == "json":
+        for entry in document["records"]:
+            for miss in entry.get("not_matched", ()):
+                miss.pop("lines", None)  # the text report's; `explain` holds the same
         print_json(document)
     else:
         _print_dry_run(document, [record for _, record in records])
@@ -264,6 +267,8 @@ def _print_dry_run(document: dict[str, Any], records: Sequence[Record]) -> None:
         if "not_matched" in entry:
             for miss in entry["not_matched"]:
                 print(f"    not matched: {miss['rule']}: {miss['reason']}")
+                for line in miss["lines"]:
+                    print(f"      {line}")
     rendered = f"{plural(actions - errors, 'action')} rendered"
     failed = f", {errors} could not be rendered" if errors else ""
     counted = f"{plural(len(records), 'record')}, {plural(matches, 'match', 'matches')}"
