@@ -300,6 +300,11 @@ CASES: list[tuple[str, dict[str, str], list[Expected]]] = [
         ],
     ),
     (
+        "mode misspelt",
+        {"a.toml": f'[[rule]]\nname = "r"\nmode = "shadw"\n{LOG_ACTION}'},
+        [("rules/a.toml", 3, "r", "mode", "'shadw' is not a known mode; did you mean 'shadow'?")],
+    ),
+    (
         "test without expectation",
         {"a.toml": f'[[rule]]\nname = "r"\n{LOG_ACTION}\n[[test]]\nevent = {{ data = {{}} }}\n'},
         [("rules/a.toml", 7, None, "test[0].match", "is missing; say which rules must match")],

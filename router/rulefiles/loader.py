@@ -27,11 +27,11 @@ from router.rulefiles.diagnostics import Diagnostic
 from router.rulefiles.positions import positions
 from router.rulefiles.ruletests import RuleTest, TestReader
 from router.rulefiles.schema import Context, UnsetSecrets, compile_match
-from router.rules import Action, Location, Rule
+from router.rules import MODES, Action, Location, Rule
 
 __all__ = ["LoadResult", "RuleSetInvalid", "UnsetSecrets", "load", "load_rules"]
 
-_RULE_KEYS = ("name", "description", "enabled", "match", "action")
+_RULE_KEYS = ("name", "description", "enabled", "mode", "match", "action")
 _SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
@@ -207,6 +207,9 @@ class _Loader:
         enabled = table.get("enabled", True)
         if not isinstance(enabled, bool):
             context.report((*path, "enabled"), f"must be true or false, not {kind_of(enabled)}")
+        mode = context.text((*path, "mode"), table.get("mode", "live"))
+        if mode is not None and mode not in MODES:
+            context.choice((*path, "mode"), mode, MODES, "mode")
         match = compile_match(context, (*path, "match"), table.get("match"))
         # A disabled rule may wait for its secret to be set: only enabled rules need theirs.
         context.secrets = self.secrets if enabled is not False else None
@@ -226,7 +229,8 @@ class _Loader:
             ]
             actions = [action for action in built if action is not None]
         if context.errors == before and name and description is not None and match is not None:
-            self.rules.append(Rule(name, description, enabled, match, tuple(actions), location))
+            rule = Rule(name, description, enabled, match, tuple(actions), location, mode or "live")
+            self.rules.append(rule)
 
 
 def _array(context: Context, document: dict[str, Any], key: str) -> list[Any]:

@@ -32,6 +32,14 @@ class Status(enum.StrEnum):
     PENDING = "pending"
     DONE = "done"
     DEAD = "dead"
+    SHADOW = "shadow"  # a shadow rule's job: rendered (or not, with its error), never sent
+
+
+class Mode(enum.StrEnum):
+    """A job's mode, from its rule's when its event was accepted."""
+
+    LIVE = "live"
+    SHADOW = "shadow"  # the worker renders it and records it; nothing is sent
 
 
 class Outcome(enum.StrEnum):
@@ -40,6 +48,7 @@ class Outcome(enum.StrEnum):
     DONE = "done"  # delivered
     RETRY = "retry"  # failed, try again at `next_at`
     DEAD = "dead"  # failed for good (permanent error, or retries exhausted)
+    SHADOW = "shadow"  # a shadow job rendered (or failed to, with its error); nothing was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +61,7 @@ class NewJob:
     action_type: str
     spec: Mapping[str, Any]  # the action's raw spec as loaded: the job is delivered with it
     destination: str  # key for per-destination concurrency (an HTTP host, "smtp", "log")
+    mode: Mode = Mode.LIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +98,7 @@ class Job:
     attempts: int  # attempts made since the job was created or last replayed
     budget_since: float  # retry budget start: acceptance, or the last replay
     lease_token: str  # proves this claim when the result is recorded
+    mode: Mode = Mode.LIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,10 +219,11 @@ class Store(abc.ABC):
 
     async def record(self, results: Sequence[AttemptResult], *, now: float) -> None:
         """Append each attempt to its job's history and move the job: DONE -> done, RETRY ->
-        pending at next_at, DEAD -> dead with the error kept. A result whose lease_token no
-        longer holds the job (the lease expired and another claim took it) still appends its
-        attempt but does not move the job. Raises ValueError, storing nothing, when a RETRY
-        result has no next_at."""
+        pending at next_at, DEAD -> dead with the error kept, SHADOW -> shadow (a shadow job,
+        recorded without sending; the error of its render, if any, kept). A result whose
+        lease_token no longer holds the job (the lease expired and another claim took it)
+        still appends its attempt but does not move the job. Raises ValueError, storing
+        nothing, when a RETRY result has no next_at."""
         for result in results:
             if result.outcome is Outcome.RETRY and result.next_at is None:
                 raise ValueError(f"job {result.job_id}: a RETRY result needs next_at")

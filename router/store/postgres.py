@@ -283,9 +283,11 @@ class PostgresStore(Store):
             if kept:
                 # Built here, not before: a retry runs on a new connection, which emptied the
                 # cache of written specs.
-                columns, new_specs = sql.insert_arguments(kept, self._specs)
+                columns, new_specs, modes = sql.insert_arguments(kept, self._specs)
                 try:
-                    await conn.execute(sql.INSERT_EVENTS_AND_JOBS, *columns, ruleset_version, now)
+                    await conn.execute(
+                        sql.INSERT_EVENTS_AND_JOBS, *columns, ruleset_version, now, modes
+                    )
                 except asyncpg.UniqueViolationError as exc:
                     raise ValueError(f"a job id already exists: {exc.detail}") from exc
             return results, new_specs, any(incoming.jobs for incoming in kept)

@@ -19,6 +19,7 @@ from router.store.base import (
     Job,
     JobDetail,
     JobSummary,
+    Mode,
     Outcome,
     QueueStats,
     Status,
@@ -34,7 +35,7 @@ class Row(Protocol):
 
 JOB_COLUMNS = """
     j.id, j.rule, j.action_index, j.action_type, s.spec, j.destination, e.record, e.event_id,
-    e.ruleset_version, j.attempts, j.budget_since, j.lease_token
+    e.ruleset_version, j.attempts, j.budget_since, j.lease_token, j.mode
 """
 SUMMARY_COLUMNS = """
     j.id, j.rule, j.action_index, j.action_type, j.destination, j.status, j.attempts,
@@ -48,7 +49,12 @@ STATS_COLUMNS = """
     (SELECT min(created_at) FROM jobs WHERE status = 'pending')
 """
 
-_NEXT_STATUS = {Outcome.DONE: Status.DONE, Outcome.RETRY: Status.PENDING, Outcome.DEAD: Status.DEAD}
+_NEXT_STATUS = {
+    Outcome.DONE: Status.DONE,
+    Outcome.RETRY: Status.PENDING,
+    Outcome.DEAD: Status.DEAD,
+    Outcome.SHADOW: Status.SHADOW,
+}
 
 
 def _json_default(value: Any) -> Any:
@@ -123,6 +129,7 @@ def job(row: Row) -> Job:
         attempts=row[9],
         budget_since=row[10],
         lease_token=row[11],
+        mode=Mode(row[12]),
     )
 
 

@@ -158,6 +158,10 @@ MIGRATIONS = Migrations[tuple[str, ...]](
             "DROP TABLE schema_version",
             "ALTER TABLE schema_version_v3 RENAME TO schema_version",
         ),
+        # Shadow jobs: each job's mode (a shadow rule's jobs are rendered and recorded, never
+        # sent). Every job stored before was live. `status` is free text here: 'shadow' needs
+        # no change of its own.
+        ("ALTER TABLE jobs ADD COLUMN mode TEXT NOT NULL DEFAULT 'live'",),
     )
 )
 
@@ -180,9 +184,9 @@ INSERT_EVENT = """
 """
 INSERT_SPEC = "INSERT INTO specs (hash, spec) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING"
 INSERT_JOB = """
-    INSERT INTO jobs (id, event, rule, action_index, action_type, spec, destination, status,
+    INSERT INTO jobs (id, event, rule, action_index, action_type, spec, destination, mode, status,
                       budget_since, created_at, updated_at, next_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)
 """
 
 # -- claim
@@ -267,9 +271,9 @@ STATS = f"SELECT {rows.STATS_COLUMNS}"
 # -- purge
 PURGE_ATTEMPTS = """
     DELETE FROM attempts WHERE job_id IN (
-        SELECT id FROM jobs WHERE status = 'done' AND updated_at < :before)
+        SELECT id FROM jobs WHERE status IN ('done', 'shadow') AND updated_at < :before)
 """
-PURGE_JOBS = "DELETE FROM jobs WHERE status = 'done' AND updated_at < :before"
+PURGE_JOBS = "DELETE FROM jobs WHERE status IN ('done', 'shadow') AND updated_at < :before"
 PURGE_EVENTS = """
     DELETE FROM events
     WHERE received_at < :before AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.event = events.id)
@@ -360,7 +364,7 @@ def accept(
             digest = _stored_spec(conn, job.spec, specs)
             row = (job.id, event, job.rule, job.action_index, job.action_type, digest)
             try:
-                conn.execute(INSERT_JOB, (*row, job.destination, now, now, now, now))
+                conn.execute(INSERT_JOB, (*row, job.destination, job.mode, now, now, now, now))
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"job id {job.id!r} already exists") from exc
         accepted += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from router.exceptions import StoreUnavailable
-from router.store.base import AttemptResult, Job, Outcome, QueueStats, Status, Store
+from router.store.base import (
+    AttemptResult,
+    Job,
+    Mode,
+    Outcome,
+    QueueStats,
+    Status,
+    Store,
+)
 from router.store.migrations import SCHEMA_VERSION, schema_problem
 
 from .conftest import DAY, LAYOUT, LEASE, RULESET, SPEC, T0, Backend, accept, incoming, new_job
@@ -466,6 +475,42 @@ def test_purge(backend: Backend) -> None:
         # Purged dedupe keys are new again, even within the window; kept ones are not.
         again = await accept(store, incoming("old"), incoming("recent"), now=T0 + 300)
         assert (again.accepted, again.duplicates) == (1, 1)
+
+    backend.run(body)
+
+
+def test_shadow_jobs_are_claimed_recorded_listed_and_purged_apart(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        live, shadow, failed = new_job("live"), new_job("tryout"), new_job("tryout", 1)
+        shadow = dataclasses.replace(shadow, mode=Mode.SHADOW)
+        failed = dataclasses.replace(failed, mode=Mode.SHADOW)
+        await accept(store, incoming("k", jobs=[live, shadow, failed]))
+        claimed = {job.id: job for job in await claim_all(store, T0)}
+        assert [claimed[j.id].mode for j in (live, shadow, failed)] == [
+            Mode.LIVE,
+            Mode.SHADOW,
+            Mode.SHADOW,
+        ]
+        rendered = AttemptResult(shadow.id, claimed[shadow.id].lease_token, Outcome.SHADOW, T0, 0)
+        broken = AttemptResult(
+            failed.id, claimed[failed.id].lease_token, Outcome.SHADOW, T0, 0, None, "cannot render"
+        )
+        await store.record([rendered, broken, done(claimed[live.id], T0)], now=T0 + 1)
+        listed = await store.list_jobs(status=Status.SHADOW)
+        assert {(job.id, job.last_error) for job in listed} == {
+            (shadow.id, None),
+            (failed.id, "cannot render"),
+        }
+        assert {job.id for job in await store.list_jobs(status=Status.DONE)} == {live.id}
+        assert await claim_all(store, T0 + 1000) == []  # recorded: never claimed again
+        stats = await store.stats(now=T0 + 1)
+        assert (stats.pending, stats.dead) == (0, 0)
+        detail = await store.get_job(failed.id)
+        assert detail is not None
+        assert [(a.outcome, a.error) for a in detail.history] == [(Outcome.SHADOW, "cannot render")]
+        assert await store.replay([failed.id], now=T0 + 2) == []  # nothing to deliver again
+        assert await store.purge(before=T0 + 50, dedupe_before=T0) == 3
+        assert await store.list_jobs() == []
 
     backend.run(body)
 
