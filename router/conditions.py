@@ -8,6 +8,7 @@ of arguments, which jmespath reports only when searching, are compile errors her
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 _INTERPRETER = TreeInterpreter(Options())
 _FUNCTIONS: Mapping[str, Any] = Functions().FUNCTION_TABLE
 _LITERAL_NAMES = ("null", "true", "false")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
 
 class ConditionProblem(ValueError):
@@ -99,6 +101,10 @@ def compile_condition(source: str) -> Condition:
     except jmespath_errors.ParseError as exc:
         if isinstance(exc, jmespath_errors.IncompleteExpressionError):
             what = "the expression is incomplete"
+        elif str(exc.token_type).lower() == "number":
+            number = _NUMBER.match(source, exc.lex_position)
+            text = number[0] if number else str(exc.token_value)
+            what = f"write the number {text} in backticks: `{text}`"
         elif exc.token_value is not None:
             what = f"unexpected {exc.token_value!r}"
         else:

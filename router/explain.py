@@ -35,7 +35,12 @@ _LOOSER = {
     "or_expression": {"pipe"},
     "and_expression": {"pipe", "or_expression"},
     "comparator": {"pipe", "or_expression", "and_expression", "comparator"},
-    "not_expression": {"pipe", "or_expression", "and_expression", "comparator"},
+    # `!` binds tighter than `.`: `!data.x` reads as `(!data).x`.
+    "not_expression": {
+        *("pipe", "or_expression", "and_expression", "comparator", "subexpression"),
+        *("index_expression", "projection", "value_projection", "filter_projection", "flatten"),
+    },
+    "subexpression": {"pipe", "or_expression", "and_expression", "comparator", "not_expression"},
 }
 Node = Mapping[str, Any]
 
@@ -263,7 +268,7 @@ def unparse(node: Node) -> str:
             return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
         return "`" + json.dumps(value, ensure_ascii=False) + "`"
     if kind == "subexpression":
-        return ".".join(unparse(child) for child in children)
+        return ".".join(_operand(child, kind) for child in children)
     if kind in ("current", "identity"):
         return "@"
     if kind == "comparator":

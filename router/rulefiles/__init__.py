@@ -7,6 +7,7 @@ starting or reloading process loads.
     ruletests.py    [[test]] tables: the event, the rules expected to match, the actions
     dryrun.py       what a rule set would do with records, and running the [[test]] tables
     diagnostics.py  one problem in the rule files, located and explained
+    lints.py        warnings about valid rules that are almost certainly mistakes
 
 Nothing that serves traffic imports this package: a stored job is rebuilt by its action type
 (router.actions.registry.parse_action), not by the rule-file tooling.
