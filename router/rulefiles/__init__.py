@@ -8,6 +8,7 @@ starting or reloading process loads.
     dryrun.py       what a rule set would do with records, and running the [[test]] tables
     diagnostics.py  one problem in the rule files, located and explained
     lints.py        warnings about valid rules that are almost certainly mistakes
+    backtest.py     new rules against the records a store kept, next to the serving ones
 
 Nothing that serves traffic imports this package: a stored job is rebuilt by its action type
 (router.actions.registry.parse_action), not by the rule-file tooling.

@@ -149,6 +149,19 @@ class JobDetail:
 
 
 @dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One record as the intake stored it (for a backtest): its row id, the envelope's id,
+    the normalised record, the rules that matched then, and when."""
+
+    id: int  # the store's own, increasing in the order records were accepted
+    event_id: str | None
+    record: Record
+    matched: tuple[str, ...]
+    ruleset_version: str
+    received_at: float
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     pending: int
     dead: int
@@ -261,6 +274,17 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> JobDetail | None: ...
 
+    async def read_events(
+        self, *, since: float, after: int = 0, limit: int = 500
+    ) -> list[StoredEvent]:
+        """The stored records received at `since` or later whose id is above `after`, in id
+        (acceptance) order, at most `limit` (none when it is below 1): page through them by
+        passing the last id as `after`. Read-only, in short read transactions that never hold
+        up the intake (SQLite's reader connection; a read-only snapshot on PostgreSQL)."""
+        if limit < 1:
+            return []
+        return await self._read_events(since=since, after=after, limit=limit)
+
     async def replay(self, job_ids: Sequence[str], *, now: float) -> list[str]:
         """Make the given dead jobs pending again, due now, with a fresh retry budget
         (attempts 0, budget_since now). Returns the ids that were dead and are now pending,
@@ -320,6 +344,10 @@ class Store(abc.ABC):
         self, *, status: Status | None, rule: str | None, limit: int
     ) -> list[JobSummary]:
         """`list_jobs` with a limit of at least 1."""
+
+    @abc.abstractmethod
+    async def _read_events(self, *, since: float, after: int, limit: int) -> list[StoredEvent]:
+        """`read_events` with a limit of at least 1."""
 
     @abc.abstractmethod
     async def _replay(self, job_ids: Sequence[str], *, now: float) -> Collection[str]:

@@ -23,6 +23,7 @@ from router.store.base import (
     Outcome,
     QueueStats,
     Status,
+    StoredEvent,
     storable_text,
 )
 
@@ -43,6 +44,7 @@ SUMMARY_COLUMNS = """
 """
 DETAIL_COLUMNS = f"{SUMMARY_COLUMNS}, s.spec, e.record"
 ATTEMPT_COLUMNS = "number, at, outcome, status_code, error, duration"
+EVENT_COLUMNS = "id, event_id, record, matched, ruleset_version, received_at"
 STATS_COLUMNS = """
     (SELECT count(*) FROM jobs WHERE status = 'pending'),
     (SELECT count(*) FROM jobs WHERE status = 'dead'),
@@ -171,6 +173,18 @@ def detail(row: Row, history: Iterable[Row]) -> JobDetail:
         spec=json.loads(row[13]),
         record=json.loads(row[14]),
         history=tuple(attempt(h) for h in history),
+    )
+
+
+def stored_event(row: Row) -> StoredEvent:
+    """A row of EVENT_COLUMNS."""
+    return StoredEvent(
+        id=row[0],
+        event_id=row[1],
+        record=json.loads(row[2]),
+        matched=tuple(json.loads(row[3])),
+        ruleset_version=row[4],
+        received_at=row[5],
     )
 
 

@@ -360,6 +360,14 @@ WHERE j.id = $1
 """
 GET_ATTEMPTS = f"SELECT {rows.ATTEMPT_COLUMNS} FROM attempts WHERE job_id = $1 ORDER BY number"
 
+# $1 after (an events id), $2 since, $3 limit.
+READ_EVENTS = f"""
+SELECT {rows.EVENT_COLUMNS} FROM events
+WHERE id > $1 AND received_at >= $2::float8
+ORDER BY id
+LIMIT $3
+"""
+
 # Each part reads only its partial index, however many done jobs are kept.
 STATS = f"SELECT {rows.STATS_COLUMNS}"
 

@@ -31,6 +31,7 @@ from router.store.base import (
     JobSummary,
     QueueStats,
     Status,
+    StoredEvent,
 )
 from router.store.migrations import SCHEMA_VERSION, Migrations, step_failed
 from router.store.specs import SpecCache, spec_row
@@ -267,6 +268,11 @@ GET_JOB = f"""
 """
 GET_HISTORY = f"SELECT {rows.ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? ORDER BY number"
 STATS = f"SELECT {rows.STATS_COLUMNS}"
+READ_EVENTS = f"""
+    SELECT {rows.EVENT_COLUMNS} FROM events
+    WHERE id > :after AND received_at >= :since
+    ORDER BY id LIMIT :limit
+"""
 
 # -- purge
 PURGE_ATTEMPTS = """
@@ -444,6 +450,13 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> JobDetail | None:
     if row is None:
         return None
     return rows.detail(row, conn.execute(GET_HISTORY, (job_id,)))
+
+
+def read_events(
+    conn: sqlite3.Connection, since: float, after: int, limit: int
+) -> list[StoredEvent]:
+    params = {"since": since, "after": after, "limit": limit}
+    return [rows.stored_event(row) for row in conn.execute(READ_EVENTS, params)]
 
 
 def stats(conn: sqlite3.Connection, now: float) -> QueueStats:

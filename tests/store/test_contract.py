@@ -515,6 +515,37 @@ def test_shadow_jobs_are_claimed_recorded_listed_and_purged_apart(backend: Backe
     backend.run(body)
 
 
+def test_read_events_pages_through_what_was_kept(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        await accept(store, incoming("old", event_id="e-old"), now=T0)
+        records = [
+            incoming(f"k{n}", event_id=f"e{n}", record={"id": f"e{n}", "data": {"n": n}})
+            for n in range(5)
+        ]
+        await accept(store, *records[:3], now=T0 + 100)
+        await accept(store, *records[3:], incoming(None, jobs=[], event_id=None), now=T0 + 200)
+        seen: list[str | None] = []
+        after = 0
+        while page := await store.read_events(since=T0 + 50, after=after, limit=2):
+            assert len(page) <= 2
+            seen += [event.event_id for event in page]
+            after = page[-1].id
+            if len(seen) == 2:  # the intake goes on between pages; later records come too
+                await accept(store, incoming("late", event_id="late"), now=T0 + 300)
+        assert seen == ["e0", "e1", "e2", "e3", "e4", None, "late"]
+        (first,) = await store.read_events(since=T0 + 50, limit=1)
+        assert (first.record, first.matched) == ({"id": "e0", "data": {"n": 0}}, ("crm",))
+        assert (first.ruleset_version, first.received_at) == (RULESET, T0 + 100)
+        assert await store.read_events(since=T0, limit=0) == []
+        # Reads never hold up accepts: both run side by side.
+        pushes = [accept(store, incoming(f"p{n}"), now=T0 + 400) for n in range(20)]
+        pages = [store.read_events(since=T0, limit=3) for _ in range(20)]
+        outcomes = await asyncio.gather(*pushes, *pages)
+        assert sum(result.accepted for result in outcomes[:20]) == 20  # type: ignore[union-attr]
+
+    backend.run(body)
+
+
 def test_release_gives_jobs_back_without_an_attempt(backend: Backend) -> None:
     async def body(store: Store) -> None:
         await accept(store, incoming("a"), incoming("b"))
