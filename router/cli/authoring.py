@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ from router.cli.common import (
     shown,
 )
 from router.events import Record, normalise, parse_body
-from router.exceptions import RejectedBody, UsageError
-from router.rulefiles import dryrun
+from router.exceptions import CommandError, RejectedBody, UsageError
+from router.rulefiles import dryrun, snapshots
 from router.rulefiles.diagnostics import Diagnostic
 from router.rulefiles.loader import LoadResult, load
 from router.settings import secret_values
@@ -137,6 +138,8 @@ examples:
   router test rules/ rules/events/new-subscriber.json
   router test rules/ rules/events/               # every sample event
   router test --explain rules/ event.json        # also: why each other rule did not match
+  router test --update rules/                    # write what renders now into failing and
+                                                 # new tests' [[test.action]] tables
   router test --format json rules/ event.json | jq '.records[].matched'
 """
 
@@ -144,7 +147,8 @@ examples:
 def _add_test(sub: Sub[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "test",
-        usage="router test [-h] [--explain] [--format {text,json}] [RULES_DIR] [EVENT.json ...]",
+        usage="router test [-h] [--explain] [--update] [--format {text,json}] [RULES_DIR] "
+        "[EVENT.json ...]",
         help="dry-run events through the rules, or run the [[test]] tables",
         description="Show what the rules would do with some events (sending nothing), or run "
         "the rule tests.",
@@ -163,6 +167,12 @@ def _add_test(sub: Sub[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="for each rule that did not match, show the first criterion that failed "
         "(always included with --format json)",
+    )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="write what the rules render now into the [[test.action]] tables of failing and "
+        "new tests (review the change with git diff)",
     )
     add_format(parser)
     parser.set_defaults(func=_run_test)
@@ -205,6 +215,8 @@ def _read_events(files: Sequence[Path]) -> list[tuple[Path, Record]]:
 
 def _run_test(args: argparse.Namespace) -> int:
     directory, files = _split_paths(args.paths)
+    if files and args.update:
+        raise UsageError("--update writes the [[test]] tables; give no event files with it")
     records = _read_events(files)  # before loading: a bad event file is a usage error
     limits = RenderLimits.from_settings(settings())  # as a worker would render
     result = load(directory, secrets=None, unset_secrets="ignore")
@@ -221,7 +233,27 @@ def _run_test(args: argparse.Namespace) -> int:
         print(diagnostic, file=sys.stderr)
     if files:
         return _dry_run(args, result, records, limits)
+    if args.update:
+        result = _update(directory, result, limits)
     return _rule_tests(args, directory, result, limits)
+
+
+def _update(directory: Path, result: LoadResult, limits: RenderLimits) -> LoadResult:
+    """Write the snapshots of the failing and new tests, then load the files again."""
+    assert result.ruleset is not None
+    now = datetime.now(UTC)
+    outcomes = dryrun.run_tests(result.ruleset, result.tests, now=now, limits=limits)
+    written = snapshots.update(result.ruleset, outcomes, now=now, limits=limits)
+    for item in written:
+        tables = plural(item.tables, "[[test.action]] table")
+        print(f"updated {item.test.name} ({item.test.location}): {tables}", file=sys.stderr)
+    if not written:
+        print("nothing to update", file=sys.stderr)
+        return result
+    again = load(directory, secrets=None, unset_secrets="ignore")
+    if again.ruleset is None:  # cannot happen for tables written from rendered values
+        raise CommandError("the updated rule files no longer load; undo the change with git")
+    return again
 
 
 def _dry_run(

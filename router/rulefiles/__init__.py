@@ -9,6 +9,7 @@ starting or reloading process loads.
     diagnostics.py  one problem in the rule files, located and explained
     lints.py        warnings about valid rules that are almost certainly mistakes
     backtest.py     new rules against the records a store kept, next to the serving ones
+    snapshots.py    `router test --update`: what renders now, written into [[test.action]] tables
 
 Nothing that serves traffic imports this package: a stored job is rebuilt by its action type
 (router.actions.registry.parse_action), not by the rule-file tooling.
