@@ -1,6 +1,6 @@
 """The `router` command line (also `python -m router`).
 
-    authoring.py    check, test: the rule files and what they would do
+    authoring.py    check, test, new: the rule files, what they would do, a new one
     backtest.py     backtest: new rules against the events the store kept
     processes.py    serve, worker, migrate: running the router
     deliveries.py   deliveries list, show, replay: the jobs in the store
@@ -30,7 +30,7 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 _MAIN_EPILOG = """\
-examples (the authoring loop: edit rules/*.toml, then):
+examples (the authoring loop: `router new NAME --from event.json` or edit rules/*.toml, then):
   router check rules/                              # is every file valid?
   router test rules/ rules/events/unsubscribe.json # what would this event do?
   router test --explain rules/ event.json          # why did a rule not match?

@@ -1,15 +1,19 @@
-"""Authoring commands: `router check` (are the rule files valid?) and `router test` (what would
-these events do; do the [[test]] tables pass?)."""
+"""Authoring commands: `router check` (are the rule files valid?), `router test` (what would
+these events do; do the [[test]] tables pass?) and `router new` (a rule file to start from)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import tomlkit
+from tomlkit.items import AoT
 
 from router.actions import registry
 from router.cli.common import (
@@ -24,7 +28,7 @@ from router.cli.common import (
 )
 from router.events import Record, normalise, parse_body
 from router.exceptions import CommandError, RejectedBody, UsageError
-from router.rulefiles import dryrun, snapshots
+from router.rulefiles import dryrun, scaffold, snapshots
 from router.rulefiles.diagnostics import Diagnostic
 from router.rulefiles.loader import LoadResult, load
 from router.settings import secret_values
@@ -386,4 +390,78 @@ def _value(key: str | None, value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-COMMANDS = (_add_check, _add_test)
+# ---------------------------------------------------------------- router new
+
+_NEW_EPILOG = """\
+Writes RULES_DIR/RULE_NAME.toml: a rule whose [rule.match] is filled from the event's first
+record, a log action to start with, a commented example of every other action type, and a
+[[test]] that uses the event. `router check` and `router test` pass on it as written; edit it
+from there.
+
+examples:
+  router new vip-upgrade --from rules/events/new-subscriber.json
+  router new import-failed --from etl-finished.json --dir rules/
+"""
+
+
+def _add_new(sub: Sub[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "new",
+        help="write a rule file to start from, filled from a sample event",
+        description="Write a new rule file from a sample event.",
+        epilog=_NEW_EPILOG,
+        formatter_class=Formatter,
+    )
+    parser.add_argument("name", metavar="RULE_NAME", help="the rule's name (also the file's)")
+    parser.add_argument(
+        "--from", dest="event", metavar="EVENT.json", required=True, help="a sample event"
+    )
+    parser.add_argument(
+        "--dir", metavar="RULES_DIR", help="where to write it (default: ROUTER_RULES_DIR)"
+    )
+    parser.set_defaults(func=_run_new)
+
+
+def _run_new(args: argparse.Namespace) -> int:
+    if not scaffold.NAME.match(args.name):
+        raise UsageError(
+            f"{args.name!r} cannot name a rule file; use letters, digits, '-', '_' and '.'"
+        )
+    directory = rules_dir(args.dir)
+    event = Path(args.event)
+    ((_, record), *_) = _read_events([event])
+    target = directory / f"{args.name}.toml"
+    if target.exists():
+        raise CommandError(f"{target} already exists; choose another name or remove it")
+    before = load(directory, secrets=None, unset_secrets="ignore")
+    if before.ruleset is not None and before.ruleset.rule(args.name) is not None:
+        raise CommandError(f"a rule named '{args.name}' already exists in {shown(directory)}")
+    relative = os.path.relpath(event.resolve(), directory.resolve())
+    target.write_text(
+        scaffold.rule_file(args.name, record, Path(relative).as_posix(), str(event)),
+        encoding="utf-8",
+    )
+    _snapshot_new(directory, target)
+    print(f"wrote {target}")
+    print(
+        f"next: edit it, then run `router check {shown(directory)}` and `router test "
+        f"{shown(directory)}`"
+    )
+    return EXIT_OK
+
+
+def _snapshot_new(directory: Path, target: Path) -> None:
+    """Add what the new rule's action renders for the event to its [[test]] (when the whole
+    directory loads: the snapshot needs the rule set)."""
+    result = load(directory, secrets=None, unset_secrets="ignore")
+    test = next((t for t in result.tests if t.location.file == str(target)), None)
+    if result.ruleset is None or test is None:
+        return
+    document = tomlkit.parse(target.read_text(encoding="utf-8"))
+    tests = document["test"]
+    assert isinstance(tests, AoT)
+    if snapshots.snapshot_test(result.ruleset, test, tests[0], now=datetime.now(UTC)):
+        target.write_text(tomlkit.dumps(document), encoding="utf-8")
+
+
+COMMANDS = (_add_check, _add_test, _add_new)

@@ -10,6 +10,7 @@ starting or reloading process loads.
     lints.py        warnings about valid rules that are almost certainly mistakes
     backtest.py     new rules against the records a store kept, next to the serving ones
     snapshots.py    `router test --update`: what renders now, written into [[test.action]] tables
+    scaffold.py     `router new`: a rule file to start from, written from a sample event
 
 Nothing that serves traffic imports this package: a stored job is rebuilt by its action type
 (router.actions.registry.parse_action), not by the rule-file tooling.
