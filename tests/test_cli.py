@@ -447,15 +447,17 @@ def test_no_rule_tests_is_not_a_failure(rules: Path) -> None:
 # ---------------------------------------------------------------- help
 
 
-@pytest.mark.parametrize("command", [(), ("check",), ("test",)])
+@pytest.mark.parametrize("command", [(), ("check",), ("test",), ("new",), ("backtest",)])
 def test_help_is_complete_with_examples(tmp_path: Path, command: tuple[str, ...]) -> None:
     done = router(*command, "--help", cwd=tmp_path)
     assert done.returncode == 0
     assert "examples:" in done.stdout or "router check rules/" in done.stdout
     words = {
-        (): ("check", "test"),
+        (): ("check", "test", "new", "backtest"),
         ("check",): ("--strict", "--format", "RULES_DIR"),
-        ("test",): ("--explain", "--format", "RULES_DIR", "EVENT.json", "[[test]]"),
+        ("test",): ("--explain", "--update", "--format", "RULES_DIR", "EVENT.json", "[[test]]"),
+        ("new",): ("RULE_NAME", "--from", "--dir"),
+        ("backtest",): ("NEW_RULES_DIR", "--since", "--store", "--format", "--serving"),
     }
     for word in words[command]:
         assert word in done.stdout
