@@ -8,6 +8,7 @@ of arguments, which jmespath reports only when searching, are compile errors her
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 _INTERPRETER = TreeInterpreter(Options())
 _FUNCTIONS: Mapping[str, Any] = Functions().FUNCTION_TABLE
 _LITERAL_NAMES = ("null", "true", "false")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
 
 class ConditionProblem(ValueError):
@@ -51,6 +53,11 @@ class Condition:
         except jmespath_errors.JMESPathError:
             return False
 
+    @property
+    def parsed(self) -> _TreeNode:
+        """The parsed JMESPath tree (explain and the lints read it; never change it)."""
+        return self._parsed
+
     def value(self, record: Mapping[str, Any]) -> Any:
         """The raw result (for explain); ConditionProblem when evaluation fails."""
         try:
@@ -66,6 +73,11 @@ class Condition:
 
     def __repr__(self) -> str:
         return f"Condition({self.source!r})"
+
+
+def evaluate(node: Mapping[str, Any], record: Mapping[str, Any]) -> Any:
+    """Evaluate one node of a parsed condition on `record` (JMESPathError when it fails)."""
+    return _INTERPRETER.visit(node, record)  # type: ignore[arg-type]
 
 
 def truthy(value: Any) -> bool:
@@ -89,6 +101,10 @@ def compile_condition(source: str) -> Condition:
     except jmespath_errors.ParseError as exc:
         if isinstance(exc, jmespath_errors.IncompleteExpressionError):
             what = "the expression is incomplete"
+        elif str(exc.token_type).lower() == "number":
+            number = _NUMBER.match(source, exc.lex_position)
+            text = number[0] if number else str(exc.token_value)
+            what = f"write the number {text} in backticks: `{text}`"
         elif exc.token_value is not None:
             what = f"unexpected {exc.token_value!r}"
         else:

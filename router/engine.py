@@ -2,6 +2,8 @@
 
 The engine holds the rule set that serves. A reload builds a whole new RuleSet elsewhere and
 `swap`s it in; every push reads the reference once, so it is matched by exactly one version.
+A shadow rule's matches become jobs of mode shadow, fixed at acceptance: a reload that makes
+the rule live sends the events accepted after it, never the ones before.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from router.actions.registry import destination_of
 from router.events import Record, dedupe_key
 from router.matching import RuleSet
 from router.metrics import Metrics
-from router.store.base import AcceptResult, IncomingRecord, NewJob, Store
+from router.store.base import AcceptResult, IncomingRecord, Mode, NewJob, Store
 
 log = logging.getLogger("router.engine")
 
@@ -73,6 +75,7 @@ class Engine:
         match = ruleset.matcher.match
         dedupe = self.dedupe_window > 0
         incoming: list[IncomingRecord] = []
+        modes: list[tuple[str, ...]] = []  # of the rules each record matched, for metrics
         for position, record in enumerate(records):
             rules = match(record)
             jobs = tuple(
@@ -83,11 +86,13 @@ class Engine:
                     action_type=action.type,
                     spec=action.spec,
                     destination=destinations[id(action)],
+                    mode=Mode.SHADOW if rule.shadow else Mode.LIVE,
                 )
                 for rule in rules
                 for index, action in enumerate(rule.actions)
             )
             names = tuple(rule.name for rule in rules)
+            modes.append(tuple(rule.mode for rule in rules))
             event_id = record.get("id")
             incoming.append(
                 IncomingRecord(
@@ -104,10 +109,12 @@ class Engine:
             dedupe_window=self.dedupe_window,
             now=self.clock(),
         )
-        self._count(result, incoming)
+        self._count(result, incoming, modes)
         return result
 
-    def _count(self, result: AcceptResult, incoming: list[IncomingRecord]) -> None:
+    def _count(
+        self, result: AcceptResult, incoming: list[IncomingRecord], modes: list[tuple[str, ...]]
+    ) -> None:
         m = self.metrics
         m.records_received.inc(result.accepted)
         m.records_duplicate.inc(result.duplicates)
@@ -116,5 +123,5 @@ class Engine:
                 continue  # routed when it first came
             if not item.matched:
                 m.records_unmatched.inc()
-            for name in item.matched:
-                m.rule_matches.labels(rule=name).inc()
+            for name, mode in zip(item.matched, modes[position], strict=True):
+                m.rule_matches.labels(rule=name, mode=mode).inc()

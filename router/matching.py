@@ -13,19 +13,18 @@ that can match it; only `fields` and `condition` are checked per candidate.
 from __future__ import annotations
 
 import itertools
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.conditions import Condition, ConditionProblem, truthy
+from router.conditions import Condition
+from router.explain import Miss, why_not
 from router.rules import Match, Rule
 
 # Exact-match criteria in the order explain reports them; `fields` and `condition` follow.
 _KEYS = ("tableType", "tableId", "operation", "eventType")
 _ANY = object()  # index bucket component of a rule that leaves a key out
 CACHE_LIMIT = 4096  # distinct record keys whose candidate list is kept
-VALUE_PREVIEW = 80  # characters of a seen value shown by explain
 
 
 def _text_id(value: Any) -> str | None:
@@ -123,7 +122,12 @@ class Matcher:
     def explain(self, record: Mapping[str, Any]) -> list[tuple[Rule, str | None]]:
         """Every rule in rule-set order, disabled ones too, with None when it matches or else
         the first failed criterion and the value seen, in one line."""
-        return [(rule, _why_not(rule, record)) for rule in self.rules]
+        return [(rule, None if miss is None else miss.reason) for rule, miss in self.misses(record)]
+
+    def misses(self, record: Mapping[str, Any]) -> list[tuple[Rule, Miss | None]]:
+        """Like `explain`, with the whole explanation (router.explain) of each miss. Off the
+        matching path: it takes each condition apart on the record, for people to read."""
+        return [(rule, why_not(rule, record)) for rule in self.rules]
 
 
 def _fields_of(record: Mapping[str, Any]) -> frozenset[str]:
@@ -131,36 +135,6 @@ def _fields_of(record: Mapping[str, Any]) -> frozenset[str]:
     if not isinstance(fields, list):
         return frozenset()
     return frozenset(name for name in fields if isinstance(name, str))
-
-
-def _why_not(rule: Rule, record: Mapping[str, Any]) -> str | None:
-    if not rule.enabled:
-        return "rule is disabled"
-    key = _record_key(record)
-    for name, wanted, value in zip(_KEYS, _criteria(rule.match), key, strict=True):
-        if wanted is not None and value not in wanted:
-            alternatives = " or ".join(_show(option) for option in sorted(wanted))
-            return f"{name}: wanted {alternatives}, saw {_show(record.get(name))}"
-    fields = rule.match.fields
-    if fields is not None and fields.isdisjoint(_fields_of(record)):
-        return f"fields: wanted any of {_show(sorted(fields))}, saw {_show(record.get('fields'))}"
-    condition = rule.match.condition
-    if condition is not None:
-        source = " ".join(condition.source.split())
-        try:
-            value = condition.value(record)
-        except ConditionProblem as exc:
-            return f"condition: {source} failed: {exc.message}"
-        if not truthy(value):
-            return f"condition: {source} gave {_show(value)}"
-    return None
-
-
-def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False, default=str)
-    if len(text) > VALUE_PREVIEW:
-        return text[: VALUE_PREVIEW - 1] + "…"
-    return text
 
 
 @dataclass(frozen=True, slots=True)

@@ -42,12 +42,16 @@ class Metrics:
             registry=r,
         )
         self.rule_matches = Counter(
-            "router_rule_matches", "Records matched, per rule.", ["rule"], registry=r
+            "router_rule_matches",
+            "Records matched, per rule and its mode (live, or shadow: rendered, never sent).",
+            ["rule", "mode"],
+            registry=r,
         )
         self.deliveries = Counter(
             "router_deliveries",
-            "Finished delivery attempts by action type and outcome (done, retry, dead).",
-            ["action", "outcome"],
+            "Finished delivery attempts by action type, outcome (done, retry, dead; shadow for "
+            "a shadow rule's job, recorded and never sent) and mode (live, shadow).",
+            ["action", "outcome", "mode"],
             registry=r,
         )
         self.attempts = Counter(

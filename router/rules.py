@@ -60,6 +60,9 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+MODES = ("live", "shadow")  # a shadow rule matches and renders, and sends nothing
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     name: str
@@ -68,3 +71,8 @@ class Rule:
     match: Match
     actions: tuple[Action, ...]
     location: Location
+    mode: str = "live"  # one of MODES
+
+    @property
+    def shadow(self) -> bool:
+        return self.mode == "shadow"

@@ -38,6 +38,10 @@ CONTEXT_NAMES: frozenset[str] = frozenset(
 )
 _NAMES_IN_ORDER = "record, data, rule, secrets, now, delivery_id"
 
+# Keys of the record itself (the envelope's): `{{ id }}` means record.id, not data.id.
+_RECORD_KEYS = frozenset(
+    {"id", "tableType", "tableId", "fields", "eventType", "triggerType", "operation", "_links"}
+)
 MAX_REASON_CHARS = 300  # of an error's own text in a render error (it may quote event data)
 
 
@@ -214,6 +218,8 @@ def _unknown_name(name: str) -> str:
         return f"{message}; Jinja's globals such as {name} are removed here"
     if name == "self":
         return f"{message}; block tags are not available either"
+    if name in _RECORD_KEYS:  # the event's own keys, not fields of its item
+        return f"{message}; the event's {name} is record.{name}"
     close = difflib.get_close_matches(name, sorted(CONTEXT_NAMES), n=1)
     if close:
         return f"{message}; did you mean '{close[0]}'?"

@@ -5,6 +5,10 @@ Claims skip destinations whose slots are all busy; jobs one claim brings beyond 
 slots wait in a short local queue, and beyond that go back to the store. So a slow or dead
 destination never fills the worker and holds up the others.
 
+A shadow rule's job is rendered like any other (so its render errors show) and recorded as
+`shadow`, with the error if it could not be rendered; it is never sent and takes no slot of its
+destination.
+
 Templates render off the event loop, in one thread of the worker's own: the jobs of a claim
 in as few calls as their render time allows, each action under the RenderLimits. So a slow
 template delays deliveries, never the intake or the health checks of the same process.
@@ -35,7 +39,7 @@ from router.metrics import Metrics
 from router.retry import RetryPolicy
 from router.rules import Action, spec_hash
 from router.sandbox import EnvSecrets
-from router.store.base import AttemptResult, Job, Outcome, Store
+from router.store.base import AttemptResult, Job, Mode, Outcome, Store
 from router.template_limits import RenderLimits
 from router.templating import build_context
 
@@ -74,6 +78,15 @@ class _Unrenderable:
     started: float
     error: str
     retry: bool = False
+
+
+@dataclass
+class _Shadowed:
+    """A shadow job, rendered (or not: `error` says why): recorded, never sent."""
+
+    job: Job
+    started: float
+    error: str | None
 
 
 @dataclass
@@ -243,13 +256,17 @@ class Worker:
             )
             await self._place(rendered)
 
-    async def _place(self, rendered: list[_Prepared | _Unrenderable]) -> None:
+    async def _place(self, rendered: list[_Prepared | _Unrenderable | _Shadowed]) -> None:
         """Start each rendered job, queue it, or hand it back to the store; record the jobs
-        that could not be rendered."""
+        that could not be rendered, and the shadow jobs (which take no destination's slot)."""
         release: list[tuple[str, str]] = []
         for prepared in rendered:
             if isinstance(prepared, _Unrenderable):
                 self._unrenderable(prepared)
+                continue
+            if isinstance(prepared, _Shadowed):
+                job = prepared.job
+                self._finish(job, None, Outcome.SHADOW, prepared.started, error=prepared.error)
                 continue
             job = prepared.job
             host = self._hosts[prepared.host]
@@ -267,13 +284,21 @@ class Worker:
             # own, and another worker with free slots may take these meanwhile.
             await self.store.release(release, next_at=self.clock())
 
-    def _render_some(self, jobs: list[Job]) -> tuple[list[_Prepared | _Unrenderable], list[Job]]:
+    def _render_some(
+        self, jobs: list[Job]
+    ) -> tuple[list[_Prepared | _Unrenderable | _Shadowed], list[Job]]:
         """In the render thread: render jobs in order until RENDER_SLICE has passed; returns
         them and the jobs left. Touches nothing the event loop uses but the action cache."""
-        rendered: list[_Prepared | _Unrenderable] = []
+        rendered: list[_Prepared | _Unrenderable | _Shadowed] = []
         until = time.monotonic() + RENDER_SLICE
         for index, job in enumerate(jobs):
-            rendered.append(self._prepare(job))
+            started = self.clock()
+            prepared = self._prepare(job)
+            if job.mode is Mode.SHADOW:  # rendered as a live job would be, then never sent
+                error = prepared.error if isinstance(prepared, _Unrenderable) else None
+                rendered.append(_Shadowed(job, started, error))
+            else:
+                rendered.append(prepared)
             if time.monotonic() > until:
                 return rendered, jobs[index + 1 :]
         return rendered, []
@@ -413,8 +438,9 @@ class Worker:
             self._flushing = asyncio.create_task(self._flush())
         self.delivered += 1
         kind = job.action_type
-        self.metrics.attempts.labels(action=kind).inc()
-        self.metrics.deliveries.labels(action=kind, outcome=outcome.value).inc()
+        if job.mode is Mode.LIVE:  # a shadow job makes no attempt at its destination
+            self.metrics.attempts.labels(action=kind).inc()
+        self.metrics.deliveries.labels(action=kind, outcome=outcome.value, mode=job.mode).inc()
         if outcome is Outcome.DONE:
             self.metrics.latency.labels(action=kind).observe(max(0.0, now - job.budget_since))
         extra = {
@@ -428,7 +454,9 @@ class Worker:
             "duration_ms": round((now - started) * 1000, 1),
             "error": error,
         }
-        if outcome is Outcome.DONE:
+        if outcome is Outcome.SHADOW:
+            log.info("shadow rule: rendered and recorded, nothing sent", extra=extra)
+        elif outcome is Outcome.DONE:
             log.info("delivered", extra=extra)
         elif outcome is Outcome.RETRY:
             log.warning("delivery failed, will retry", extra=extra)

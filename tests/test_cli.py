@@ -203,7 +203,11 @@ def test_dry_run_json_document_follows_the_contract(rules: Path) -> None:
     }
     # JSON always says why the other rules did not match, in rule-set order.
     assert records[0]["not_matched"] == [
-        {"rule": "unsubscribe", "reason": 'operation: wanted "UPDATED_SUBSCRIPTION", saw "CREATE"'}
+        {
+            "rule": "unsubscribe",
+            "reason": 'operation: wanted "UPDATED_SUBSCRIPTION", saw "CREATE"',
+            "explain": {"key": "operation", "wanted": ["UPDATED_SUBSCRIPTION"], "saw": "CREATE"},
+        }
     ]
     assert [m["rule"] for m in records[1]["not_matched"]] == ["crm"]
 
@@ -230,6 +234,36 @@ def test_dry_run_text_report_with_explain(rules: Path) -> None:
     assert 'not matched: crm: operation: wanted "CREATE", saw "UPDATED_SUBSCRIPTION"' in (
         explained.stdout
     )
+
+
+def test_explain_shows_the_failing_part_and_the_values_it_saw(tmp_path: Path) -> None:
+    rules = write_rules(
+        tmp_path / "rules",
+        a=MORE_RULES.replace(
+            "data.Newsletter == `false`",
+            "data.Newsletter == `false` || data.Newsletter == 'false'",
+        ),
+    )
+    event = tmp_path / "e.json"
+    event.write_text(
+        json.dumps({"id": "e", "operation": "UPDATED_SUBSCRIPTION", "data": {"Newsletter": True}})
+    )
+    text = router("test", "--explain", rules, event, cwd=tmp_path)
+    assert text.returncode == 0, text.stderr
+    reason = "condition: data.Newsletter == `false` || data.Newsletter == 'false' gave false"
+    lines = text.stdout.splitlines()
+    at = lines.index(f"    not matched: unsubscribe: {reason}")
+    assert lines[at + 1 : at + 3] == [
+        "      data.Newsletter == `false` gave false: data.Newsletter is true",
+        "      data.Newsletter == 'false' gave false: data.Newsletter is true",
+    ]
+    done = router("test", "--format", "json", rules, event, cwd=tmp_path)
+    (miss,) = json.loads(done.stdout)["records"][0]["not_matched"]
+    assert miss["reason"] == reason
+    assert [part["values"] for part in miss["explain"]["parts"]] == [
+        [{"expression": "data.Newsletter", "value": True}]
+    ] * 2
+    assert "lines" not in miss
 
 
 def test_dry_run_never_shows_a_secret_value(rules: Path) -> None:
@@ -413,15 +447,17 @@ def test_no_rule_tests_is_not_a_failure(rules: Path) -> None:
 # ---------------------------------------------------------------- help
 
 
-@pytest.mark.parametrize("command", [(), ("check",), ("test",)])
+@pytest.mark.parametrize("command", [(), ("check",), ("test",), ("new",), ("backtest",)])
 def test_help_is_complete_with_examples(tmp_path: Path, command: tuple[str, ...]) -> None:
     done = router(*command, "--help", cwd=tmp_path)
     assert done.returncode == 0
     assert "examples:" in done.stdout or "router check rules/" in done.stdout
     words = {
-        (): ("check", "test"),
+        (): ("check", "test", "new", "backtest"),
         ("check",): ("--strict", "--format", "RULES_DIR"),
-        ("test",): ("--explain", "--format", "RULES_DIR", "EVENT.json", "[[test]]"),
+        ("test",): ("--explain", "--update", "--format", "RULES_DIR", "EVENT.json", "[[test]]"),
+        ("new",): ("RULE_NAME", "--from", "--dir"),
+        ("backtest",): ("NEW_RULES_DIR", "--since", "--store", "--format", "--serving"),
     }
     for word in words[command]:
         assert word in done.stdout

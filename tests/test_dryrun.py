@@ -113,11 +113,17 @@ def test_dry_run_explains_each_rule_that_did_not_match_in_rule_set_order(
     document = dry_run(ruleset, normalise(event("UPDATE", {"id": 7})), explain=True, now=NOW)
     (record,) = document["records"]
     assert record["matched"] == ["audit"]
-    assert record["not_matched"] == [
-        {"rule": "crm", "reason": 'operation: wanted "CREATE", saw "UPDATE"'},
-        {"rule": "asleep", "reason": "rule is disabled"},
-        {"rule": "missing-key", "reason": 'operation: wanted "DELETE", saw "UPDATE"'},
+    assert [(m["rule"], m["reason"]) for m in record["not_matched"]] == [
+        ("crm", 'operation: wanted "CREATE", saw "UPDATE"'),
+        ("asleep", "rule is disabled"),
+        ("missing-key", 'operation: wanted "DELETE", saw "UPDATE"'),
     ]
+    assert record["not_matched"][0]["explain"] == {
+        "key": "operation",
+        "wanted": ["CREATE"],
+        "saw": "UPDATE",
+    }
+    assert record["not_matched"][1]["explain"] == {"key": "enabled", "enabled": False}
 
 
 def test_a_render_error_is_reported_with_the_action_not_raised(ruleset: RuleSet) -> None:
@@ -129,8 +135,8 @@ def test_a_render_error_is_reported_with_the_action_not_raised(ruleset: RuleSet)
 
 
 def write_test(tmp_path: Path, text: str, rules: str = RULES) -> tuple[RuleSet, list[RuleTest]]:
+    (tmp_path / "tests").mkdir(parents=True)
     (tmp_path / "rules.toml").write_text(rules, encoding="utf-8")
-    (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "t.toml").write_text(text, encoding="utf-8")
     loaded = load(tmp_path)
     assert loaded.ruleset is not None, loaded.diagnostics
@@ -223,6 +229,58 @@ def test_expect_per_record_checks_each_record_of_a_bulk_event(tmp_path: Path) ->
     assert (failure.record, failure.expected, failure.actual) == (1, ["audit"], ["crm", "audit"])
     assert failure.location == outcome.test.location
     assert outcome.as_dict()["failures"][0]["record"] == 1
+
+
+@pytest.mark.parametrize(
+    ("expectation", "failures"),
+    [
+        ('match = ["crm"]', []),
+        ('no_match = ["missing-key", "asleep"]', []),
+        ('match = ["crm"]\nno_match = ["missing-key"]', []),
+        (
+            'match = ["crm", "missing-key"]',
+            [
+                ("match", "rule 'missing-key' must match this record but does not", 0),
+                ("match", "rule 'missing-key' must match this record but does not", 1),
+            ],
+        ),
+        (
+            'no_match = ["audit", "crm"]',
+            [
+                ("no_match", "rules 'crm', 'audit' must not match this record but do", 0),
+                ("no_match", "rules 'crm', 'audit' must not match this record but do", 1),
+            ],
+        ),
+        ('match_per_record = [["crm"], ["crm", "audit"]]', []),
+        (
+            'match = ["audit"]\nno_match_per_record = [[], ["crm"]]',
+            [("no_match", "rule 'crm' must not match this record but does", 1)],
+        ),
+    ],
+)
+def test_scoped_expectations_name_only_the_rules_a_test_cares_about(
+    tmp_path: Path, expectation: str, failures: list[tuple[str, str, int]]
+) -> None:
+    ruleset = write_test(
+        tmp_path,
+        f"[[test]]\n{expectation}\n"
+        '[test.event]\noperation = "CREATE"\ndata = [{ id = 1 }, { id = 2 }]\n',
+    )
+    (outcome,) = run_tests(*ruleset, now=NOW)
+    found = [(f.key, f.message, f.record) for f in outcome.failures]
+    assert found == failures
+    for failure in outcome.failures:
+        assert failure.actual == ["crm", "audit"]  # what matched, in rule-set order
+
+
+def test_a_rule_added_later_breaks_no_scoped_test(tmp_path: Path) -> None:
+    text = '[[test]]\nmatch = ["crm"]\nno_match = ["missing-key"]\n' + CREATE_7
+    extra = '\n[[rule]]\nname = "new"\n[[rule.action]]\ntype = "log"\nmessage = "x"\n'
+    (outcome,) = run_tests(*write_test(tmp_path, text, rules=RULES + extra), now=NOW)
+    assert outcome.passed
+    exact = '[[test]]\nexpect = ["crm", "audit"]\n' + CREATE_7
+    (outcome,) = run_tests(*write_test(tmp_path / "b", exact, rules=RULES + extra), now=NOW)
+    assert [f.key for f in outcome.failures] == ["expect"]  # expect keeps its exact meaning
 
 
 def test_a_render_error_fails_the_test(tmp_path: Path) -> None:

@@ -213,9 +213,9 @@ def test_unmatched_records_are_stored_and_counted(tmp_path: Path) -> None:
         ]
         assert it.count("router_records_received") == 4
         assert it.count("router_records_unmatched") == 1
-        assert it.count("router_rule_matches", rule="crm") == 3
-        assert it.count("router_rule_matches", rule="welcome") == 1
-        assert it.count("router_rule_matches", rule="off") == 0
+        assert it.count("router_rule_matches", rule="crm", mode="live") == 3
+        assert it.count("router_rule_matches", rule="welcome", mode="live") == 1
+        assert it.count("router_rule_matches", rule="off", mode="live") == 0
 
     accepting(tmp_path, ruleset, scenario)
 
@@ -236,8 +236,8 @@ def test_a_repeat_is_counted_but_not_routed_again(tmp_path: Path) -> None:
         assert it.count("router_records_received") == 5
         assert it.count("router_records_duplicate") == 5
         assert it.count("router_records_unmatched") == 1
-        assert it.count("router_rule_matches", rule="crm") == 4
-        assert it.count("router_rule_matches", rule="welcome") == 1
+        assert it.count("router_rule_matches", rule="crm", mode="live") == 4
+        assert it.count("router_rule_matches", rule="welcome", mode="live") == 1
 
     accepting(tmp_path, ruleset, scenario)
 

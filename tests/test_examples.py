@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -77,7 +78,40 @@ def test_each_sample_event_matches_what_its_test_says(event: Path) -> None:
     assert done.returncode == 0, done.stderr
     matched = [set(record["matched"]) for record in json.loads(done.stdout)["records"]]
     for test in tests:
-        if "expect" in test:
-            assert matched == [set(test["expect"])] * len(matched), test["name"]
-        else:
-            assert matched == [set(names) for names in test["expect_per_record"]], test["name"]
+        for index, names in enumerate(matched):
+            if "expect" in test:
+                assert names == set(test["expect"]), test["name"]
+            if "expect_per_record" in test:
+                assert names == set(test["expect_per_record"][index]), test["name"]
+            must = {*test.get("match", ()), *_per_record(test, "match_per_record", index)}
+            never = {*test.get("no_match", ()), *_per_record(test, "no_match_per_record", index)}
+            assert must <= names and not never & names, (test["name"], index, names)
+
+
+def _per_record(test: dict[str, Any], key: str, index: int) -> list[str]:
+    lists = test.get(key)
+    return list(lists[index]) if lists else []
+
+
+CATCH_ALL = """
+[[rule]]
+name = "zz-catch-all"
+description = "A new rule a colleague adds: it matches every record"
+
+[[rule.action]]
+type = "log"
+message = "seen {{ record.id }}"
+"""
+
+
+def test_adding_a_catch_all_rule_breaks_no_example_test(tmp_path: Path) -> None:
+    # The example tests say which rules must (not) match, never the exact set: a rule file
+    # added beside them, even one that matches everything, leaves them green.
+    copy = tmp_path / "rules"
+    shutil.copytree(RULES, copy)
+    (copy / "00-catch-all.toml").write_text(CATCH_ALL, encoding="utf-8")
+    done = router("test", str(copy))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].endswith(", 0 failed")
+    dry = router("test", "--format", "json", str(copy), str(copy / "events"))
+    assert all("zz-catch-all" in r["matched"] for r in json.loads(dry.stdout)["records"])

@@ -300,7 +300,7 @@ def test_image_scaled_out_on_postgres(
             assert _http("GET", f"http://127.0.0.1:{worker_port}/healthz") == 200
             _push_and_expect_delivery(port, sink, router, worker)
             metrics = f"http://127.0.0.1:{worker_port}/metrics"
-            done = 'router_deliveries_total{action="http",outcome="done"} 1.0'
+            done = 'router_deliveries_total{action="http",mode="live",outcome="done"} 1.0'
             _poll(
                 "the worker's /metrics counts the delivery",
                 lambda: done in _text(metrics),

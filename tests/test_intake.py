@@ -821,7 +821,7 @@ def test_a_repeat_within_the_window_routes_nothing(store_url: str, rules: Path) 
         assert await intake.routed() == {"dup-1": 1}
         assert intake.count("router_records_received") == 1
         assert intake.count("router_records_duplicate") == 1
-        assert intake.count("router_rule_matches", rule="forward-all") == 1
+        assert intake.count("router_rule_matches", rule="forward-all", mode="live") == 1
         # Once the window has passed since it was first seen, it is a new push again.
         intake.clock.now = T0 + DAY + 1
         assert (await intake.push(push)).json() == {"accepted": 1, "duplicates": 0}
@@ -852,7 +852,7 @@ def test_a_push_mixing_a_repeat_and_a_new_record(store_url: str, rules: Path) ->
         assert await intake.routed() == {"mix-1": 1, "mix-2": 1}
         assert intake.count("router_records_received") == 2
         assert intake.count("router_records_duplicate") == 1
-        assert intake.count("router_rule_matches", rule="forward-all") == 2
+        assert intake.count("router_rule_matches", rule="forward-all", mode="live") == 2
 
     run(store_url, rules, scenario)
 
@@ -998,7 +998,7 @@ def test_metrics(sqlite_url: str, rules: Path) -> None:
             ("router_records_received_total", ()): 2,
             ("router_records_duplicate_total", ()): 2,
             ("router_records_unmatched_total", ()): 0,
-            ("router_rule_matches_total", (("rule", "forward-all"),)): 2,
+            ("router_rule_matches_total", (("mode", "live"), ("rule", "forward-all"))): 2,
             ("router_requests_rejected_total", (("reason", "malformed"),)): 1,
             ("router_requests_rejected_total", (("reason", "unauthorized"),)): 1,
             ("router_queue_depth", ()): 2,

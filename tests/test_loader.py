@@ -300,9 +300,51 @@ CASES: list[tuple[str, dict[str, str], list[Expected]]] = [
         ],
     ),
     (
+        "mode misspelt",
+        {"a.toml": f'[[rule]]\nname = "r"\nmode = "shadw"\n{LOG_ACTION}'},
+        [("rules/a.toml", 3, "r", "mode", "'shadw' is not a known mode; did you mean 'shadow'?")],
+    ),
+    (
         "test without expectation",
         {"a.toml": f'[[rule]]\nname = "r"\n{LOG_ACTION}\n[[test]]\nevent = {{ data = {{}} }}\n'},
-        [("rules/a.toml", 7, None, "test[0].expect", "give expect (rules matching every record)")],
+        [("rules/a.toml", 7, None, "test[0].match", "is missing; say which rules must match")],
+    ),
+    (
+        "test with both kinds of expectation",
+        {
+            "a.toml": f'[[rule]]\nname = "r"\n{LOG_ACTION}[[test]]\nevent = {{ data = {{}} }}\n'
+            'expect = ["r"]\nmatch = ["r"]\n'
+        },
+        [
+            (
+                "rules/a.toml",
+                9,
+                None,
+                "test[0].match",
+                "expect already names every rule that matches; remove match",
+            )
+        ],
+    ),
+    (
+        "a rule that must match and must not",
+        {
+            "a.toml": f'[[rule]]\nname = "r"\n{LOG_ACTION}[[test]]\n'
+            'event = { data = [{ a = 1 }, { a = 2 }] }\nmatch = ["r"]\n'
+            'no_match_per_record = [[], ["r"]]\n'
+        },
+        [("rules/a.toml", 9, None, "test[0].no_match_per_record", "r cannot both match")],
+    ),
+    (
+        "match_per_record of the wrong length, and an unknown rule in no_match",
+        {
+            "a.toml": f'[[rule]]\nname = "r"\n{LOG_ACTION}[[test]]\n'
+            'event = { data = [{ a = 1 }, { a = 2 }] }\nmatch_per_record = [["r"]]\n'
+            'no_match = ["q"]\n'
+        },
+        [
+            ("rules/a.toml", 8, None, "test[0].match_per_record", "has 1 list(s) but the event"),
+            ("rules/a.toml", 9, None, "test[0].no_match[0]", "no rule is named 'q'"),
+        ],
     ),
     (
         "test event file missing",

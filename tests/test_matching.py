@@ -200,8 +200,8 @@ def test_criteria(criteria: dict[str, Any], record: dict[str, Any], expected: bo
         (
             {"condition": "ends_with(data.x, 'a')"},
             PROFILE_CREATE,
-            "condition: ends_with(data.x, 'a') failed: In function ends_with(), invalid type for "
-            "value: None, expected one of: ['string'], received: \"null\"",
+            "condition: ends_with(data.x, 'a') failed: ends_with() was given null where it "
+            "needs string",
         ),
         ({"enabled": False, "operation": "DELETE"}, PROFILE_CREATE, "rule is disabled"),
         # The first failed criterion in the order tableType, tableId, operation, eventType, ...

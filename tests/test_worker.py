@@ -14,7 +14,7 @@ from router.retry import RetryPolicy
 from router.rulefiles.loader import load_rules
 from router.rules import Action
 from router.settings import Settings
-from router.store.base import IncomingRecord, Job, NewJob, Status
+from router.store.base import IncomingRecord, Job, Mode, NewJob, Status
 from router.store.sqlite import SQLiteStore
 from router.template_limits import RenderLimits
 from router.worker import Worker, WorkerLimits
@@ -57,7 +57,9 @@ def action_for(tmp: Path, name: str, toml_action: str) -> Action:
     return load_rules(directory).rules[0].actions[0]
 
 
-async def backlog(store: SQLiteStore, action: Action, rule: str, count: int) -> None:
+async def backlog(
+    store: SQLiteStore, action: Action, rule: str, count: int, *, mode: Mode = Mode.LIVE
+) -> None:
     records = [
         IncomingRecord(
             event_id=f"{rule}-{n}",
@@ -65,7 +67,15 @@ async def backlog(store: SQLiteStore, action: Action, rule: str, count: int) -> 
             record={"id": f"{rule}-{n}", "data": {"n": n}},
             matched=(rule,),
             jobs=(
-                NewJob(uuid.uuid4().hex, rule, 0, action.type, action.spec, destination_of(action)),
+                NewJob(
+                    uuid.uuid4().hex,
+                    rule,
+                    0,
+                    action.type,
+                    action.spec,
+                    destination_of(action),
+                    mode,
+                ),
             ),
         )
         for n in range(count)
@@ -174,6 +184,40 @@ def test_a_job_that_cannot_render_is_dead_at_once(tmp_path: Path) -> None:
         return [job.status for job in jobs]
 
     assert asyncio.run(scenario()) == [Status.DEAD]
+
+
+def test_a_shadow_job_is_rendered_and_recorded_never_sent(tmp_path: Path) -> None:
+    with HttpSink() as sink:
+        sent = action_for(tmp_path, "sent", f'type = "http"\nurl = "{sink.url("/live")}"')
+        tried = action_for(
+            tmp_path, "tried", f'type = "http"\nurl = "{sink.url("/shadow")}/{{{{ data.n }}}}"'
+        )
+        broken = action_for(tmp_path, "broken", 'type = "log"\nmessage = "{{ data.nope.x }}"')
+
+        async def scenario() -> dict[str, tuple[Status, str | None]]:
+            store = SQLiteStore(f"sqlite:///{tmp_path / 'w.db'}")
+            await store.open()
+            await backlog(store, sent, "sent", 1)
+            await backlog(store, tried, "tried", 3, mode=Mode.SHADOW)
+            await backlog(store, broken, "broken", 1, mode=Mode.SHADOW)
+            worker = make_worker(store, concurrency=4, per_host=1)
+            await run_worker(worker, asyncio.Event(), drain=True)
+            jobs = await store.list_jobs(limit=100)
+            await store.close()
+            metric = worker.metrics.registry.get_sample_value
+            labels = {"action": "http", "outcome": "shadow", "mode": "shadow"}
+            assert metric("router_deliveries_total", labels) == 3
+            labels = {"action": "http", "outcome": "done", "mode": "live"}
+            assert metric("router_deliveries_total", labels) == 1
+            return {f"{job.rule}-{job.event_id}": (job.status, job.last_error) for job in jobs}
+
+        outcome = asyncio.run(scenario())
+        assert [request.path for request in sink.requests] == ["/live"]
+        assert outcome["sent-sent-0"] == (Status.DONE, None)
+        assert {outcome[f"tried-tried-{n}"] for n in range(3)} == {(Status.SHADOW, None)}
+        status, error = outcome["broken-broken-0"]
+        assert status is Status.SHADOW
+        assert error is not None and error.startswith("cannot render: template for message")
 
 
 def test_stop_lets_deliveries_in_flight_finish(tmp_path: Path) -> None:

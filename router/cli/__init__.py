@@ -1,6 +1,7 @@
 """The `router` command line (also `python -m router`).
 
-    authoring.py    check, test: the rule files and what they would do
+    authoring.py    check, test, new: the rule files, what they would do, a new one
+    backtest.py     backtest: new rules against the events the store kept
     processes.py    serve, worker, migrate: running the router
     deliveries.py   deliveries list, show, replay: the jobs in the store
     common.py       settings, options and output the commands share
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from router.cli import authoring, deliveries, processes
+from router.cli import authoring, backtest, deliveries, processes
 from router.cli.common import Formatter
 from router.exceptions import CommandError, StartupError, UsageError
 
@@ -29,18 +30,24 @@ EXIT_FAILED = 1
 EXIT_USAGE = 2
 
 _MAIN_EPILOG = """\
-examples (the authoring loop: edit rules/*.toml, then):
+examples (the authoring loop: `router new NAME --from event.json` or edit rules/*.toml, then):
   router check rules/                              # is every file valid?
   router test rules/ rules/events/unsubscribe.json # what would this event do?
   router test --explain rules/ event.json          # why did a rule not match?
   router test rules/                               # do the [[test]] tables still pass?
+  router backtest rules-next/ --since 7d           # what would new rules change on real events?
 
 Settings come from ROUTER_* environment variables (and a .env file); `router <command> --help`
 shows each command's options and examples.
 """
 
 # The commands, in the order `router --help` lists them.
-COMMANDS = (*authoring.COMMANDS, *processes.COMMANDS, *deliveries.COMMANDS)
+COMMANDS = (
+    *authoring.COMMANDS,
+    *backtest.COMMANDS,
+    *processes.COMMANDS,
+    *deliveries.COMMANDS,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

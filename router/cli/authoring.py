@@ -1,14 +1,19 @@
-"""Authoring commands: `router check` (are the rule files valid?) and `router test` (what would
-these events do; do the [[test]] tables pass?)."""
+"""Authoring commands: `router check` (are the rule files valid?), `router test` (what would
+these events do; do the [[test]] tables pass?) and `router new` (a rule file to start from)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+import tomlkit
+from tomlkit.items import AoT
 
 from router.actions import registry
 from router.cli.common import (
@@ -22,8 +27,8 @@ from router.cli.common import (
     shown,
 )
 from router.events import Record, normalise, parse_body
-from router.exceptions import RejectedBody, UsageError
-from router.rulefiles import dryrun
+from router.exceptions import CommandError, RejectedBody, UsageError
+from router.rulefiles import dryrun, scaffold, snapshots
 from router.rulefiles.diagnostics import Diagnostic
 from router.rulefiles.loader import LoadResult, load
 from router.settings import secret_values
@@ -137,6 +142,8 @@ examples:
   router test rules/ rules/events/new-subscriber.json
   router test rules/ rules/events/               # every sample event
   router test --explain rules/ event.json        # also: why each other rule did not match
+  router test --update rules/                    # write what renders now into failing and
+                                                 # new tests' [[test.action]] tables
   router test --format json rules/ event.json | jq '.records[].matched'
 """
 
@@ -144,7 +151,8 @@ examples:
 def _add_test(sub: Sub[argparse.ArgumentParser]) -> None:
     parser = sub.add_parser(
         "test",
-        usage="router test [-h] [--explain] [--format {text,json}] [RULES_DIR] [EVENT.json ...]",
+        usage="router test [-h] [--explain] [--update] [--format {text,json}] [RULES_DIR] "
+        "[EVENT.json ...]",
         help="dry-run events through the rules, or run the [[test]] tables",
         description="Show what the rules would do with some events (sending nothing), or run "
         "the rule tests.",
@@ -163,6 +171,12 @@ def _add_test(sub: Sub[argparse.ArgumentParser]) -> None:
         action="store_true",
         help="for each rule that did not match, show the first criterion that failed "
         "(always included with --format json)",
+    )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="write what the rules render now into the [[test.action]] tables of failing and "
+        "new tests (review the change with git diff)",
     )
     add_format(parser)
     parser.set_defaults(func=_run_test)
@@ -205,6 +219,8 @@ def _read_events(files: Sequence[Path]) -> list[tuple[Path, Record]]:
 
 def _run_test(args: argparse.Namespace) -> int:
     directory, files = _split_paths(args.paths)
+    if files and args.update:
+        raise UsageError("--update writes the [[test]] tables; give no event files with it")
     records = _read_events(files)  # before loading: a bad event file is a usage error
     limits = RenderLimits.from_settings(settings())  # as a worker would render
     result = load(directory, secrets=None, unset_secrets="ignore")
@@ -221,7 +237,27 @@ def _run_test(args: argparse.Namespace) -> int:
         print(diagnostic, file=sys.stderr)
     if files:
         return _dry_run(args, result, records, limits)
+    if args.update:
+        result = _update(directory, result, limits)
     return _rule_tests(args, directory, result, limits)
+
+
+def _update(directory: Path, result: LoadResult, limits: RenderLimits) -> LoadResult:
+    """Write the snapshots of the failing and new tests, then load the files again."""
+    assert result.ruleset is not None
+    now = datetime.now(UTC)
+    outcomes = dryrun.run_tests(result.ruleset, result.tests, now=now, limits=limits)
+    written = snapshots.update(result.ruleset, outcomes, now=now, limits=limits)
+    for item in written:
+        tables = plural(item.tables, "[[test.action]] table")
+        print(f"updated {item.test.name} ({item.test.location}): {tables}", file=sys.stderr)
+    if not written:
+        print("nothing to update", file=sys.stderr)
+        return result
+    again = load(directory, secrets=None, unset_secrets="ignore")
+    if again.ruleset is None:  # cannot happen for tables written from rendered values
+        raise CommandError("the updated rule files no longer load; undo the change with git")
+    return again
 
 
 def _dry_run(
@@ -241,6 +277,9 @@ def _dry_run(
     ]
     failed = any("error" in a for entry in document["records"] for a in entry["actions"])
     if args.format == "json":
+        for entry in document["records"]:
+            for miss in entry.get("not_matched", ()):
+                miss.pop("lines", None)  # the text report's; `explain` holds the same
         print_json(document)
     else:
         _print_dry_run(document, [record for _, record in records])
@@ -264,6 +303,8 @@ def _print_dry_run(document: dict[str, Any], records: Sequence[Record]) -> None:
         if "not_matched" in entry:
             for miss in entry["not_matched"]:
                 print(f"    not matched: {miss['rule']}: {miss['reason']}")
+                for line in miss["lines"]:
+                    print(f"      {line}")
     rendered = f"{plural(actions - errors, 'action')} rendered"
     failed = f", {errors} could not be rendered" if errors else ""
     counted = f"{plural(len(records), 'record')}, {plural(matches, 'match', 'matches')}"
@@ -331,14 +372,96 @@ def _print_outcome(outcome: dryrun.TestOutcome) -> None:
             where.append(failure.key)
         print(f"  {failure.location}: {': '.join([*where, failure.message])}")
         if failure.expected is not None or failure.actual is not None:
-            print(f"    expected: {_value(failure.key, failure.expected)}")
-            print(f"    actual:   {_value(failure.key, failure.actual)}")
+            wanted, seen = _LABELS.get(failure.key or "", ("expected:", "actual:  "))
+            print(f"    {wanted} {_value(failure.key, failure.expected)}")
+            print(f"    {seen} {_value(failure.key, failure.actual)}")
+
+
+# How a failure's two values are labelled, by key (default: expected / actual).
+_LABELS = {
+    "match": ("must match:    ", "matched:       "),
+    "no_match": ("must not match:", "matched:       "),
+}
 
 
 def _value(key: str | None, value: Any) -> str:
-    if key == "expect" and isinstance(value, list):
+    if key in ("expect", "match", "no_match") and isinstance(value, list):
         return ", ".join(value) or "(no rule)"
     return json.dumps(value, ensure_ascii=False, sort_keys=True)
 
 
-COMMANDS = (_add_check, _add_test)
+# ---------------------------------------------------------------- router new
+
+_NEW_EPILOG = """\
+Writes RULES_DIR/RULE_NAME.toml: a rule whose [rule.match] is filled from the event's first
+record, a log action to start with, a commented example of every other action type, and a
+[[test]] that uses the event. `router check` and `router test` pass on it as written; edit it
+from there.
+
+examples:
+  router new vip-upgrade --from rules/events/new-subscriber.json
+  router new import-failed --from etl-finished.json --dir rules/
+"""
+
+
+def _add_new(sub: Sub[argparse.ArgumentParser]) -> None:
+    parser = sub.add_parser(
+        "new",
+        help="write a rule file to start from, filled from a sample event",
+        description="Write a new rule file from a sample event.",
+        epilog=_NEW_EPILOG,
+        formatter_class=Formatter,
+    )
+    parser.add_argument("name", metavar="RULE_NAME", help="the rule's name (also the file's)")
+    parser.add_argument(
+        "--from", dest="event", metavar="EVENT.json", required=True, help="a sample event"
+    )
+    parser.add_argument(
+        "--dir", metavar="RULES_DIR", help="where to write it (default: ROUTER_RULES_DIR)"
+    )
+    parser.set_defaults(func=_run_new)
+
+
+def _run_new(args: argparse.Namespace) -> int:
+    if not scaffold.NAME.match(args.name):
+        raise UsageError(
+            f"{args.name!r} cannot name a rule file; use letters, digits, '-', '_' and '.'"
+        )
+    directory = rules_dir(args.dir)
+    event = Path(args.event)
+    ((_, record), *_) = _read_events([event])
+    target = directory / f"{args.name}.toml"
+    if target.exists():
+        raise CommandError(f"{target} already exists; choose another name or remove it")
+    before = load(directory, secrets=None, unset_secrets="ignore")
+    if before.ruleset is not None and before.ruleset.rule(args.name) is not None:
+        raise CommandError(f"a rule named '{args.name}' already exists in {shown(directory)}")
+    relative = os.path.relpath(event.resolve(), directory.resolve())
+    target.write_text(
+        scaffold.rule_file(args.name, record, Path(relative).as_posix(), str(event)),
+        encoding="utf-8",
+    )
+    _snapshot_new(directory, target)
+    print(f"wrote {target}")
+    print(
+        f"next: edit it, then run `router check {shown(directory)}` and `router test "
+        f"{shown(directory)}`"
+    )
+    return EXIT_OK
+
+
+def _snapshot_new(directory: Path, target: Path) -> None:
+    """Add what the new rule's action renders for the event to its [[test]] (when the whole
+    directory loads: the snapshot needs the rule set)."""
+    result = load(directory, secrets=None, unset_secrets="ignore")
+    test = next((t for t in result.tests if t.location.file == str(target)), None)
+    if result.ruleset is None or test is None:
+        return
+    document = tomlkit.parse(target.read_text(encoding="utf-8"))
+    tests = document["test"]
+    assert isinstance(tests, AoT)
+    if snapshots.snapshot_test(result.ruleset, test, tests[0], now=datetime.now(UTC)):
+        target.write_text(tomlkit.dumps(document), encoding="utf-8")
+
+
+COMMANDS = (_add_check, _add_test, _add_new)

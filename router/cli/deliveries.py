@@ -22,6 +22,7 @@ _T = TypeVar("_T")
 _DELIVERIES_EPILOG = """\
 examples:
   router deliveries list --status dead           # what failed for good
+  router deliveries list --status shadow         # what shadow rules would have sent
   router deliveries list --rule crm-new-subscriber --limit 20
   router deliveries show 3f6c0c1e9d2a4b7f8e5d1a2b3c4d5e6f
   router deliveries replay 3f6c0c1e9d2a4b7f8e5d1a2b3c4d5e6f
@@ -51,7 +52,8 @@ def _add_deliveries(sub: Sub[argparse.ArgumentParser]) -> None:
     listing.add_argument(
         "--status",
         choices=[s.value for s in Status],
-        help="pending (waiting or retrying), done (delivered) or dead (gave up)",
+        help="pending (waiting or retrying), done (delivered), dead (gave up) or shadow (a "
+        "shadow rule's: rendered and recorded, never sent)",
     )
     listing.add_argument("--rule", metavar="NAME", help="only jobs of this rule")
     listing.add_argument(

@@ -7,6 +7,10 @@ starting or reloading process loads.
     ruletests.py    [[test]] tables: the event, the rules expected to match, the actions
     dryrun.py       what a rule set would do with records, and running the [[test]] tables
     diagnostics.py  one problem in the rule files, located and explained
+    lints.py        warnings about valid rules that are almost certainly mistakes
+    backtest.py     new rules against the records a store kept, next to the serving ones
+    snapshots.py    `router test --update`: what renders now, written into [[test.action]] tables
+    scaffold.py     `router new`: a rule file to start from, written from a sample event
 
 Nothing that serves traffic imports this package: a stored job is rebuilt by its action type
 (router.actions.registry.parse_action), not by the rule-file tooling.

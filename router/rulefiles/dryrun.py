@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 from router.actions import registry
 from router.events import Record, normalise
 from router.exceptions import NotAnEvent, RenderError
+from router.explain import Miss
 from router.matching import RuleSet
 from router.rulefiles.ruletests import ExpectedAction, RuleTest
 from router.rules import Location, Rule
@@ -63,7 +64,9 @@ def dry_run(
     """The `router test --format json` document for `records`, in input order.
 
     Each record lists the rules that match (rule-set order) and every rendered action; with
-    `explain`, also `not_matched`: each other rule with the first criterion that failed.
+    `explain`, also `not_matched`: each other rule with the first criterion that failed (one
+    line, `reason`), its structured explanation (`explain`) and the text report's lines under
+    the reason (`lines`; the CLI prints them and leaves them out of its JSON).
     """
     moment = now or datetime.now(UTC)
     order = {rule.name: position for position, rule in enumerate(ruleset.rules)}
@@ -82,14 +85,18 @@ def dry_run(
         }
         if explain:
             names = set(document["matched"])
-            reasons = sorted(ruleset.matcher.explain(record), key=lambda pair: order[pair[0].name])
+            misses = sorted(ruleset.matcher.misses(record), key=lambda pair: order[pair[0].name])
             document["not_matched"] = [
-                {"rule": rule.name, "reason": reason or "did not match"}
-                for rule, reason in reasons
-                if rule.name not in names
+                _not_matched(rule.name, miss) for rule, miss in misses if rule.name not in names
             ]
         documents.append(document)
     return {"records": documents}
+
+
+def _not_matched(name: str, miss: Miss | None) -> dict[str, Any]:
+    if miss is None:  # matched by the explanation, not by the matcher: a bug, say so plainly
+        return {"rule": name, "reason": "did not match", "explain": {}, "lines": []}
+    return {"rule": name, "reason": miss.reason, "explain": miss.detail, "lines": list(miss.lines)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,6 +199,32 @@ def _check(
                     actual=_ordered(ruleset, names),
                 )
             )
+        missing = test.wanted("match", index) - names
+        if missing:
+            failures.append(
+                Failure(
+                    f"{_rules(ruleset, missing)} must match this record but "
+                    f"{'does' if len(missing) == 1 else 'do'} not",
+                    where,
+                    record=index,
+                    key="match",
+                    expected=_ordered(ruleset, test.wanted("match", index)),
+                    actual=_ordered(ruleset, names),
+                )
+            )
+        unwanted = test.wanted("no_match", index) & names
+        if unwanted:
+            failures.append(
+                Failure(
+                    f"{_rules(ruleset, unwanted)} must not match this record but "
+                    f"{'does' if len(unwanted) == 1 else 'do'}",
+                    where,
+                    record=index,
+                    key="no_match",
+                    expected=_ordered(ruleset, test.wanted("no_match", index)),
+                    actual=_ordered(ruleset, names),
+                )
+            )
     for expected in test.actions:
         failures.extend(_check_action(ruleset, expected, records, matched, now, limits))
     return failures
@@ -236,6 +269,12 @@ def _check_action(
             message, actual = problem
             failures.append(fail(message, key=key, expected=want, actual=actual))
     return failures
+
+
+def _rules(ruleset: RuleSet, names: set[str] | frozenset[str]) -> str:
+    ordered = _ordered(ruleset, names)
+    quoted = ", ".join(f"'{name}'" for name in ordered)
+    return f"rule {quoted}" if len(ordered) == 1 else f"rules {quoted}"
 
 
 def _ordered(ruleset: RuleSet, names: set[str] | frozenset[str]) -> list[str]:

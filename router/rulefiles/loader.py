@@ -5,7 +5,8 @@ decoded with tomllib and mapped to lines with router.rulefiles.positions. Every 
 every file before anything is returned, so a user sees all mistakes at once. This module finds
 and reads the files and assembles rules; router.rulefiles.schema checks a rule's match, each
 action's type checks its own table (router.actions), templates and conditions are compiled once;
-router.rulefiles.ruletests reads the `[[test]]` tables.
+router.rulefiles.ruletests reads the `[[test]]` tables; router.rulefiles.lints warns about rules
+that are valid but almost certainly not what their author meant.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ from router.checks import KeyPath, kind_of
 from router.exceptions import RouterError
 from router.matching import RuleSet
 from router.rulefiles.diagnostics import Diagnostic
+from router.rulefiles.lints import lint_rule, toml_quote_hint
 from router.rulefiles.positions import positions
 from router.rulefiles.ruletests import RuleTest, TestReader
 from router.rulefiles.schema import Context, UnsetSecrets, compile_match
-from router.rules import Action, Location, Rule
+from router.rules import MODES, Action, Location, Rule
 
 __all__ = ["LoadResult", "RuleSetInvalid", "UnsetSecrets", "load", "load_rules"]
 
-_RULE_KEYS = ("name", "description", "enabled", "match", "action")
+_RULE_KEYS = ("name", "description", "enabled", "mode", "match", "action")
 _SYNTAX_AT = re.compile(r"\s*\(at line (\d+), column (\d+)\)$")
 
 
@@ -175,7 +177,9 @@ class _Loader:
             line = int(found[1]) if found else 1
             reason = _SYNTAX_AT.sub("", str(exc))
             where = f" at column {found[2]}" if found else ""
-            message = f"invalid TOML{where}: {reason[:1].lower()}{reason[1:]}"
+            lines = source.splitlines()
+            hint = toml_quote_hint(lines[line - 1]) if 0 < line <= len(lines) else None
+            message = f"invalid TOML{where}: {hint or reason[:1].lower() + reason[1:]}"
         else:
             context = Context(file.shown, positions(source), self.out, self.secrets, self.unset)
             context.used_secrets = self.used_secrets
@@ -207,6 +211,9 @@ class _Loader:
         enabled = table.get("enabled", True)
         if not isinstance(enabled, bool):
             context.report((*path, "enabled"), f"must be true or false, not {kind_of(enabled)}")
+        mode = context.text((*path, "mode"), table.get("mode", "live"))
+        if mode is not None and mode not in MODES:
+            context.choice((*path, "mode"), mode, MODES, "mode")
         match = compile_match(context, (*path, "match"), table.get("match"))
         # A disabled rule may wait for its secret to be set: only enabled rules need theirs.
         context.secrets = self.secrets if enabled is not False else None
@@ -226,7 +233,9 @@ class _Loader:
             ]
             actions = [action for action in built if action is not None]
         if context.errors == before and name and description is not None and match is not None:
-            self.rules.append(Rule(name, description, enabled, match, tuple(actions), location))
+            rule = Rule(name, description, enabled, match, tuple(actions), location, mode or "live")
+            self.rules.append(rule)
+            lint_rule(context, path, rule)
 
 
 def _array(context: Context, document: dict[str, Any], key: str) -> list[Any]:

@@ -1,4 +1,10 @@
-"""`[[test]]` tables -> RuleTest: an event, the rules expected to match, the expected actions.
+"""`[[test]]` tables -> RuleTest: an event, what must (and must not) match it, the expected
+actions.
+
+A test states the rules it cares about: `match` (these must match every record) and `no_match`
+(these must not), or per record `match_per_record` / `no_match_per_record`; so adding a rule file
+breaks no other file's tests. `expect` (and `expect_per_record`) keeps its exact meaning: the
+whole set of rules that match.
 
 What an action's rendered values may be checked against, and how, is its type's
 (router.actions: `test_keys`, `expected`, `compare`).
@@ -14,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +31,11 @@ from router.exceptions import MalformedBody, NotAnEvent
 from router.rulefiles.schema import Context
 from router.rules import Location
 
-_TEST_KEYS = ("name", "event", "expect", "expect_per_record", "action")
+_EXACT_KEYS = ("expect", "expect_per_record")
+_SCOPED_KEYS = ("match", "no_match", "match_per_record", "no_match_per_record")
+_TEST_KEYS = ("name", "event", *_EXACT_KEYS, *_SCOPED_KEYS, "action")
+# What a test says about the rules, per key: one set for every record, or one per record.
+Expectation = frozenset[str] | tuple[frozenset[str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +47,7 @@ class ExpectedAction:
     record: int  # index among the test event's records
     values: Mapping[str, Any]  # test key -> expected value, as the action's type reads it
     location: Location
+    index: int = 0  # position among the test's [[test.action]] tables
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +58,20 @@ class RuleTest:
     expect: frozenset[str] | None  # exact set of rules matching every record
     expect_per_record: tuple[frozenset[str], ...] | None  # or one set per record
     actions: tuple[ExpectedAction, ...]
+    # key (match, no_match, match_per_record, no_match_per_record) -> what it says
+    scoped: Mapping[str, Expectation] = field(default_factory=dict)
+    index: int = 0  # position among its file's [[test]] tables
+
+    def wanted(self, key: str, record: int) -> frozenset[str]:
+        """The rules that `key` ("match" or "no_match") names for record `record`: from the
+        key itself and from its per-record form."""
+        names: frozenset[str] = frozenset()
+        for given in (self.scoped.get(key), self.scoped.get(f"{key}_per_record")):
+            if isinstance(given, frozenset):
+                names |= given
+            elif given is not None and record < len(given):
+                names |= given[record]
+        return names
 
 
 def _test_action_keys() -> tuple[str, ...]:
@@ -85,30 +110,22 @@ class TestReader:
         loaded = self._event(context, (*path, "event"), context.require(table, "event", path, why))
         records = None if loaded is None else loaded[1]
         expect = self._names(context, (*path, "expect"), table.get("expect"))
-        per_record: list[frozenset[str] | None] = []
-        value = table.get("expect_per_record")
-        if value is not None and not isinstance(value, list):
-            context.report(
-                (*path, "expect_per_record"), f"must be an array of lists, not {kind_of(value)}"
-            )
-        elif value is not None:
-            per_record = [
-                self._names(context, (*path, "expect_per_record", i), v)
-                for i, v in enumerate(value)
-            ]
-            if records is not None and len(value) != len(records):
-                message = f"has {len(value)} list(s) but the event has {len(records)} record(s)"
-                context.report((*path, "expect_per_record"), f"{message}; give one per record")
-        if ("expect" in table) == ("expect_per_record" in table):
-            both = "not both" if "expect" in table else "one is required"
-            message = f"give expect (rules matching every record) or expect_per_record, {both}"
-            context.report((*path, "expect"), message)
+        per_record = self._per_record(context, path, table, "expect_per_record", records)
+        scoped: dict[str, Expectation] = {}
+        for key in _SCOPED_KEYS:
+            if key.endswith("_per_record"):
+                lists = self._per_record(context, path, table, key, records)
+                if lists is not None:
+                    scoped[key] = lists
+            elif (names := self._names(context, (*path, key), table.get(key))) is not None:
+                scoped[key] = names
+        self._expectation_keys(context, path, table, scoped, records)
         raw_actions = table.get("action", [])
         if not isinstance(raw_actions, list):
             context.report((*path, "action"), "must be an array of tables: write [[test.action]]")
             raw_actions = []
         actions = [
-            self._expected(context, (*path, "action", i), item, records)
+            self._expected(context, (*path, "action", i), item, records, i)
             for i, item in enumerate(raw_actions)
         ]
         if context.errors > before or loaded is None:
@@ -119,12 +136,68 @@ class TestReader:
                 location=Location(context.file, context.positions.line(path)),
                 event=loaded[0],
                 expect=expect,
-                expect_per_record=None
-                if value is None
-                else tuple(n for n in per_record if n is not None),
+                expect_per_record=per_record,
                 actions=tuple(a for a in actions if a is not None),
+                scoped=scoped,
+                index=index,
             )
         )
+
+    def _per_record(
+        self,
+        context: Context,
+        path: KeyPath,
+        table: Mapping[str, Any],
+        key: str,
+        records: list[Record] | None,
+    ) -> tuple[frozenset[str], ...] | None:
+        """A `*_per_record` key: one list of rule names per record of the event."""
+        value = table.get(key)
+        if value is None:
+            return None
+        if not isinstance(value, list):
+            context.report((*path, key), f"must be an array of lists, not {kind_of(value)}")
+            return None
+        lists = [self._names(context, (*path, key, i), v) for i, v in enumerate(value)]
+        if records is not None and len(value) != len(records):
+            message = f"has {len(value)} list(s) but the event has {len(records)} record(s)"
+            context.report((*path, key), f"{message}; give one per record")
+        if any(names is None for names in lists):
+            return None
+        return tuple(names for names in lists if names is not None)
+
+    def _expectation_keys(
+        self,
+        context: Context,
+        path: KeyPath,
+        table: Mapping[str, Any],
+        scoped: Mapping[str, Expectation],
+        records: list[Record] | None,
+    ) -> None:
+        """Which expectation keys go together: expect or expect_per_record (exact), or any of
+        the scoped ones; and no rule both must and must not match the same record."""
+        exact = [key for key in _EXACT_KEYS if key in table]
+        given = [key for key in _SCOPED_KEYS if key in table]
+        if len(exact) == 2:
+            context.report((*path, "expect"), "give expect or expect_per_record, not both")
+        elif exact and given:
+            message = f"{exact[0]} already names every rule that matches; remove {given[0]}"
+            context.report((*path, given[0]), message)
+        elif not exact and not given:
+            message = (
+                "is missing; say which rules must match (match = [...]) or must not "
+                "(no_match = [...]), or give expect, the exact set"
+            )
+            context.report((*path, "match"), message)
+        count = len(records) if records is not None else 1
+        probe = RuleTest("", Location("", 0), None, None, None, (), scoped)
+        for record in range(count):
+            both = probe.wanted("match", record) & probe.wanted("no_match", record)
+            if both:
+                names = ", ".join(sorted(both))
+                at = "no_match" if "no_match" in table else "no_match_per_record"
+                context.report((*path, at), f"{names} cannot both match and not match; keep one")
+                return
 
     def _event(
         self, context: Context, path: KeyPath, value: Any
@@ -184,7 +257,12 @@ class TestReader:
         return False
 
     def _expected(
-        self, context: Context, path: KeyPath, raw: Any, records: list[Record] | None
+        self,
+        context: Context,
+        path: KeyPath,
+        raw: Any,
+        records: list[Record] | None,
+        position: int,
     ) -> ExpectedAction | None:
         before = context.errors
         known_keys = _test_action_keys()
@@ -223,9 +301,8 @@ class TestReader:
             values[key] = reader.expected(context, at, key, value)
         if context.errors > before or rule is None or action is None or record is None:
             return None
-        return ExpectedAction(
-            rule, action, record, values, Location(context.file, context.positions.line(path))
-        )
+        where = Location(context.file, context.positions.line(path))
+        return ExpectedAction(rule, action, record, values, where, position)
 
 
 def _index(context: Context, path: KeyPath, value: Any) -> int | None:

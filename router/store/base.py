@@ -32,6 +32,14 @@ class Status(enum.StrEnum):
     PENDING = "pending"
     DONE = "done"
     DEAD = "dead"
+    SHADOW = "shadow"  # a shadow rule's job: rendered (or not, with its error), never sent
+
+
+class Mode(enum.StrEnum):
+    """A job's mode, from its rule's when its event was accepted."""
+
+    LIVE = "live"
+    SHADOW = "shadow"  # the worker renders it and records it; nothing is sent
 
 
 class Outcome(enum.StrEnum):
@@ -40,6 +48,7 @@ class Outcome(enum.StrEnum):
     DONE = "done"  # delivered
     RETRY = "retry"  # failed, try again at `next_at`
     DEAD = "dead"  # failed for good (permanent error, or retries exhausted)
+    SHADOW = "shadow"  # a shadow job rendered (or failed to, with its error); nothing was sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +61,7 @@ class NewJob:
     action_type: str
     spec: Mapping[str, Any]  # the action's raw spec as loaded: the job is delivered with it
     destination: str  # key for per-destination concurrency (an HTTP host, "smtp", "log")
+    mode: Mode = Mode.LIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +98,7 @@ class Job:
     attempts: int  # attempts made since the job was created or last replayed
     budget_since: float  # retry budget start: acceptance, or the last replay
     lease_token: str  # proves this claim when the result is recorded
+    mode: Mode = Mode.LIVE
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +146,19 @@ class JobDetail:
     spec: Mapping[str, Any]
     record: Record
     history: tuple[AttemptRecord, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One record as the intake stored it (for a backtest): its row id, the envelope's id,
+    the normalised record, the rules that matched then, and when."""
+
+    id: int  # the store's own, increasing in the order records were accepted
+    event_id: str | None
+    record: Record
+    matched: tuple[str, ...]
+    ruleset_version: str
+    received_at: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,10 +232,11 @@ class Store(abc.ABC):
 
     async def record(self, results: Sequence[AttemptResult], *, now: float) -> None:
         """Append each attempt to its job's history and move the job: DONE -> done, RETRY ->
-        pending at next_at, DEAD -> dead with the error kept. A result whose lease_token no
-        longer holds the job (the lease expired and another claim took it) still appends its
-        attempt but does not move the job. Raises ValueError, storing nothing, when a RETRY
-        result has no next_at."""
+        pending at next_at, DEAD -> dead with the error kept, SHADOW -> shadow (a shadow job,
+        recorded without sending; the error of its render, if any, kept). A result whose
+        lease_token no longer holds the job (the lease expired and another claim took it)
+        still appends its attempt but does not move the job. Raises ValueError, storing
+        nothing, when a RETRY result has no next_at."""
         for result in results:
             if result.outcome is Outcome.RETRY and result.next_at is None:
                 raise ValueError(f"job {result.job_id}: a RETRY result needs next_at")
@@ -248,6 +273,17 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> JobDetail | None: ...
+
+    async def read_events(
+        self, *, since: float, after: int = 0, limit: int = 500
+    ) -> list[StoredEvent]:
+        """The stored records received at `since` or later whose id is above `after`, in id
+        (acceptance) order, at most `limit` (none when it is below 1): page through them by
+        passing the last id as `after`. Read-only, in short read transactions that never hold
+        up the intake (SQLite's reader connection; a read-only snapshot on PostgreSQL)."""
+        if limit < 1:
+            return []
+        return await self._read_events(since=since, after=after, limit=limit)
 
     async def replay(self, job_ids: Sequence[str], *, now: float) -> list[str]:
         """Make the given dead jobs pending again, due now, with a fresh retry budget
@@ -308,6 +344,10 @@ class Store(abc.ABC):
         self, *, status: Status | None, rule: str | None, limit: int
     ) -> list[JobSummary]:
         """`list_jobs` with a limit of at least 1."""
+
+    @abc.abstractmethod
+    async def _read_events(self, *, since: float, after: int, limit: int) -> list[StoredEvent]:
+        """`read_events` with a limit of at least 1."""
 
     @abc.abstractmethod
     async def _replay(self, job_ids: Sequence[str], *, now: float) -> Collection[str]:

@@ -33,6 +33,9 @@ Version 3 settled the points where the two backends had drifted apart, taking th
 - `ruleset_version` lives on `events` only (it was copied into every job on SQLite): every job
   of an event was made by the rule set that accepted the event.
 - `schema_version` has `version` as primary key and `applied_at` on both.
+
+The shadow-jobs step adds `jobs.mode` (`live` or `shadow`, from the rule's `mode` when the event
+was accepted) and the job status `shadow`: a shadow job is rendered and recorded, never sent.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from typing import Generic, TypeVar
 
 from router.exceptions import StoreUnavailable
 
-SCHEMA_VERSION = 3  # the steps each dialect lists; version N is the same layout everywhere
+SCHEMA_VERSION = 4  # the steps each dialect lists; version N is the same layout everywhere
 
 Step = TypeVar("Step")
 

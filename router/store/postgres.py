@@ -35,6 +35,7 @@ from router.store.base import (
     QueueStats,
     Status,
     Store,
+    StoredEvent,
 )
 from router.store.migrations import SCHEMA_VERSION
 from router.store.specs import SpecCache
@@ -283,9 +284,11 @@ class PostgresStore(Store):
             if kept:
                 # Built here, not before: a retry runs on a new connection, which emptied the
                 # cache of written specs.
-                columns, new_specs = sql.insert_arguments(kept, self._specs)
+                columns, new_specs, modes = sql.insert_arguments(kept, self._specs)
                 try:
-                    await conn.execute(sql.INSERT_EVENTS_AND_JOBS, *columns, ruleset_version, now)
+                    await conn.execute(
+                        sql.INSERT_EVENTS_AND_JOBS, *columns, ruleset_version, now, modes
+                    )
                 except asyncpg.UniqueViolationError as exc:
                     raise ValueError(f"a job id already exists: {exc.detail}") from exc
             return results, new_specs, any(incoming.jobs for incoming in kept)
@@ -393,6 +396,14 @@ class PostgresStore(Store):
         if count:
             self._notify()
         return count
+
+    async def _read_events(self, *, since: float, after: int, limit: int) -> list[StoredEvent]:
+        async def work(conn: Connection) -> list[asyncpg.Record]:
+            # A read-only snapshot takes no lock an insert waits for: intake goes on.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return await conn.fetch(sql.READ_EVENTS, after, since, limit)
+
+        return [rows.stored_event(row) for row in await self._run(work, transaction=False)]
 
     async def stats(self, *, now: float) -> QueueStats:
         async def work(conn: Connection) -> asyncpg.Record | None:

@@ -19,9 +19,11 @@ from router.store.base import (
     Job,
     JobDetail,
     JobSummary,
+    Mode,
     Outcome,
     QueueStats,
     Status,
+    StoredEvent,
     storable_text,
 )
 
@@ -34,7 +36,7 @@ class Row(Protocol):
 
 JOB_COLUMNS = """
     j.id, j.rule, j.action_index, j.action_type, s.spec, j.destination, e.record, e.event_id,
-    e.ruleset_version, j.attempts, j.budget_since, j.lease_token
+    e.ruleset_version, j.attempts, j.budget_since, j.lease_token, j.mode
 """
 SUMMARY_COLUMNS = """
     j.id, j.rule, j.action_index, j.action_type, j.destination, j.status, j.attempts,
@@ -42,13 +44,19 @@ SUMMARY_COLUMNS = """
 """
 DETAIL_COLUMNS = f"{SUMMARY_COLUMNS}, s.spec, e.record"
 ATTEMPT_COLUMNS = "number, at, outcome, status_code, error, duration"
+EVENT_COLUMNS = "id, event_id, record, matched, ruleset_version, received_at"
 STATS_COLUMNS = """
     (SELECT count(*) FROM jobs WHERE status = 'pending'),
     (SELECT count(*) FROM jobs WHERE status = 'dead'),
     (SELECT min(created_at) FROM jobs WHERE status = 'pending')
 """
 
-_NEXT_STATUS = {Outcome.DONE: Status.DONE, Outcome.RETRY: Status.PENDING, Outcome.DEAD: Status.DEAD}
+_NEXT_STATUS = {
+    Outcome.DONE: Status.DONE,
+    Outcome.RETRY: Status.PENDING,
+    Outcome.DEAD: Status.DEAD,
+    Outcome.SHADOW: Status.SHADOW,
+}
 
 
 def _json_default(value: Any) -> Any:
@@ -123,6 +131,7 @@ def job(row: Row) -> Job:
         attempts=row[9],
         budget_since=row[10],
         lease_token=row[11],
+        mode=Mode(row[12]),
     )
 
 
@@ -164,6 +173,18 @@ def detail(row: Row, history: Iterable[Row]) -> JobDetail:
         spec=json.loads(row[13]),
         record=json.loads(row[14]),
         history=tuple(attempt(h) for h in history),
+    )
+
+
+def stored_event(row: Row) -> StoredEvent:
+    """A row of EVENT_COLUMNS."""
+    return StoredEvent(
+        id=row[0],
+        event_id=row[1],
+        record=json.loads(row[2]),
+        matched=tuple(json.loads(row[3])),
+        ruleset_version=row[4],
+        received_at=row[5],
     )
 
 

@@ -163,6 +163,17 @@ MIGRATIONS = Migrations[Step](
     );
     """,
         _one_layout,
+        # Shadow jobs: each job's mode (a shadow rule's jobs are rendered and recorded, never
+        # sent; every job stored before was live), the status they end in, and the index the
+        # retention purge reads them by. A constant default adds the column without a rewrite.
+        """
+    ALTER TABLE jobs ADD COLUMN mode text NOT NULL DEFAULT 'live'
+        CHECK (mode IN ('live', 'shadow'));
+    ALTER TABLE jobs DROP CONSTRAINT jobs_status_check;
+    ALTER TABLE jobs ADD CONSTRAINT jobs_status_check
+        CHECK (status IN ('pending', 'done', 'dead', 'shadow'));
+    CREATE INDEX jobs_shadow ON jobs (updated_at) WHERE status = 'shadow';
+    """,
     )
 )
 
@@ -225,8 +236,9 @@ RETURNING d.key
 # Column arrays: $1-$3 the events (event_id, record, matched); $4-$10 their jobs (id, position
 # of the job's event in $1-$3 counted from 1, rule, action_index, action_type, spec hash,
 # destination); $11-$12 the specs this store has not written yet (hash, spec); $13 ruleset
-# version, $14 now. The event ids are taken from their sequence here, so the jobs can refer to
-# them in the same statement. Jobs are inserted in the order given: their `seq` is that order.
+# version, $14 now; $15 the jobs' modes. The event ids are taken from their sequence here, so
+# the jobs can refer to them in the same statement. Jobs are inserted in the order given:
+# their `seq` is that order.
 INSERT_EVENTS_AND_JOBS = """
 WITH new_events AS MATERIALIZED (
     SELECT nextval('events_id_seq') AS id, e.*
@@ -240,12 +252,14 @@ WITH new_events AS MATERIALIZED (
     SELECT hash, spec::json FROM unnest($11::text[], $12::text[]) AS s (hash, spec)
     ON CONFLICT (hash) DO NOTHING
 )
-INSERT INTO jobs (id, event, rule, action_index, action_type, spec, destination, status,
+INSERT INTO jobs (id, event, rule, action_index, action_type, spec, destination, mode, status,
                   budget_since, created_at, updated_at, next_at)
-SELECT j.id, e.id, j.rule, j.action_index, j.action_type, j.spec, j.destination,
+SELECT j.id, e.id, j.rule, j.action_index, j.action_type, j.spec, j.destination, j.mode,
        'pending', $14::float8, $14::float8, $14::float8, $14::float8
-FROM unnest($4::text[], $5::int8[], $6::text[], $7::int[], $8::text[], $9::text[], $10::text[])
-    WITH ORDINALITY AS j (id, position, rule, action_index, action_type, spec, destination, n)
+FROM unnest($4::text[], $5::int8[], $6::text[], $7::int[], $8::text[], $9::text[], $10::text[],
+            $15::text[])
+    WITH ORDINALITY AS j (id, position, rule, action_index, action_type, spec, destination, mode,
+                          n)
 JOIN new_events AS e ON e.position = j.position
 ORDER BY j.n
 """
@@ -346,12 +360,24 @@ WHERE j.id = $1
 """
 GET_ATTEMPTS = f"SELECT {rows.ATTEMPT_COLUMNS} FROM attempts WHERE job_id = $1 ORDER BY number"
 
+# $1 after (an events id), $2 since, $3 limit.
+READ_EVENTS = f"""
+SELECT {rows.EVENT_COLUMNS} FROM events
+WHERE id > $1 AND received_at >= $2::float8
+ORDER BY id
+LIMIT $3
+"""
+
 # Each part reads only its partial index, however many done jobs are kept.
 STATS = f"SELECT {rows.STATS_COLUMNS}"
 
 # $1 before. Attempts go with their jobs (ON DELETE CASCADE).
 PURGE_JOBS = """
-WITH gone AS (DELETE FROM jobs WHERE status = 'done' AND updated_at < $1::float8 RETURNING 1)
+WITH gone AS (
+    DELETE FROM jobs
+    WHERE (status = 'done' OR status = 'shadow') AND updated_at < $1::float8
+    RETURNING 1
+)
 SELECT count(*) FROM gone
 """
 PURGE_EVENTS = """
@@ -376,10 +402,11 @@ NewSpecs = list[tuple[Mapping[str, Any], str]]
 
 def insert_arguments(
     kept: Sequence[IncomingRecord], specs: SpecCache
-) -> tuple[list[list[Any]], NewSpecs]:
-    """INSERT_EVENTS_AND_JOBS's column arrays (unnest turns them back into rows, so one
-    statement writes the whole batch; ruleset version and now follow them), and the specs they
-    write that `specs` does not know yet: remember those once the transaction has committed."""
+) -> tuple[list[list[Any]], NewSpecs, list[Any]]:
+    """INSERT_EVENTS_AND_JOBS's column arrays $1-$12 (unnest turns them back into rows, so one
+    statement writes the whole batch; ruleset version and now follow them), the specs they
+    write that `specs` does not know yet (remember those once the transaction has committed),
+    and the jobs' modes ($15)."""
     events: list[tuple[Any, ...]] = []
     jobs: list[tuple[Any, ...]] = []
     new: dict[str, str] = {}  # hash -> JSON of the specs to write
@@ -395,9 +422,10 @@ def insert_arguments(
                 new[digest] = text
                 fresh.append((job.spec, digest))
             kind = (job.rule, job.action_index, job.action_type)
-            jobs.append((job.id, position, *kind, digest, job.destination))
-    columns = [*_columns(events, 3), *_columns(jobs, 7), list(new), list(new.values())]
-    return columns, fresh
+            jobs.append((job.id, position, *kind, digest, job.destination, str(job.mode)))
+    job_columns = _columns(jobs, 8)
+    columns = [*_columns(events, 3), *job_columns[:7], list(new), list(new.values())]
+    return columns, fresh, job_columns[7]
 
 
 def _columns(rows_: list[tuple[Any, ...]], width: int) -> list[list[Any]]:

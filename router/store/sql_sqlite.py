@@ -31,6 +31,7 @@ from router.store.base import (
     JobSummary,
     QueueStats,
     Status,
+    StoredEvent,
 )
 from router.store.migrations import SCHEMA_VERSION, Migrations, step_failed
 from router.store.specs import SpecCache, spec_row
@@ -158,6 +159,10 @@ MIGRATIONS = Migrations[tuple[str, ...]](
             "DROP TABLE schema_version",
             "ALTER TABLE schema_version_v3 RENAME TO schema_version",
         ),
+        # Shadow jobs: each job's mode (a shadow rule's jobs are rendered and recorded, never
+        # sent). Every job stored before was live. `status` is free text here: 'shadow' needs
+        # no change of its own.
+        ("ALTER TABLE jobs ADD COLUMN mode TEXT NOT NULL DEFAULT 'live'",),
     )
 )
 
@@ -180,9 +185,9 @@ INSERT_EVENT = """
 """
 INSERT_SPEC = "INSERT INTO specs (hash, spec) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING"
 INSERT_JOB = """
-    INSERT INTO jobs (id, event, rule, action_index, action_type, spec, destination, status,
+    INSERT INTO jobs (id, event, rule, action_index, action_type, spec, destination, mode, status,
                       budget_since, created_at, updated_at, next_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)
 """
 
 # -- claim
@@ -263,13 +268,18 @@ GET_JOB = f"""
 """
 GET_HISTORY = f"SELECT {rows.ATTEMPT_COLUMNS} FROM attempts WHERE job_id = ? ORDER BY number"
 STATS = f"SELECT {rows.STATS_COLUMNS}"
+READ_EVENTS = f"""
+    SELECT {rows.EVENT_COLUMNS} FROM events
+    WHERE id > :after AND received_at >= :since
+    ORDER BY id LIMIT :limit
+"""
 
 # -- purge
 PURGE_ATTEMPTS = """
     DELETE FROM attempts WHERE job_id IN (
-        SELECT id FROM jobs WHERE status = 'done' AND updated_at < :before)
+        SELECT id FROM jobs WHERE status IN ('done', 'shadow') AND updated_at < :before)
 """
-PURGE_JOBS = "DELETE FROM jobs WHERE status = 'done' AND updated_at < :before"
+PURGE_JOBS = "DELETE FROM jobs WHERE status IN ('done', 'shadow') AND updated_at < :before"
 PURGE_EVENTS = """
     DELETE FROM events
     WHERE received_at < :before AND NOT EXISTS (SELECT 1 FROM jobs WHERE jobs.event = events.id)
@@ -360,7 +370,7 @@ def accept(
             digest = _stored_spec(conn, job.spec, specs)
             row = (job.id, event, job.rule, job.action_index, job.action_type, digest)
             try:
-                conn.execute(INSERT_JOB, (*row, job.destination, now, now, now, now))
+                conn.execute(INSERT_JOB, (*row, job.destination, job.mode, now, now, now, now))
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"job id {job.id!r} already exists") from exc
         accepted += 1
@@ -440,6 +450,13 @@ def get_job(conn: sqlite3.Connection, job_id: str) -> JobDetail | None:
     if row is None:
         return None
     return rows.detail(row, conn.execute(GET_HISTORY, (job_id,)))
+
+
+def read_events(
+    conn: sqlite3.Connection, since: float, after: int, limit: int
+) -> list[StoredEvent]:
+    params = {"since": since, "after": after, "limit": limit}
+    return [rows.stored_event(row) for row in conn.execute(READ_EVENTS, params)]
 
 
 def stats(conn: sqlite3.Connection, now: float) -> QueueStats:

@@ -42,6 +42,7 @@ from router.store.base import (
     QueueStats,
     Status,
     Store,
+    StoredEvent,
 )
 from router.store.migrations import schema_problem
 from router.store.specs import SpecCache
@@ -465,6 +466,10 @@ class SQLiteStore(Store):
 
     async def stats(self, *, now: float) -> QueueStats:
         return await self._read(lambda conn: sql.stats(conn, now))
+
+    async def _read_events(self, *, since: float, after: int, limit: int) -> list[StoredEvent]:
+        # The reader connection: WAL readers never block the writer, nor it them.
+        return await self._read(lambda conn: sql.read_events(conn, since, after, limit))
 
     async def purge(self, *, before: float, dedupe_before: float) -> int:
         return await self._write(lambda conn: sql.purge(conn, before, dedupe_before))

@@ -19,9 +19,10 @@ def test_every_example_rule_end_to_end(
 ) -> None:
     rules = tmp_path / "rules"
     shutil.copytree(RULES, rules)
-    crm = rules / "10-crm-new-subscriber.toml"
     # The one hard-coded destination host points at the local sink instead.
-    crm.write_text(crm.read_text().replace("https://crm.example.com", sink.url("").rstrip("/")))
+    for crm in (rules / "10-crm-new-subscriber.toml", rules / "50-loyalty-campaign-activity.toml"):
+        local = crm.read_text().replace("https://crm.example.com", sink.url("").rstrip("/"))
+        crm.write_text(local)
     with SmtpSink() as smtp:
         router = RouterProcess(
             tmp_path,
@@ -36,11 +37,19 @@ def test_every_example_rule_end_to_end(
         )
         router_factory.append(router)
         router.start()
-        for name in ("new-subscriber", "unsubscribe", "orders-updated-bulk", "etl-finished-bulk"):
+        pushed = (
+            "new-subscriber",
+            "unsubscribe",
+            "orders-updated-bulk",
+            "etl-finished-bulk",
+            "etl-started",
+            "scenario-custom-action",
+        )
+        for name in pushed:
             response = router.push(json.loads((rules / "events" / f"{name}.json").read_text()))
             assert response.status_code == 202, response.text
 
-        requests = {r.path: r for r in sink.wait_for(2)}
+        requests = {r.path: r for r in sink.wait_for(3)}
         contact = requests["/api/contacts/actito-1204"]
         assert contact.method == "PUT"
         assert contact.headers["Authorization"] == f"Bearer {CRM_TOKEN}"
@@ -54,6 +63,9 @@ def test_every_example_rule_end_to_end(
         }
         chat = json.loads(requests["/chat/hooks/T1"].body)
         assert chat["text"] == "Order ORD-2024-000187 has shipped"
+        step = requests["/api/contacts/actito-1205/activities/campaign-445566"]
+        assert step.method == "PUT" and step.headers["Authorization"] == f"Bearer {CRM_TOKEN}"
+        assert json.loads(step.body)["group"] == "Loyalty"
 
         mails = {m.message["Subject"]: m for m in smtp.wait_for(2)}
         unsubscribe = mails["Newsletter unsubscribe: profile 1204"]
@@ -64,19 +76,19 @@ def test_every_example_rule_end_to_end(
         assert "771045004" in etl.message.get_body(("plain",)).get_content()
         assert etl.message.get_body(("html",)) is not None
 
-        # The audit log: one line per record (1 + 1 + 2 + 2 records pushed).
+        # The audit log: one line per record (1 + 1 + 2 + 2 + 1 + 2 records pushed).
         def audit_lines() -> list[dict[str, object]] | None:
             lines = [
                 line
                 for line in router.log_lines()
                 if line.get("logger") == "router.actions.log" and line.get("rule") == "audit-log"
             ]
-            return lines if len(lines) >= 6 else None
+            return lines if len(lines) >= 9 else None
 
         audit = poll(audit_lines)
-        assert len(audit) == 6
+        assert len(audit) == 9
         assert any("PROFILE_TABLE 16 CREATE" in str(line["message"]) for line in audit)
         assert all(line.get("delivery_id") and line.get("event_id") for line in audit)
         assert CRM_TOKEN not in router.log()
         # Nothing more arrives than the rules call for.
-        assert len(sink.requests) == 2 and len(smtp.messages) == 2
+        assert len(sink.requests) == 3 and len(smtp.messages) == 2

@@ -146,7 +146,7 @@ def test_duplicates_are_acknowledged_but_route_nothing(
 
 def rule_matches(router: RouterProcess) -> float:
     for line in router.get("/metrics").text.splitlines():
-        if line.startswith('router_rule_matches_total{rule="forward-all"}'):
+        if line.startswith('router_rule_matches_total{mode="live",rule="forward-all"}'):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 

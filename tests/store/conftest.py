@@ -66,6 +66,7 @@ LAYOUT: dict[str, set[str]] = {
         "last_error",
         "lease_token",
         "lease_until",
+        "mode",
     },
     "attempts": {"job_id", "number", "at", "outcome", "status_code", "error", "duration"},
     "dedupe": {"key", "seen_at"},

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections import Counter
 from pathlib import Path
@@ -10,7 +11,15 @@ from pathlib import Path
 import pytest
 
 from router.exceptions import StoreUnavailable
-from router.store.base import AttemptResult, Job, Outcome, QueueStats, Status, Store
+from router.store.base import (
+    AttemptResult,
+    Job,
+    Mode,
+    Outcome,
+    QueueStats,
+    Status,
+    Store,
+)
 from router.store.migrations import SCHEMA_VERSION, schema_problem
 
 from .conftest import DAY, LAYOUT, LEASE, RULESET, SPEC, T0, Backend, accept, incoming, new_job
@@ -466,6 +475,73 @@ def test_purge(backend: Backend) -> None:
         # Purged dedupe keys are new again, even within the window; kept ones are not.
         again = await accept(store, incoming("old"), incoming("recent"), now=T0 + 300)
         assert (again.accepted, again.duplicates) == (1, 1)
+
+    backend.run(body)
+
+
+def test_shadow_jobs_are_claimed_recorded_listed_and_purged_apart(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        live, shadow, failed = new_job("live"), new_job("tryout"), new_job("tryout", 1)
+        shadow = dataclasses.replace(shadow, mode=Mode.SHADOW)
+        failed = dataclasses.replace(failed, mode=Mode.SHADOW)
+        await accept(store, incoming("k", jobs=[live, shadow, failed]))
+        claimed = {job.id: job for job in await claim_all(store, T0)}
+        assert [claimed[j.id].mode for j in (live, shadow, failed)] == [
+            Mode.LIVE,
+            Mode.SHADOW,
+            Mode.SHADOW,
+        ]
+        rendered = AttemptResult(shadow.id, claimed[shadow.id].lease_token, Outcome.SHADOW, T0, 0)
+        broken = AttemptResult(
+            failed.id, claimed[failed.id].lease_token, Outcome.SHADOW, T0, 0, None, "cannot render"
+        )
+        await store.record([rendered, broken, done(claimed[live.id], T0)], now=T0 + 1)
+        listed = await store.list_jobs(status=Status.SHADOW)
+        assert {(job.id, job.last_error) for job in listed} == {
+            (shadow.id, None),
+            (failed.id, "cannot render"),
+        }
+        assert {job.id for job in await store.list_jobs(status=Status.DONE)} == {live.id}
+        assert await claim_all(store, T0 + 1000) == []  # recorded: never claimed again
+        stats = await store.stats(now=T0 + 1)
+        assert (stats.pending, stats.dead) == (0, 0)
+        detail = await store.get_job(failed.id)
+        assert detail is not None
+        assert [(a.outcome, a.error) for a in detail.history] == [(Outcome.SHADOW, "cannot render")]
+        assert await store.replay([failed.id], now=T0 + 2) == []  # nothing to deliver again
+        assert await store.purge(before=T0 + 50, dedupe_before=T0) == 3
+        assert await store.list_jobs() == []
+
+    backend.run(body)
+
+
+def test_read_events_pages_through_what_was_kept(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        await accept(store, incoming("old", event_id="e-old"), now=T0)
+        records = [
+            incoming(f"k{n}", event_id=f"e{n}", record={"id": f"e{n}", "data": {"n": n}})
+            for n in range(5)
+        ]
+        await accept(store, *records[:3], now=T0 + 100)
+        await accept(store, *records[3:], incoming(None, jobs=[], event_id=None), now=T0 + 200)
+        seen: list[str | None] = []
+        after = 0
+        while page := await store.read_events(since=T0 + 50, after=after, limit=2):
+            assert len(page) <= 2
+            seen += [event.event_id for event in page]
+            after = page[-1].id
+            if len(seen) == 2:  # the intake goes on between pages; later records come too
+                await accept(store, incoming("late", event_id="late"), now=T0 + 300)
+        assert seen == ["e0", "e1", "e2", "e3", "e4", None, "late"]
+        (first,) = await store.read_events(since=T0 + 50, limit=1)
+        assert (first.record, first.matched) == ({"id": "e0", "data": {"n": 0}}, ("crm",))
+        assert (first.ruleset_version, first.received_at) == (RULESET, T0 + 100)
+        assert await store.read_events(since=T0, limit=0) == []
+        # Reads never hold up accepts: both run side by side.
+        pushes = [accept(store, incoming(f"p{n}"), now=T0 + 400) for n in range(20)]
+        pages = [store.read_events(since=T0, limit=3) for _ in range(20)]
+        outcomes = await asyncio.gather(*pushes, *pages)
+        assert sum(result.accepted for result in outcomes[:20]) == 20  # type: ignore[union-attr]
 
     backend.run(body)
 
