@@ -3,6 +3,7 @@
     authoring.py    check, test: the rule files and what they would do
     processes.py    serve, worker, migrate: running the router
     deliveries.py   deliveries list, show, replay: the jobs in the store
+    actito.py       actito plan, apply: the ACTITO webhook subscriptions the rules need
     common.py       settings, options and output the commands share
 
 Errors become exit statuses here, and only here: 0 success; 1 the rules or their tests failed,
@@ -20,7 +21,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from router.cli import authoring, deliveries, processes
+from router.cli import actito, authoring, deliveries, processes
 from router.cli.common import Formatter
 from router.exceptions import CommandError, StartupError, UsageError
 
@@ -40,7 +41,7 @@ shows each command's options and examples.
 """
 
 # The commands, in the order `router --help` lists them.
-COMMANDS = (*authoring.COMMANDS, *processes.COMMANDS, *deliveries.COMMANDS)
+COMMANDS = (*authoring.COMMANDS, *processes.COMMANDS, *deliveries.COMMANDS, *actito.COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:
