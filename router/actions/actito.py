@@ -54,6 +54,7 @@ _WHY = {
     "properties": 'give the row\'s values, e.g. properties = { orderId = "{{ data.id }}" }',
 }
 MAX_PROFILE_ID_DIGITS = 18
+MAX_NAME_CHARS = 200  # of a rendered table or subscription name: longer is no ACTITO name
 ENTITY_SHOWN = "<ROUTER_ACTITO_ENTITY>"  # what a preview shows for the entity of the path
 
 DO_KEY = Key("do", "string", f"What to write: {', '.join(WRITES)}.", required=True)
@@ -297,6 +298,10 @@ def _one_line(text: str, where: str) -> str:
         raise RenderError(f"template for {where}: the rendered value is empty")
     if not value.isprintable():
         raise RenderError(f"template for {where}: the rendered value holds a control character")
+    if len(value) > MAX_NAME_CHARS:
+        raise RenderError(
+            f"template for {where}: the rendered value is over {MAX_NAME_CHARS} characters"
+        )
     return value
 
 

@@ -28,6 +28,7 @@ from router.actito.client import ActitoClient, segment
 from router.exceptions import GiveUp
 
 MAX_CACHED_PROFILES = 10_000  # profiles kept at once; the oldest go first
+MAX_TABLE_ID_CHARS = 200  # longer is no ACTITO table id, and would make an unusable path
 PROFILE_TABLE = "PROFILE_TABLE"
 _ENRICH = 'enrich = ["profile"]'
 
@@ -88,6 +89,8 @@ def profile_of(record: Mapping[str, Any]) -> tuple[str, int]:
         table_id = str(table_id)
     if not isinstance(table_id, str) or not table_id:
         raise GiveUp(f"{_ENRICH} needs the record's tableId, and it has none")
+    if len(table_id) > MAX_TABLE_ID_CHARS:
+        raise GiveUp(f"{_ENRICH} needs a table id, and the record's tableId is too long")
     data = record.get("data")
     raw = data.get("profileId") if isinstance(data, Mapping) else None
     if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 18:

@@ -175,9 +175,17 @@ def test_a_value_that_is_no_profile_id_is_a_render_error(profile: str, message: 
         rendered({**UPDATE, "profile": profile})
 
 
-def test_an_empty_table_is_a_render_error() -> None:
-    with pytest.raises(RenderError, match="template for table: the rendered value is empty"):
-        rendered({**UPDATE, "table": "{{ data.nothing | default('') }}"})
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("{{ data.nothing | default('') }}", "the rendered value is empty"),
+        ("{{ 'x' * 201 }}", "the rendered value is over 200 characters"),
+        ("{{ 'a\tb' }}", "the rendered value holds a control character"),
+    ],
+)
+def test_a_table_that_is_no_name_is_a_render_error(table: str, message: str) -> None:
+    with pytest.raises(RenderError, match=f"template for table: {message}"):
+        rendered({**UPDATE, "table": table})
 
 
 # ---------------------------------------------------------------- enrich

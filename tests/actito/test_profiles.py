@@ -84,6 +84,7 @@ def test_a_profile_table_record_names_its_profile(
         ),
         (record(tableType=None), "this one is an event without a table"),
         (record(tableId=None), "needs the record's tableId"),
+        (record(tableId="7" * 201), "the record's tableId is too long"),
         (record(None), "needs data.profileId (a number)"),
         (record(True), "needs data.profileId"),
         (record("12a"), "needs data.profileId"),
