@@ -109,6 +109,38 @@ class Settings(BaseSettings):
     )
     smtp_timeout: float = Field(30.0, gt=0, description="SMTP connect and command timeout.")
     email_from: str = Field("router@localhost", description="Default From address of e-mails.")
+    public_url: str | None = Field(
+        None,
+        description="The router's public HTTPS base URL; `router actito apply` points ACTITO's "
+        "webhook subscriptions at its /webhooks/actito.",
+    )
+    actito_api_key: SecretStr | None = Field(
+        None, description="ACTITO API key (for enrichment, write-back and subscriptions)."
+    )
+    actito_entity: str | None = Field(None, description="ACTITO entity the API calls act on.")
+    actito_api_url: str = Field(
+        "https://api.actito.com",
+        description="ACTITO API base of your licence's region (api, api1, api3 or api-pre1 "
+        ".actito.com), under which /auth/token and /v4/ live.",
+    )
+    actito_calls_per_minute: int = Field(
+        100, ge=1, description="ACTITO API calls per minute, per process (calls are spaced out)."
+    )
+    actito_max_concurrent: int = Field(
+        5, ge=1, description="ACTITO API calls in flight at once, per process."
+    )
+    actito_timeout: float = Field(30.0, gt=0, description="Seconds one ACTITO API call may take.")
+    actito_profile_cache_seconds: float = Field(
+        30.0, ge=0, description="Seconds a fetched profile is reused for enrichment (0: no reuse)."
+    )
+    actito_profile_tables: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Profile table names to use in API paths instead of the push's tableId, "
+        "as ID=NAME, comma-separated (unset: the tableId).",
+    )
+    actito_push_type: Literal["ONE_BY_ONE", "BULK"] = Field(
+        "ONE_BY_ONE", description="How the subscriptions `router actito apply` writes push events."
+    )
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="auto: JSON lines unless stdout is a terminal."
     )
@@ -122,6 +154,29 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("actito_profile_tables", mode="before")
+    @classmethod
+    def _split_tables(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("actito_profile_tables")
+    @classmethod
+    def _check_tables(cls, value: list[str]) -> list[str]:
+        for item in value:
+            table_id, _, name = item.partition("=")
+            if not table_id.strip() or not name.strip():
+                raise ValueError(f"'{item}' is not ID=NAME (e.g. 16=Customers)")
+        return value
+
+    @field_validator("actito_api_url")
+    @classmethod
+    def _check_api_url(cls, value: str) -> str:
+        if not value.startswith(("https://", "http://")):
+            raise ValueError("must start with https:// (e.g. https://api.actito.com)")
+        return value.rstrip("/")
 
     @property
     def loopback_only(self) -> bool:

@@ -1,7 +1,9 @@
 """Templates: compiled once at load (every problem a TemplateProblem with its line), rendered
 at delivery within limits, in the sandbox of router.sandbox.
 
-A template sees only the context names in CONTEXT_NAMES (build_context makes them). Secrets are
+A template sees only the context names in CONTEXT_NAMES (build_context makes them), and those
+of ENRICHMENT_NAMES its action fetches at delivery (`enrich = ["profile"]`: compile it inside
+`enriched(...)`; elsewhere such a name is an error at load). Secrets are
 reachable only as `secrets.NAME` or `secrets["NAME"]` with a literal name, so the names a rule
 set needs are known at load and no template can list or dump the secrets mapping; nothing of
 `os.environ` is reachable. `include`, `import` and `extends` are refused at compile time (there
@@ -14,10 +16,12 @@ method (items, keys, values, get), needs the item form: `data["etl.executionStat
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import time
-from collections.abc import Mapping
+from collections.abc import Collection, Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,6 +41,12 @@ CONTEXT_NAMES: frozenset[str] = frozenset(
     {"record", "data", "rule", "secrets", "now", "delivery_id"}
 )
 _NAMES_IN_ORDER = "record, data, rule, secrets, now, delivery_id"
+# Names an action's `enrich` key adds, each the name of what it fetches when the job is
+# delivered (router.actions.base.ENRICHMENTS lists the same).
+ENRICHMENT_NAMES: frozenset[str] = frozenset({"profile"})
+PROFILE_SECTIONS = ("attributes", "subscriptions", "segmentations")
+# The enrichment names the templates being compiled may use (see `enriched`).
+_ENRICHED: ContextVar[frozenset[str]] = ContextVar("enriched", default=frozenset())
 
 # Keys of the record itself (the envelope's): `{{ id }}` means record.id, not data.id.
 _RECORD_KEYS = frozenset(
@@ -150,7 +160,7 @@ def _compile(source: str) -> Template:
     tracker = NameTracker(ENV)
     tracker.visit(ast)
     names = frozenset(tracker.undeclared_identifiers)
-    unknown = sorted(names - CONTEXT_NAMES)
+    unknown = sorted(names - CONTEXT_NAMES - _ENRICHED.get())
     if unknown:
         raise TemplateProblem(_unknown_name(unknown[0]), _first_line(ast, unknown[0]))
     compiled = ENV.from_string(ast)
@@ -212,7 +222,23 @@ def _check_known(kind: str, name: str, known: Mapping[str, Any], lineno: int) ->
     raise TemplateProblem(f"unknown {kind} '{name}'{hint}", lineno)
 
 
+@contextlib.contextmanager
+def enriched(names: Collection[str]) -> Iterator[None]:
+    """Templates compiled inside this block may also use `names` (of ENRICHMENT_NAMES): the
+    action they belong to fetches those when its job is delivered."""
+    token = _ENRICHED.set(frozenset(names) & ENRICHMENT_NAMES)
+    try:
+        yield
+    finally:
+        _ENRICHED.reset(token)
+
+
 def _unknown_name(name: str) -> str:
+    if name in ENRICHMENT_NAMES:
+        return (
+            f"name '{name}' is available only to an action that fetches it; add "
+            f'enrich = ["{name}"] to the action'
+        )
     message = f"name '{name}' is not available in templates; use one of {_NAMES_IN_ORDER}"
     if name in DEFAULT_NAMESPACE:
         return f"{message}; Jinja's globals such as {name} are removed here"
@@ -259,6 +285,24 @@ def _secret_names(source: str) -> frozenset[str]:
     return frozenset(found)
 
 
+class Placeholder(dict[str, Any]):
+    """What a preview (`router test`) shows where a template reads fetched data it cannot have:
+    any key renders as `<profile attributes.NAME>`. A dict, so that filters and methods meant
+    for the real mapping (tojson, items, ...) still work on it, on nothing."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def __missing__(self, key: str) -> Any:
+        if self.path == "profile" and key in PROFILE_SECTIONS:
+            return Placeholder(f"profile {key}")
+        return f"<{self.path}.{key}>" if " " in self.path else f"<{self.path} {key}>"
+
+    def __str__(self) -> str:
+        return f"<{self.path}>"
+
+
 def build_context(
     record: Mapping[str, Any],
     *,
@@ -266,15 +310,21 @@ def build_context(
     delivery_id: str,
     secrets: Mapping[str, str],
     now: datetime | None = None,
+    enrichments: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The names a template sees. `now` defaults to the current time; a naive `now` is UTC.
-    A plain mapping of `secrets` is wrapped in EnvSecrets (its methods must stay unreachable)."""
+    A plain mapping of `secrets` is wrapped in EnvSecrets (its methods must stay unreachable).
+    `enrichments` holds what the action fetched (`{"profile": ...}`); None, for previews that
+    fetch nothing, gives each enrichment name a Placeholder."""
     if not isinstance(secrets, SecretsView):
         secrets = EnvSecrets(secrets)
     moment = now or datetime.now(UTC)
     if moment.tzinfo is not None:
         moment = moment.astimezone(UTC)
+    if enrichments is None:
+        enrichments = {name: Placeholder(name) for name in ENRICHMENT_NAMES}
     return {
+        **{name: value for name, value in enrichments.items() if name in ENRICHMENT_NAMES},
         "record": record,
         "data": record.get("data"),
         "rule": {"name": rule},

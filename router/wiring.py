@@ -18,7 +18,7 @@ from starlette.applications import Starlette
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
-from router.actions.registry import build_deliverers
+from router.actions.registry import build_deliverers, enrichments_of
 from router.app import ErrorBoundary, IntakeConfig, ReloadStatus, create_app, create_worker_app
 from router.connections import ConnectionGuard, ConnectionLimits, connection_limits
 from router.engine import Engine
@@ -40,12 +40,37 @@ PURGE_EVERY = 3600.0  # seconds between retention purges
 
 
 def load_startup_rules(settings: Settings) -> RuleSet:
-    """Rules for a starting process: any error (unset secrets included) refuses the start."""
+    """Rules for a starting process: any error (unset secrets included) refuses the start, and
+    so do rules that call ACTITO's API (enrich, the actito action) without its settings: their
+    jobs could only retry until they expire."""
     try:
-        return load_rules(settings.rules_dir, secrets=secret_values().keys(), unset_secrets="error")
+        ruleset = load_rules(
+            settings.rules_dir, secrets=secret_values().keys(), unset_secrets="error"
+        )
     except RuleSetInvalid as exc:
         lines = "\n".join(str(d) for d in exc.diagnostics)
         raise StartupError(f"the rules in {settings.rules_dir} are invalid:\n{lines}") from exc
+    calling = sorted(
+        rule.name
+        for rule in ruleset.enabled
+        for action in rule.actions
+        if action.type == "actito" or enrichments_of(action)
+    )
+    missing = [
+        name
+        for name, value in (
+            ("ROUTER_ACTITO_API_KEY", settings.actito_api_key),
+            ("ROUTER_ACTITO_ENTITY", settings.actito_entity),
+        )
+        if not value
+    ]
+    if calling and missing:
+        raise StartupError(
+            f"rule(s) {', '.join(dict.fromkeys(calling))} call ACTITO's API, but "
+            f"{' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} not set; set "
+            "them (docs/actito.md) or disable those rules"
+        )
+    return ruleset
 
 
 def check_intake_security(settings: Settings) -> None:

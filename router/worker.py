@@ -12,6 +12,12 @@ destination.
 Templates render off the event loop, in one thread of the worker's own: the jobs of a claim
 in as few calls as their render time allows, each action under the RenderLimits. So a slow
 template delays deliveries, never the intake or the health checks of the same process.
+
+An action with `enrich` renders later, in its delivery slot: what it fetches (an ACTITO
+profile) is fetched on the event loop, under the fetching client's own limits, and then the
+action renders in the render thread with it. Such jobs count against the API they fetch from
+(router.actions.registry.destination_of), so waiting for it holds that one destination's
+slots, never the whole worker.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.actions.base import Deliverer
-from router.actions.registry import parse_action, render
+from router.actions.base import Deliverer, Enricher
+from router.actions.registry import enrichments_of, parse_action, render
 from router.exceptions import (
     DeliveryFailed,
     MissingSecret,
@@ -67,6 +73,7 @@ class _Prepared:
     action: Action
     rendered: dict[str, Any]
     host: str
+    enrich: tuple[str, ...] = ()  # fetch these, then render, when its delivery starts
 
 
 @dataclass
@@ -139,6 +146,10 @@ class Worker:
         self._next_retry: float | None = None  # earliest retry this worker scheduled
         self._held: dict[str, str] = {}  # job id -> lease token, for jobs claimed, not finished
         self._renderer: ThreadPoolExecutor | None = None
+        # What deliverers' clients can fetch for `enrich`, by name.
+        self._enrichers: dict[str, Enricher] = {
+            name: enricher for d in deliverers.values() for name, enricher in d.enrichers().items()
+        }
         self.delivered = 0  # attempts finished (any outcome), for tests and logs
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
@@ -311,10 +322,23 @@ class Worker:
             action = self._action(job.spec)
         except ValueError as exc:
             return _Unrenderable(job, None, started, f"invalid action: {exc}")
+        fetched = enrichments_of(action)
+        if fetched:  # rendered in its delivery slot, once what it needs is fetched
+            return _Prepared(job, action, {}, job.destination, enrich=fetched)
+        return self._render(job, action, started, {})
+
+    def _render(
+        self, job: Job, action: Action, started: float, fetched: Mapping[str, Any]
+    ) -> _Prepared | _Unrenderable:
+        """In the render thread: render `action` for `job`, with what was `fetched` for it."""
         try:
             with self.render_limits.applied():
                 context = build_context(
-                    job.record, rule=job.rule, delivery_id=job.id, secrets=self.secrets
+                    job.record,
+                    rule=job.rule,
+                    delivery_id=job.id,
+                    secrets=self.secrets,
+                    enrichments=fetched,
                 )
                 rendered = render(action, context)
             rendered["rule"], rendered["event_id"] = job.rule, job.event_id
@@ -359,6 +383,12 @@ class Worker:
         started = self.clock()
         status: int | None = None
         try:
+            if prepared.enrich:
+                ready = await self._enrich(prepared, started)
+                if isinstance(ready, _Unrenderable):
+                    self._unrenderable(ready)
+                    return
+                prepared = ready
             deliverer = self.deliverers[action.type]
             timeout = action.timeout
             status = await deliverer.deliver(prepared.rendered, job_id=job.id, timeout=timeout)
@@ -383,6 +413,21 @@ class Worker:
                 if host.active == 0:
                     del self._hosts[prepared.host]
             self._wake.set()
+
+    async def _enrich(self, prepared: _Prepared, started: float) -> _Prepared | _Unrenderable:
+        """Fetch what the action's templates need (on the loop: the enricher bounds its own
+        calls), then render it in the render thread. Raises what an enricher raises."""
+        job = prepared.job
+        fetched: dict[str, Any] = {}
+        for name in prepared.enrich:
+            enricher = self._enrichers.get(name)
+            if enricher is None:  # a deliverer that offered it is not in this process
+                raise RetryLater(f"this process cannot fetch {name!r} (enrich)")
+            fetched[name] = await enricher.fetch(job.record)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(
+            self._renderer, self._render, job, prepared.action, started, fetched
+        )
 
     def _failed(self, job: Job, action: Action, started: float, failure: DeliveryFailed) -> None:
         now = self.clock()

@@ -356,7 +356,9 @@ def test_names_and_locals() -> None:
 
 def test_build_context() -> None:
     secrets = PlaceholderSecrets()
-    ctx = build_context(RECORD, rule="r1", delivery_id="d1", secrets=secrets, now=NOW)
+    ctx = build_context(
+        RECORD, rule="r1", delivery_id="d1", secrets=secrets, now=NOW, enrichments={}
+    )
     assert ctx == {
         "record": RECORD,
         "data": RECORD["data"],

@@ -11,6 +11,10 @@ read the same registry, so a new action type is one new module.
 A Deliverer makes exactly one attempt and reports how it went: a status code, or RetryLater /
 GiveUp. It never retries by itself and never sleeps: retrying is the worker's business (see
 router.retry), so that a failing destination costs a job a row in the store, not a held slot.
+
+Every action may also have `enrich`: data its templates need that the event does not carry,
+fetched when the job is delivered (never at intake). A deliverer whose client can fetch such
+data offers an Enricher for it (`Deliverer.enrichers`); the worker asks it before rendering.
 """
 
 from __future__ import annotations
@@ -19,9 +23,9 @@ import abc
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
-from router.checks import Checker, KeyPath
+from router.checks import Checker, KeyPath, kind_of
 from router.retry import RetryOverride
 from router.rules import Action
 
@@ -55,7 +59,26 @@ RETRY_KEY = Key(
     "`{ max_attempts, max_age }` overriding ROUTER_RETRY_MAX_ATTEMPTS and "
     "ROUTER_RETRY_MAX_AGE for this action (1 to 100 attempts; 1 s to 30 days).",
 )
-COMMON_KEYS = (TYPE_KEY, RETRY_KEY)
+# What `enrich` may fetch: name -> what the templates then see under that name.
+ENRICHMENTS: Mapping[str, str] = {
+    "profile": "the ACTITO profile of a profile-table record, as it is when the job is delivered",
+}
+ENRICH_KEY = Key(
+    "enrich",
+    "list of strings",
+    '`["profile"]`: fetch the record\'s ACTITO profile when the job is delivered, for the '
+    "templates (`profile.attributes.NAME`, ...).",
+)
+COMMON_KEYS = (TYPE_KEY, RETRY_KEY, ENRICH_KEY)
+
+
+class Enricher(Protocol):
+    """Fetches one kind of data for the templates of a job, when it is delivered."""
+
+    async def fetch(self, record: Mapping[str, Any]) -> Any:
+        """The data for `record`, as its templates see it. Raises RetryLater for a transient
+        failure and GiveUp when the data cannot exist (the job is then dead, with the reason);
+        never waits longer than its own limits make it."""
 
 
 class Deliverer(abc.ABC):
@@ -79,6 +102,11 @@ class Deliverer(abc.ABC):
 
     async def close(self) -> None:  # noqa: B027 - optional hook, deliberately empty
         """Release what `start` opened. Must be safe to call when `start` was never called."""
+
+    def enrichers(self) -> Mapping[str, Enricher]:
+        """What this deliverer's client can fetch for `enrich`, by name (see ENRICHMENTS);
+        usable once `start` has run. Default: nothing."""
+        return {}
 
     @abc.abstractmethod
     async def deliver(
@@ -173,3 +201,21 @@ def compile_retry(checker: Checker, path: KeyPath, value: Any) -> RetryOverride:
         max_attempts=None if attempts is None else int(attempts),
         max_age=None if age is None else float(age),
     )
+
+
+def compile_enrich(checker: Checker, path: KeyPath, value: Any) -> tuple[str, ...]:
+    """The `enrich` list of an action (absent: nothing is fetched)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        checker.report(path, f'must be a list such as ["profile"], not {kind_of(value)}')
+        return ()
+    names = checker.texts(path, value) or []
+    if not value:
+        checker.report(path, "is an empty list; remove the key to fetch nothing")
+    for index, name in enumerate(names):
+        if name not in ENRICHMENTS:
+            checker.choice((*path, index), name, list(ENRICHMENTS), "thing to fetch")
+        elif name in names[:index]:
+            checker.report((*path, index), f"'{name}' is listed twice")
+    return tuple(dict.fromkeys(name for name in names if name in ENRICHMENTS))

@@ -306,7 +306,8 @@ class EmailType(ActionType):
         rendered["subject"] = action.subject.render(context, where="subject")
         rendered["text"] = action.text.render(context, where="text") if action.text else None
         rendered["html"] = action.html.render(context, where="html") if action.html else None
-        # A dry run renders secrets as placeholders: where one stands, the address is unknown.
+        # A dry run renders secrets (and a fetched profile) as placeholders: where one stands,
+        # the address is unknown.
         dry = isinstance(context.get("secrets"), PlaceholderSecrets)
         try:
             return check_email(
@@ -360,7 +361,7 @@ def _address_problem(text: str, lists: bool) -> str | None:
 
 
 def _has_placeholder(value: str) -> bool:
-    return "<secret " in value
+    return "<secret " in value or "<profile " in value
 
 
 __all__ = ["SENT", "EmailAction", "EmailDeliverer", "EmailType", "Outgoing"]

@@ -1,6 +1,6 @@
 """The action types, by name: the one registry that `router check`, `[[test]]` tables, the dry
 run, the worker, the CLI and the docs read. A type is one module (router.actions.http, .email,
-.log) holding an ActionType; `register` adds one, so a new type touches no other module.
+.log, .actito) holding an ActionType; `register` adds one, so a new type touches no other module.
 """
 
 from __future__ import annotations
@@ -9,17 +9,28 @@ import copy
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from router.actions.base import COMMON_KEYS, ActionType, Deliverer, Key, compile_retry
+from router.actions.actito import ActitoType
+from router.actions.base import (
+    COMMON_KEYS,
+    ActionType,
+    Deliverer,
+    Key,
+    compile_enrich,
+    compile_retry,
+)
 from router.actions.email import EmailType
 from router.actions.http import HttpType
 from router.actions.log import LogType
 from router.checks import Checker, KeyPath, Problems, kind_of
 from router.rules import Action
+from router.templating import enriched
 
 if TYPE_CHECKING:
     from router.settings import Settings
 
 REGISTRY: dict[str, ActionType] = {}
+# The destination whose slots the jobs of an action that fetches each enrichment wait in.
+FETCHED_FROM: Mapping[str, str] = {"profile": ActitoType.name}
 
 
 def register(action_type: ActionType) -> ActionType:
@@ -57,9 +68,17 @@ def compile_action(checker: Checker, path: KeyPath, value: Any) -> Action | None
         if key not in known:
             checker.report((*path, key), _unknown_key(key, known, checker))
     retry = compile_retry(checker, (*path, "retry"), value.get("retry"))
+    fetched = compile_enrich(checker, (*path, "enrich"), value.get("enrich"))
     raw = copy.deepcopy(value)  # the spec jobs store: nothing may change it afterwards
-    action = action_type.compile(checker, path, raw, retry)
+    with enriched(fetched):  # its templates may read what it fetches, and only that
+        action = action_type.compile(checker, path, raw, retry)
     return action if checker.errors == before else None
+
+
+def enrichments_of(action: Action) -> tuple[str, ...]:
+    """What `action` fetches when its job is delivered (its `enrich` list, checked)."""
+    value = action.spec.get("enrich")
+    return tuple(value) if isinstance(value, list) else ()
 
 
 def _unknown_key(key: str, known: list[str], checker: Checker) -> str:
@@ -85,7 +104,13 @@ def render(action: Action, context: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def destination_of(action: Action) -> str:
-    """The destination a job of `action` counts against (see ActionType.destination)."""
+    """The destination a job of `action` counts against (see ActionType.destination). An action
+    with `enrich` counts against the API it fetches from: that API's limits set the pace of its
+    jobs (100 ACTITO calls a minute), so all of them together may hold no more of a worker
+    than one destination may, whatever their own destinations."""
+    fetched = enrichments_of(action)
+    if fetched:
+        return FETCHED_FROM[fetched[0]]
     return of(action).destination(action)
 
 
@@ -94,7 +119,7 @@ def build_deliverers(settings: Settings) -> dict[str, Deliverer]:
     return {name: kind.make_deliverer(settings) for name, kind in REGISTRY.items()}
 
 
-for _builtin in (HttpType(), EmailType(), LogType()):
+for _builtin in (HttpType(), EmailType(), LogType(), ActitoType()):
     register(_builtin)
 
 __all__ = [
@@ -102,6 +127,7 @@ __all__ = [
     "build_deliverers",
     "compile_action",
     "destination_of",
+    "enrichments_of",
     "keys_of",
     "of",
     "parse_action",

@@ -4,6 +4,7 @@
     backtest.py     backtest: new rules against the events the store kept
     processes.py    serve, worker, migrate: running the router
     deliveries.py   deliveries list, show, replay: the jobs in the store
+    actito.py       actito plan, apply: the ACTITO webhook subscriptions the rules need
     common.py       settings, options and output the commands share
 
 Errors become exit statuses here, and only here: 0 success; 1 the rules or their tests failed,
@@ -21,7 +22,7 @@ import sys
 from collections.abc import Sequence
 from importlib import metadata
 
-from router.cli import authoring, backtest, deliveries, processes
+from router.cli import actito, authoring, backtest, deliveries, processes
 from router.cli.common import Formatter
 from router.exceptions import CommandError, StartupError, UsageError
 
@@ -47,6 +48,7 @@ COMMANDS = (
     *backtest.COMMANDS,
     *processes.COMMANDS,
     *deliveries.COMMANDS,
+    *actito.COMMANDS,
 )
 
 

@@ -58,7 +58,7 @@ def test_unknown_level_is_permanent(caplog: pytest.LogCaptureFixture) -> None:
 
 def test_registry_builds_one_deliverer_per_type() -> None:
     deliverers = build_deliverers(Settings(_env_file=None))  # type: ignore[call-arg]
-    assert set(deliverers) == set(REGISTRY) == {"http", "email", "log"}
+    assert set(deliverers) == set(REGISTRY) == {"http", "email", "log", "actito"}
     for name, deliverer in deliverers.items():
         assert isinstance(deliverer, Deliverer)
         assert type(deliverer) is REGISTRY[name].deliverer

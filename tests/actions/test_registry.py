@@ -50,7 +50,7 @@ def note_type() -> Iterator[None]:
 
 
 def test_the_built_in_types_are_registered() -> None:
-    assert list(REGISTRY) == ["http", "email", "log"]
+    assert list(REGISTRY) == ["http", "email", "log", "actito"]
     for name, action_type in REGISTRY.items():
         assert action_type.name == name
         assert {key.name for key in keys_of(name)} >= {"type", "retry"}
@@ -65,7 +65,7 @@ def test_an_unknown_type_is_refused_until_it_is_registered(tmp_path: Path) -> No
         assert isinstance(parse_action(spec), NoteAction)
         problems = Problems()
         assert compile_action(problems, (), {**spec, "colour": "red"}) is None
-        assert problems.lines == ["colour: unknown key; use one of type, retry, file, line"]
+        assert problems.lines == ["colour: unknown key; use one of type, retry, enrich, file, line"]
     finally:
         del REGISTRY["note"]
 
@@ -98,7 +98,7 @@ def test_check_and_test_take_a_registered_type(
 
     (rules / "notes.toml").write_text(rule_file(tmp_path / "notes.txt", 'colour = "red"'))
     assert main(["check", str(rules)]) == 1
-    assert "action[0].colour: unknown key; use one of type, retry, file, line" in (
+    assert "action[0].colour: unknown key; use one of type, retry, enrich, file, line" in (
         capsys.readouterr().out
     )
 

@@ -83,3 +83,20 @@ def test_serve_without_migrating_refuses_an_old_schema(
     assert router.proc.wait(20) == 1
     log = router.log()
     assert "cannot open the store" in log and "Traceback" not in log
+
+
+def test_rules_calling_actito_refuse_to_start_without_its_settings(
+    tmp_path: Path, rules_dir: Path, router_factory: list[RouterProcess]
+) -> None:
+    # Their jobs could only retry until they expire: say so at start instead.
+    (rules_dir / "f.toml").write_text(
+        forward_rule("http://127.0.0.1:9/x", name="enriched", extra="") + 'enrich = ["profile"]\n'
+    )
+    router = RouterProcess(tmp_path, rules_dir, env={"ROUTER_ACTITO_ENTITY": "acme"})
+    router_factory.append(router)
+    router.start(wait=False)
+    assert router.proc is not None
+    assert router.proc.wait(20) == 1
+    assert (
+        "rule(s) enriched call ACTITO's API, but ROUTER_ACTITO_API_KEY is not set" in router.log()
+    )
