@@ -72,10 +72,14 @@ class HeldLock:
         return self.loop.run_until_complete(self.conn.fetchval(query))
 
     def waiters(self) -> int:
-        """Sessions waiting for an advisory lock: a router that is stuck behind this one."""
-        return int(
-            self.fetch("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
-        )
+        """Sessions of this database waiting for an advisory lock: a router stuck behind this
+        one (the server is shared: other databases' sessions do not count)."""
+        query = """
+            SELECT count(*) FROM pg_locks
+            WHERE locktype = 'advisory' AND NOT granted
+                AND database = (SELECT oid FROM pg_database WHERE datname = current_database())
+        """
+        return int(self.fetch(query))
 
     def __exit__(self, *exc: object) -> None:
         if self.conn is not None:
