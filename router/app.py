@@ -35,6 +35,8 @@ ACCEPT_TIMEOUT = 10.0  # seconds a push may wait for the store before it is answ
 READY_TIMEOUT = 3.0  # seconds /readyz waits for the store
 JSON_MEDIA_TYPES = ("application/json", "text/json")
 INTERNAL_ERROR_RETRY_AFTER = 5  # seconds a sender is asked to wait after an unexpected error
+READY_CHECKS = ("store",)  # what /readyz checks, by the names `?exclude=` takes
+INTAKE_PATHS = frozenset({"/webhooks/actito", "/webhooks/actito/"})
 
 
 @dataclass
@@ -141,9 +143,9 @@ def create_app(
         }
 
     routes = [
-        Route("/webhooks/actito", intake, methods=["POST"]),
-        # The same intake, not a redirect: a sender might not follow a 307 with its body.
-        Route("/webhooks/actito/", intake, methods=["POST"]),
+        # The second is the same intake, not a redirect: a sender might not follow a 307 with
+        # its body.
+        *(Route(path, intake, methods=["POST"]) for path in sorted(INTAKE_PATHS)),
         *operations_routes(engine.store, metrics, describe, engine.clock),
     ]
     return starlette_app(routes, lifespan)
@@ -173,15 +175,32 @@ def operations_routes(
         return JSONResponse({"status": "ok"})
 
     async def readyz(request: Request) -> Response:
-        problems: list[str] = []
+        # `?exclude=store` (as Kubernetes' own /readyz?exclude=…): the store is still asked and
+        # reported, but its outage does not fail the answer. An intake probed this way stays in
+        # its Service during a database outage, so senders get its JSON 503 with Retry-After
+        # rather than a proxy's bare 502.
+        excluded = request.query_params.getlist("exclude")
+        unknown = sorted(set(excluded) - set(READY_CHECKS))
+        if unknown:
+            return JSONResponse(
+                {
+                    "error": f"unknown check {unknown[0]!r} in exclude; the checks are: "
+                    + ", ".join(READY_CHECKS)
+                },
+                status_code=400,
+            )
+        failed: dict[str, str] = {}
         try:
             await asyncio.wait_for(store.ping(), READY_TIMEOUT)
         except (StoreUnavailable, TimeoutError) as exc:
-            problems.append(f"store unavailable: {exc or 'timed out'}")
-        body: dict[str, Any] = {"status": "ok" if not problems else "unavailable", **describe()}
-        if problems:
-            body["problems"] = problems
-        return JSONResponse(body, status_code=200 if not problems else 503)
+            failed["store"] = f"store unavailable: {exc or 'timed out'}"
+        ready = all(check in excluded for check in failed)
+        body: dict[str, Any] = {"status": "ok" if ready else "unavailable", **describe()}
+        if failed:
+            body["problems"] = list(failed.values())
+        if excluded:
+            body["excluded"] = sorted(set(excluded))
+        return JSONResponse(body, status_code=200 if ready else 503)
 
     async def metrics_endpoint(request: Request) -> Response:
         try:
@@ -278,3 +297,24 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise BodyTooLarge
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class PortSplit:
+    """The intake and the operations endpoints on two ports of one server: requests to the
+    `ops_port` reach everything but the webhook (health, readiness with its detail, metrics),
+    requests to any other port the webhook only. Everything else is a JSON 404, so the public
+    port tells an outsider nothing about the router's state or rules."""
+
+    def __init__(self, app: ASGIApp, ops_port: int) -> None:
+        self.app = app
+        self.ops_port = ops_port
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            server = scope.get("server")
+            on_ops_port = server is not None and server[1] == self.ops_port
+            if on_ops_port == (scope["path"] in INTAKE_PATHS):
+                response = JSONResponse({"error": "Not Found"}, status_code=404)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

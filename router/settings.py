@@ -29,6 +29,20 @@ class Settings(BaseSettings):
     worker_port: int = Field(
         8081, ge=0, le=65535, description="Health and metrics port of `router worker` (0: none)."
     )
+    ops_port: int = Field(
+        0,
+        ge=0,
+        le=65535,
+        description="Port of /healthz, /readyz and /metrics of `router serve`; the intake's port "
+        "then answers the webhook only (0: all on the intake's port).",
+    )
+    drain_timeout: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="Seconds a stopping process gives the requests and deliveries in flight; "
+        "keep the container's stop timeout above it.",
+    )
     webhook_secrets: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,
         description="Accepted shared secrets, comma-separated (several at once for rotation).",

@@ -1,6 +1,14 @@
 """The wiring of a process: `serve` (intake, plus delivery unless --no-worker) and `worker`
 (delivery only). Builds the parts from the settings, runs them under uvicorn, and stops them
-gracefully on SIGTERM. Anything that keeps a process from starting is a StartupError."""
+gracefully on SIGTERM. Anything that keeps a process from starting is a StartupError.
+
+Stopping is honoured from the first instant. Until uvicorn takes the signals over, SIGTERM and
+SIGINT interrupt the start (loading rules, waiting for the database or for another replica's
+migration) and the process exits 0 without serving; while the server starts, they cancel the
+store's opening. Once serving, a signal starts both drains at once: uvicorn finishes the
+requests in flight and the worker stops claiming and finishes its deliveries, each within
+ROUTER_DRAIN_TIMEOUT, so a container's stop timeout above that never cuts a delivery short.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +17,9 @@ import contextlib
 import logging
 import math
 import signal
+import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import FrameType
 
 import uvicorn
@@ -19,7 +28,14 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from router.actions.registry import build_deliverers, enrichments_of
-from router.app import ErrorBoundary, IntakeConfig, ReloadStatus, create_app, create_worker_app
+from router.app import (
+    ErrorBoundary,
+    IntakeConfig,
+    PortSplit,
+    ReloadStatus,
+    create_app,
+    create_worker_app,
+)
 from router.connections import ConnectionGuard, ConnectionLimits, connection_limits
 from router.engine import Engine
 from router.exceptions import StartupError, StoreUnavailable
@@ -37,6 +53,48 @@ from router.worker import Worker, WorkerLimits
 log = logging.getLogger("router.wiring")
 
 PURGE_EVERY = 3600.0  # seconds between retention purges
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _Interrupted(BaseException):
+    """A stop signal arrived before the process served: not an error, the start just ends.
+    A BaseException, like KeyboardInterrupt, so no `except Exception` on the way swallows it."""
+
+
+@contextlib.contextmanager
+def _signals_interrupt_the_start() -> Iterator[None]:
+    """While the process starts, SIGTERM/SIGINT raise _Interrupted wherever it is (uvicorn
+    installs its own handlers while it runs, and gives these back when it returns)."""
+
+    def interrupt(sig: int, frame: FrameType | None) -> None:
+        raise _Interrupted(sig)
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in STOP_SIGNALS}
+    try:
+        yield
+    except _Interrupted as exc:
+        log.info("stopped by signal %s before serving", signal.Signals(exc.args[0]).name)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[None]) -> bool:
+    """Await `work` unless `stop` is set first, which cancels it: whether `work` finished.
+    Its own errors propagate."""
+    task = asyncio.ensure_future(work)
+    stopping = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    if task.done():
+        task.result()
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    return False
 
 
 def load_startup_rules(settings: Settings) -> RuleSet:
@@ -116,6 +174,7 @@ def build_worker(settings: Settings, store: Store, metrics: Metrics) -> Worker:
             concurrency=settings.concurrency,
             per_host=settings.per_host_concurrency,
             lease=settings.lease_seconds,
+            drain_grace=settings.drain_timeout,
         ),
         render_limits=RenderLimits.from_settings(settings),
         metrics=metrics,
@@ -150,7 +209,17 @@ async def purge_loop(store: Store, settings: Settings, stop: asyncio.Event) -> N
 
 def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> None:
     """Run the intake (and delivery workers) until SIGTERM/SIGINT."""
+    with _signals_interrupt_the_start():
+        _serve(settings, worker=worker, migrate=migrate)
+
+
+def _serve(settings: Settings, *, worker: bool, migrate: bool) -> None:
     check_intake_security(settings)
+    if settings.ops_port and settings.ops_port == settings.port:
+        raise StartupError(
+            f"ROUTER_OPS_PORT and ROUTER_PORT are both {settings.port}; give the operations "
+            "port another number, or set ROUTER_OPS_PORT=0 to serve everything on one port"
+        )
     ruleset = load_startup_rules(settings)
     preflight_store(settings, migrate=migrate)
     metrics = Metrics()
@@ -158,7 +227,7 @@ def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> N
     metrics.last_reload_ok.set(1)
     store = open_store(settings.store_url)  # opened by the lifespan, in the server's loop
     engine = Engine(store, ruleset, dedupe_window=settings.dedupe_window, metrics=metrics)
-    server: uvicorn.Server
+    server: _Server
 
     def fail(name: str) -> None:
         log.error("the %s stopped; shutting the server down so it can be restarted", name)
@@ -166,8 +235,12 @@ def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> N
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await store.open(migrate=migrate)
-        stop = asyncio.Event()
+        stop = server.exit_event()
+        # The preflight migrated: opening again only checks the schema, and a signal cancels it.
+        if not await _unless_stopped(stop, store.open(migrate=False)):
+            log.info("stopped by a signal before serving")
+            yield  # uvicorn sees the signal and stops without serving
+            return
         tasks: list[asyncio.Task[None]] = []
         if settings.reload:
             reloader = Reloader(
@@ -186,12 +259,13 @@ def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> N
             )
         tasks.append(asyncio.create_task(_guard(purge_loop(store, settings, stop), "purge", fail)))
         log.info(
-            "serving %d rule(s) on http://%s:%d/webhooks/actito (store %s, worker %s)",
+            "serving %d rule(s) on http://%s:%d/webhooks/actito (store %s, worker %s%s)",
             len(ruleset.enabled),
             settings.host,
             settings.port,
             settings.store_url.split("://", 1)[0],
             "on" if worker else "off",
+            f", health and metrics on port {settings.ops_port}" if settings.ops_port else "",
             extra={"version": ruleset.version},
         )
         try:
@@ -209,25 +283,55 @@ def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> N
         max_body_bytes=settings.max_body_bytes,
         max_records=settings.max_records,
     )
+    app: ASGIApp = create_app(engine, config, status, lifespan=lifespan)
+    ports = [settings.port]
+    if settings.ops_port:
+        app = PortSplit(app, settings.ops_port)
+        ports.append(settings.ops_port)
     server = build_server(
-        create_app(engine, config, status, lifespan=lifespan),
+        app,
         settings.host,
         settings.port,
         connection_limits(settings, delivering=worker),
         on_refusal=_count_refusals(metrics),
+        drain_timeout=settings.drain_timeout,
     )
-    _run(server)
+    if settings.ops_port:
+        _run(server, [_listen(settings.host, port) for port in ports])
+    else:
+        _run(server)
 
 
 class _Server(uvicorn.Server):
-    """uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, so the process dies by the
+    """uvicorn's server, told of a stop signal at once (`exit_event`), where uvicorn itself only
+    notices it at its next tick, once started.
+
+    uvicorn re-raises SIGTERM/SIGINT after a graceful shutdown, so the process dies by the
     signal (exit status 143). After a complete drain the router exits 0 instead."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self._exit: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def exit_event(self) -> asyncio.Event:
+        """An event of the running loop, set as soon as the server is told to exit (a signal;
+        already set if one came before)."""
+        if self._exit is None:
+            self._exit = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
+            if self.should_exit:
+                self._exit.set()
+        return self._exit
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         super().handle_exit(sig, frame)
         captured = getattr(self, "_captured_signals", None)
         if isinstance(captured, list):
             captured.clear()
+        if self._loop is not None and self._exit is not None:
+            # A signal handler runs between two steps of the loop: wake the loop up.
+            self._loop.call_soon_threadsafe(self._exit.set)
 
 
 def build_server(
@@ -238,10 +342,12 @@ def build_server(
     *,
     http: type[asyncio.Protocol] = AutoHTTPProtocol,
     on_refusal: Callable[[str], None] | None = None,
-) -> uvicorn.Server:
+    drain_timeout: float = 30.0,
+) -> _Server:
     """A uvicorn server for `app` whose connections are bounded by `limits` (see
     router.connections), with `http` (uvicorn's h11 or httptools protocol) as the parser, and
-    whose application errors never reach uvicorn (see ErrorBoundary)."""
+    whose application errors never reach uvicorn (see ErrorBoundary). On exit, requests in
+    flight get `drain_timeout` seconds to finish."""
     guard = ConnectionGuard(limits, on_refusal=on_refusal)
     return _Server(
         uvicorn.Config(
@@ -258,7 +364,7 @@ def build_server(
             log_config=None,
             access_log=False,
             lifespan="on",
-            timeout_graceful_shutdown=30,
+            timeout_graceful_shutdown=math.ceil(drain_timeout),
             server_header=False,
         )
     )
@@ -268,15 +374,36 @@ def _count_refusals(metrics: Metrics) -> Callable[[str], None]:
     return lambda reason: metrics.requests_rejected.labels(reason=reason).inc()
 
 
-def _run(server: uvicorn.Server) -> None:
-    server.run()
-    if not server.started:
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port, as uvicorn would open it, or a StartupError."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=2048)
+    except OSError as exc:
+        raise StartupError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc}); free the port or choose "
+            "another"
+        ) from exc
+
+
+def _run(server: _Server, sockets: list[socket.socket] | None = None) -> None:
+    try:
+        server.run(sockets=sockets)
+    finally:
+        for sock in sockets or ():
+            sock.close()
+    if not server.started and not server.should_exit:
         raise StartupError("the server did not start; see the log above")
 
 
 def run_worker(settings: Settings, *, migrate: bool = True) -> None:
     """Deliver jobs until SIGTERM/SIGINT (no intake). /healthz, /readyz and /metrics are served
     on ROUTER_WORKER_PORT unless it is 0."""
+    with _signals_interrupt_the_start():
+        _run_worker(settings, migrate=migrate)
+
+
+def _run_worker(settings: Settings, *, migrate: bool) -> None:
     preflight_store(settings, migrate=migrate)
     metrics = Metrics()
     store = open_store(settings.store_url)
@@ -299,25 +426,30 @@ def run_worker(settings: Settings, *, migrate: bool = True) -> None:
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in STOP_SIGNALS:
                 loop.add_signal_handler(sig, stop.set)
-            await store.open(migrate=migrate)
-            await work(stop, lambda name: stop.set())
+            if await _unless_stopped(stop, store.open(migrate=False)):
+                await work(stop, lambda name: stop.set())
+            else:
+                log.info("stopped by a signal before delivering")
 
         asyncio.run(main())
         return
 
-    server: uvicorn.Server
+    server: _Server
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        stop = asyncio.Event()
+        stop = server.exit_event()
 
         def fail(name: str) -> None:
             log.error("the %s stopped; shutting down so it can be restarted", name)
             server.should_exit = True
 
-        await store.open(migrate=migrate)
+        if not await _unless_stopped(stop, store.open(migrate=False)):
+            log.info("stopped by a signal before delivering")
+            yield
+            return
         task = asyncio.create_task(work(stop, fail))
         try:
             yield
@@ -331,6 +463,7 @@ def run_worker(settings: Settings, *, migrate: bool = True) -> None:
         settings.worker_port,
         connection_limits(settings, delivering=True),
         on_refusal=_count_refusals(metrics),
+        drain_timeout=settings.drain_timeout,
     )
     _run(server)
 

@@ -8,10 +8,18 @@ step, or a Python step where SQL cannot do it. `schema_version` holds a row per 
 A step is never edited once released; a change of schema is a new step at the end of both lists.
 
 Every backend runs the same way (only the transaction and the lock are its own): the pending
-steps are applied in one transaction, so a failed upgrade leaves the store as it was; a store
-whose schema is newer than this code is refused, migrating or not (old code could corrupt it);
-with migrations off, an older schema is refused. The sentences an operator reads are written
-here only, so `router migrate --check` says the same on every backend.
+steps are applied in one transaction, so a failed upgrade leaves the store as it was; with
+migrations off, an older schema is refused. The sentences an operator reads are written here
+only, so `router migrate --check` says the same on every backend.
+
+A store newer than the code (a rollback after an upgrade) is used as it is when every step the
+code does not know is *additive* (ADDITIVE): it only adds tables, indexes, or columns that are
+nullable or have a default, and leaves the meaning of what exists alone, so the older code's
+reads and writes still hold. Old code cannot know what later steps did, so the store says it:
+whenever steps are applied, the runner records in `store_meta` (key FLOOR_KEY) the oldest schema
+version whose code may use the store, the number of its last step that is not additive. Code
+whose SCHEMA_VERSION is below that floor is refused with one sentence, migrating or not; so is
+any code older than a store that has no floor (written before the policy existed).
 
 Version 3 settled the points where the two backends had drifted apart, taking the better side:
 - `specs`: an action's spec is stored once, keyed by `router.rules.spec_hash`, and a job names
@@ -40,23 +48,53 @@ was accepted) and the job status `shadow`: a shadow job is rendered and recorded
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from router.exceptions import StoreUnavailable
 
+log = logging.getLogger("router.store")
+
 SCHEMA_VERSION = 4  # the steps each dialect lists; version N is the same layout everywhere
+
+# Whether step N (at index N - 1) is additive, as the module docstring defines it. Decided once,
+# when the step is written, and never changed: a rollback across the step depends on it.
+ADDITIVE: tuple[bool, ...] = (
+    False,  # 1: the first layout
+    True,  # 2: store_meta, a new table
+    False,  # 3: one layout for both backends (tables rebuilt, columns dropped and renamed)
+    # 4: jobs.mode (shadow rules) and the `shadow` status. Not additive: code that does not know
+    # the mode would deliver a shadow rule's pending jobs, and cannot read a `shadow` status.
+    False,
+)
+assert len(ADDITIVE) == SCHEMA_VERSION, "say of every step whether it is additive"
+
+# The store_meta key that holds the oldest schema version whose code may use the store.
+FLOOR_KEY = "schema_floor"
 
 Step = TypeVar("Step")
 
 
-def schema_problem(version: int) -> str | None:
-    """Why a store at schema `version` cannot be used as it is, or None when it is current."""
+def floor_of(version: int) -> int:
+    """The oldest schema version whose code may use a store at `version` (this code's steps):
+    the last step up to `version` that is not additive."""
+    breaking = [n for n in range(1, version + 1) if not ADDITIVE[n - 1]]
+    return breaking[-1] if breaking else 0
+
+
+def schema_problem(version: int, floor: int | None = None) -> str | None:
+    """Why a store at schema `version` cannot be used as it is, or None when it can. `floor`
+    is the store's record of the oldest code that may use it (None: no record)."""
     if version > SCHEMA_VERSION:
+        needed = version if floor is None else floor
+        if needed <= SCHEMA_VERSION:
+            return None
         return (
-            f"the store's schema version {version} is newer than this router's "
-            f"{SCHEMA_VERSION}; upgrade the router"
+            f"the store's schema version {version} needs a router of schema version {needed} "
+            f"or newer and this one has {SCHEMA_VERSION}; upgrade the router (or restore the "
+            "database backup taken before the store was migrated)"
         )
     if version < SCHEMA_VERSION:
         return (
@@ -75,6 +113,12 @@ def step_failed(number: int, exc: BaseException) -> str:
     )
 
 
+def parse_floor(value: object) -> int | None:
+    """The floor as stored in store_meta (text), or None when absent or unreadable."""
+    text = str(value) if value is not None else ""
+    return int(text) if text.isdigit() else None
+
+
 @dataclass(frozen=True)
 class Migrations(Generic[Step]):
     """A dialect's steps: `steps[N - 1]` brings a store from version N - 1 to N."""
@@ -85,13 +129,35 @@ class Migrations(Generic[Step]):
         assert len(self.steps) == SCHEMA_VERSION, "every dialect lists every step"
 
     def pending(
-        self, version: int, *, apply: bool, target: int = SCHEMA_VERSION
+        self,
+        version: int,
+        *,
+        apply: bool,
+        target: int = SCHEMA_VERSION,
+        floor: int | None = None,
     ) -> list[tuple[int, Step]]:
         """The (number, step) pairs that bring a store at `version` to `target`, in order.
 
-        Raises StoreUnavailable with the operator's sentence when the store is newer than this
-        code, or older than `target` and `apply` is false. `target` below SCHEMA_VERSION only
-        builds stores of an earlier release (tests of upgrades)."""
-        if version > SCHEMA_VERSION or (version < target and not apply):
+        A store newer than this code whose `floor` (see the module docstring) allows this code
+        needs nothing: []. Raises StoreUnavailable with the operator's sentence when the store
+        is newer and does not allow it, or older than `target` and `apply` is false. `target`
+        below SCHEMA_VERSION only builds stores of an earlier release (tests of upgrades)."""
+        if version > SCHEMA_VERSION:
+            problem = schema_problem(version, floor)
+            if problem is not None:
+                raise StoreUnavailable(problem)
+            log.warning(
+                "the store's schema version %d is newer than this router's %d; every newer "
+                "step is additive, so this router uses the store as it is",
+                version,
+                SCHEMA_VERSION,
+            )
+            return []
+        if version < target and not apply:
             raise StoreUnavailable(str(schema_problem(version)))
         return [(number, self.steps[number - 1]) for number in range(version + 1, target + 1)]
+
+    def records_floor(self, target: int) -> bool:
+        """Whether a run to `target` writes the floor: real migrations do; stores built as an
+        earlier release left them (tests of upgrades) stay without one, as that release did."""
+        return target == SCHEMA_VERSION

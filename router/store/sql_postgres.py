@@ -32,7 +32,14 @@ from router.exceptions import StoreUnavailable
 from router.rules import spec_hash
 from router.store import rows
 from router.store.base import IncomingRecord
-from router.store.migrations import SCHEMA_VERSION, Migrations, step_failed
+from router.store.migrations import (
+    FLOOR_KEY,
+    SCHEMA_VERSION,
+    Migrations,
+    floor_of,
+    parse_floor,
+    step_failed,
+)
 from router.store.specs import SpecCache, spec_row
 
 if TYPE_CHECKING:
@@ -186,6 +193,12 @@ CREATE TABLE IF NOT EXISTS schema_version (
 _HAS_VERSION_TABLE = "SELECT to_regclass('schema_version')"
 _GET_VERSION = "SELECT coalesce(max(version), 0) FROM schema_version"
 _SET_VERSION = "INSERT INTO schema_version (version) VALUES ($1)"
+_HAS_META_TABLE = "SELECT to_regclass('store_meta')"
+_GET_FLOOR = "SELECT value FROM store_meta WHERE key = $1"
+_SET_FLOOR = """
+INSERT INTO store_meta (key, value) VALUES ($1, $2)
+ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value
+"""
 
 
 async def current_version(conn: Connection) -> int:
@@ -195,9 +208,24 @@ async def current_version(conn: Connection) -> int:
     return int(await conn.fetchval(_GET_VERSION))
 
 
+async def stored_floor(conn: Connection) -> int | None:
+    """The store's floor (router.store.migrations), or None when it has none."""
+    if await conn.fetchval(_HAS_META_TABLE) is None:
+        return None
+    return parse_floor(await conn.fetchval(_GET_FLOOR, FLOOR_KEY))
+
+
+async def _pending(
+    conn: Connection, *, apply: bool, target: int = SCHEMA_VERSION
+) -> tuple[int, list[tuple[int, Step]]]:
+    version = await current_version(conn)
+    floor = await stored_floor(conn) if version > SCHEMA_VERSION else None
+    return version, MIGRATIONS.pending(version, apply=apply, target=target, floor=floor)
+
+
 async def check_version(conn: Connection) -> None:
-    """Raise StoreUnavailable unless the schema is current (migrations off)."""
-    MIGRATIONS.pending(await current_version(conn), apply=False)
+    """Raise StoreUnavailable unless this code may use the schema as it is (migrations off)."""
+    await _pending(conn, apply=False)
 
 
 async def apply_pending(conn: Connection, *, target: int = SCHEMA_VERSION) -> list[int]:
@@ -208,7 +236,7 @@ async def apply_pending(conn: Connection, *, target: int = SCHEMA_VERSION) -> li
             "SELECT pg_advisory_xact_lock($1)", MIGRATION_LOCK_KEY, timeout=MIGRATION_TIMEOUT
         )
         await conn.execute(_CREATE_VERSION_TABLE)
-        pending = MIGRATIONS.pending(await current_version(conn), apply=True, target=target)
+        version, pending = await _pending(conn, apply=True, target=target)
         for number, step in pending:
             try:
                 if isinstance(step, str):
@@ -218,6 +246,8 @@ async def apply_pending(conn: Connection, *, target: int = SCHEMA_VERSION) -> li
             except Exception as exc:
                 raise StoreUnavailable(step_failed(number, exc)) from exc
             await conn.execute(_SET_VERSION, number)
+        if version <= SCHEMA_VERSION and MIGRATIONS.records_floor(target):
+            await conn.execute(_SET_FLOOR, FLOOR_KEY, str(floor_of(SCHEMA_VERSION)))
         return [number for number, _ in pending]
 
 

@@ -33,7 +33,14 @@ from router.store.base import (
     Status,
     StoredEvent,
 )
-from router.store.migrations import SCHEMA_VERSION, Migrations, step_failed
+from router.store.migrations import (
+    FLOOR_KEY,
+    SCHEMA_VERSION,
+    Migrations,
+    floor_of,
+    parse_floor,
+    step_failed,
+)
 from router.store.specs import SpecCache, spec_row
 
 PRAGMAS = (
@@ -48,6 +55,11 @@ SCHEMA_VERSION_TABLE = "CREATE TABLE IF NOT EXISTS schema_version (version INTEG
 HAS_SCHEMA_VERSION = "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
 GET_SCHEMA_VERSION = "SELECT max(version) FROM schema_version"
 SET_SCHEMA_VERSION = "INSERT INTO schema_version (version) VALUES (?)"
+GET_FLOOR = "SELECT value FROM store_meta WHERE key = ?"
+SET_FLOOR = """
+    INSERT INTO store_meta (key, value) VALUES (?, ?)
+    ON CONFLICT (key) DO UPDATE SET value = excluded.value
+"""
 
 MIGRATIONS = Migrations[tuple[str, ...]](
     (
@@ -294,6 +306,15 @@ def current_version(conn: sqlite3.Connection) -> int:
     return int(conn.execute(GET_SCHEMA_VERSION).fetchone()[0] or 0)
 
 
+def stored_floor(conn: sqlite3.Connection) -> int | None:
+    """The store's floor (router.store.migrations), or None when it has none."""
+    try:
+        row = conn.execute(GET_FLOOR, (FLOOR_KEY,)).fetchone()
+    except sqlite3.OperationalError:  # no store_meta table: a store of a very early release
+        return None
+    return parse_floor(row[0]) if row else None
+
+
 def migrate(conn: sqlite3.Connection, apply: bool, *, target: int = SCHEMA_VERSION) -> list[int]:
     """Bring the schema to `target` in one transaction, as router.store.migrations lays down
     (StoreUnavailable when that cannot or must not be done); returns the steps applied."""
@@ -302,7 +323,9 @@ def migrate(conn: sqlite3.Connection, apply: bool, *, target: int = SCHEMA_VERSI
     conn.execute("PRAGMA foreign_keys = OFF")
     conn.execute("BEGIN IMMEDIATE")  # two processes starting at once migrate one after another
     try:
-        pending = MIGRATIONS.pending(current_version(conn), apply=apply, target=target)
+        version = current_version(conn)
+        floor = stored_floor(conn) if version > SCHEMA_VERSION else None
+        pending = MIGRATIONS.pending(version, apply=apply, target=target, floor=floor)
         conn.execute(SCHEMA_VERSION_TABLE)
         for number, statements in pending:
             try:
@@ -311,6 +334,8 @@ def migrate(conn: sqlite3.Connection, apply: bool, *, target: int = SCHEMA_VERSI
             except sqlite3.Error as exc:
                 raise StoreUnavailable(step_failed(number, exc)) from exc
             conn.execute(SET_SCHEMA_VERSION, (number,))
+        if apply and version <= SCHEMA_VERSION and MIGRATIONS.records_floor(target):
+            conn.execute(SET_FLOOR, (FLOOR_KEY, str(floor_of(SCHEMA_VERSION))))
         if apply and not conn.execute("PRAGMA user_version").fetchone()[0]:
             conn.execute(f"PRAGMA user_version = {secrets.randbelow(2**31 - 1) + 1}")
         conn.execute("COMMIT")

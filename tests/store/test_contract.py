@@ -20,7 +20,7 @@ from router.store.base import (
     Status,
     Store,
 )
-from router.store.migrations import SCHEMA_VERSION, schema_problem
+from router.store.migrations import FLOOR_KEY, SCHEMA_VERSION, floor_of, schema_problem
 
 from .conftest import DAY, LAYOUT, LEASE, RULESET, SPEC, T0, Backend, accept, incoming, new_job
 
@@ -635,14 +635,74 @@ def test_the_schema_is_the_same_on_every_backend(tmp_path: Path, pg: Backend) ->
     assert sqlite.layout() == pg.layout()
 
 
-@pytest.mark.parametrize("migrate", [False, True], ids=["checking", "migrating"])
-def test_a_schema_newer_than_the_code_is_refused(backend: Backend, migrate: bool) -> None:
+# What the next release's runner leaves after one more step: the step itself (additive: a
+# nullable column and a table), its schema_version row and the floor it computed.
+NEXT_STEP = {
+    "sqlite": (
+        "ALTER TABLE jobs ADD COLUMN priority INTEGER",
+        "CREATE TABLE notes (id INTEGER PRIMARY KEY, body TEXT)",
+    ),
+    "postgres": (
+        "ALTER TABLE jobs ADD COLUMN priority integer",
+        "CREATE TABLE notes (id bigint PRIMARY KEY, body text)",
+    ),
+}
+
+
+def migrated_by_the_next_release(backend: Backend, *, floor: int | None) -> None:
     backend.run(lambda store: store.ping())
+    for statement in NEXT_STEP[backend.name]:
+        backend.sql(statement)
     backend.sql(f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION + 1})")
+    backend.sql(f"DELETE FROM store_meta WHERE key = '{FLOOR_KEY}'")
+    if floor is not None:
+        backend.sql(f"INSERT INTO store_meta (key, value) VALUES ('{FLOOR_KEY}', '{floor}')")
+
+
+def schema_record(backend: Backend) -> list[tuple[object, ...]]:
+    versions = backend.sql("SELECT version FROM schema_version ORDER BY version")
+    return versions + backend.sql(f"SELECT value FROM store_meta WHERE key = '{FLOOR_KEY}'")
+
+
+def test_migrating_records_the_oldest_code_that_may_use_the_store(backend: Backend) -> None:
+    backend.migrate_to(SCHEMA_VERSION - 1)  # as that release left it: no floor yet
+    assert backend.sql(f"SELECT value FROM store_meta WHERE key = '{FLOOR_KEY}'") == []
+    backend.run(lambda store: store.ping())
+    floor = backend.sql(f"SELECT value FROM store_meta WHERE key = '{FLOOR_KEY}'")
+    assert floor == [(str(floor_of(SCHEMA_VERSION)),)]
+
+
+@pytest.mark.parametrize("migrate", [False, True], ids=["checking", "migrating"])
+@pytest.mark.parametrize("floor", [SCHEMA_VERSION + 1, None], ids=["breaking", "unrecorded"])
+def test_a_newer_schema_this_code_may_not_use_is_refused(
+    backend: Backend, migrate: bool, floor: int | None
+) -> None:
+    migrated_by_the_next_release(backend, floor=floor)
+    before = schema_record(backend)
     with pytest.raises(StoreUnavailable) as raised:
         backend.run(lambda store: store.ping(), migrate=migrate)
-    assert str(raised.value) == schema_problem(SCHEMA_VERSION + 1)
+    assert str(raised.value) == schema_problem(SCHEMA_VERSION + 1, floor)
     assert "upgrade the router" in str(raised.value)
+    assert schema_record(backend) == before
+
+
+@pytest.mark.parametrize("migrate", [False, True], ids=["checking", "migrating"])
+def test_a_newer_schema_whose_new_steps_are_additive_is_used_as_it_is(
+    backend: Backend, migrate: bool
+) -> None:
+    """A rollback one release back: this code reads and writes the newer layout."""
+    migrated_by_the_next_release(backend, floor=floor_of(SCHEMA_VERSION))
+    before = schema_record(backend)
+
+    async def body(store: Store) -> None:
+        await accept(store, incoming("k1"))
+        (job,) = await claim_all(store, T0)
+        await store.record([done(job, T0 + 1)], now=T0 + 1)
+        detail = await store.get_job(job.id)
+        assert detail is not None and detail.summary.status == Status.DONE
+
+    backend.run(body, migrate=migrate)
+    assert schema_record(backend) == before  # nothing of the newer release's record changed
 
 
 def test_an_older_schema_is_refused_unless_migrating_then_upgraded(backend: Backend) -> None:

@@ -17,7 +17,7 @@ import pytest
 
 from router.exceptions import StoreUnavailable
 from router.store.base import AcceptResult, AttemptResult, Outcome, Store
-from router.store.migrations import SCHEMA_VERSION
+from router.store.migrations import FLOOR_KEY, SCHEMA_VERSION
 from router.store.postgres import CONNECT_TIMEOUT, POOL_SIZE, PostgresStore
 
 from .conftest import LEASE, T0, Backend, accept, incoming, new_job
@@ -208,6 +208,13 @@ def test_concurrent_opens_migrate_once(pg: Backend) -> None:
     asyncio.run(main())
 
 
+# A store the next release migrated with a step that is not additive (it records that floor).
+NEWER_AND_BREAKING = [
+    f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION + 1})",
+    f"UPDATE store_meta SET value = '{SCHEMA_VERSION + 1}' WHERE key = '{FLOOR_KEY}'",
+]
+
+
 @pytest.mark.postgres
 @pytest.mark.parametrize(
     ("setup", "migrate", "message"),
@@ -219,14 +226,16 @@ def test_concurrent_opens_migrate_once(pg: Backend) -> None:
             f"schema version {SCHEMA_VERSION - 1}, expected {SCHEMA_VERSION}; run `router migrate`",
         ),
         (
-            [f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION + 1})"],
+            NEWER_AND_BREAKING,
             False,
-            f"schema version {SCHEMA_VERSION + 1} is newer than this router's {SCHEMA_VERSION}",
+            f"schema version {SCHEMA_VERSION + 1} needs a router of schema version "
+            f"{SCHEMA_VERSION + 1} or newer and this one has {SCHEMA_VERSION}",
         ),
         (
-            [f"INSERT INTO schema_version (version) VALUES ({SCHEMA_VERSION + 1})"],
+            NEWER_AND_BREAKING,
             True,
-            f"schema version {SCHEMA_VERSION + 1} is newer than this router's {SCHEMA_VERSION}",
+            f"schema version {SCHEMA_VERSION + 1} needs a router of schema version "
+            f"{SCHEMA_VERSION + 1} or newer and this one has {SCHEMA_VERSION}",
         ),
     ],
     ids=["empty", "old", "newer", "newer-migrating"],
