@@ -181,6 +181,17 @@ MIGRATIONS = Migrations[Step](
         CHECK (status IN ('pending', 'done', 'dead', 'shadow'));
     CREATE INDEX jobs_shadow ON jobs (updated_at) WHERE status = 'shadow';
     """,
+        # 5: the console's reads (router.store.migrations). `jobs_recent` carries what the
+        # per-rule and per-destination counters read, so they scan the index only.
+        """
+    CREATE INDEX events_event_id ON events (event_id);
+    CREATE INDEX events_unmatched ON events (id) WHERE matched::text = '[]';
+    CREATE INDEX jobs_rule ON jobs (rule, seq);
+    CREATE INDEX jobs_destination ON jobs (destination, seq);
+    CREATE INDEX jobs_status ON jobs (status, seq);
+    CREATE INDEX jobs_recent ON jobs (created_at)
+        INCLUDE (rule, destination, status, attempts, action_index);
+    """,
     )
 )
 

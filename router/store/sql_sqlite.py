@@ -175,6 +175,16 @@ MIGRATIONS = Migrations[tuple[str, ...]](
         # sent). Every job stored before was live. `status` is free text here: 'shadow' needs
         # no change of its own.
         ("ALTER TABLE jobs ADD COLUMN mode TEXT NOT NULL DEFAULT 'live'",),
+        # 5: the console's reads (router.store.migrations).
+        (
+            "CREATE INDEX events_event_id ON events (event_id)",
+            "CREATE INDEX events_unmatched ON events (id) WHERE matched = '[]'",
+            "CREATE INDEX jobs_rule ON jobs (rule, seq)",
+            "CREATE INDEX jobs_destination ON jobs (destination, seq)",
+            "CREATE INDEX jobs_status ON jobs (status, seq)",
+            "CREATE INDEX jobs_recent ON jobs "
+            "(created_at, rule, destination, status, attempts, action_index)",
+        ),
     )
 )
 

@@ -1,0 +1,352 @@
+"""The console's reads, for every backend: its SQL in each dialect, and the rows as dataclasses.
+
+Each read runs through `Store.read_only` (one snapshot, never holding up the intake) and uses an
+index of schema step 5 (router.store.migrations), so a page answers in the same time with a
+million jobs as with a hundred:
+
+- jobs newest first by `seq`, filtered by status, rule or destination (`jobs_status`,
+  `jobs_rule`, `jobs_destination`), the next page from the last `seq` seen;
+- records newest first by id, by envelope id (`events_event_id`), by rule (through the rule's
+  jobs, `jobs_rule`) or without a match (`events_unmatched`);
+- a search inside records (a profile id, a table, an operation, any text) reads at most
+  SCAN_WINDOW records per page, newest first, and says where it stopped: no index could serve
+  it without costing every push, and a search must never read a whole store;
+- the counters of the last hour and day read `jobs_recent`, which holds every column they need.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+from router.store import rows
+from router.store.base import (
+    Activity,
+    Counts,
+    Dialect,
+    EventPage,
+    EventQuery,
+    FoundJob,
+    JobQuery,
+    JobSummary,
+    Status,
+    Store,
+    StoredEvent,
+)
+
+MAX_PAGE = 500  # most rows one page reads
+SCAN_WINDOW = 20_000  # most records a search inside records reads per page
+HOUR = 3600.0
+DAY = 86400.0
+Statement = tuple[str, list[Any]]
+FOUND_COLUMNS = f"{rows.SUMMARY_COLUMNS}, j.seq, j.event"
+
+
+class _Params:
+    """Placeholders in a dialect's style: `?` (SQLite) or `$n::type` (PostgreSQL)."""
+
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
+        self.values: list[Any] = []
+
+    def __call__(self, value: Any, pg_type: str) -> str:
+        self.values.append(value)
+        if self.dialect == "sqlite":
+            return "?"
+        return f"${len(self.values)}::{pg_type}"
+
+
+def _limit(limit: int) -> int:
+    return max(1, min(limit, MAX_PAGE))
+
+
+def _job_filters(query: JobQuery, p: _Params) -> list[str]:
+    where: list[str] = []
+    if query.status is not None:
+        where.append(f"j.status = {p(str(query.status), 'text')}")
+    if query.rule is not None:
+        where.append(f"j.rule = {p(query.rule, 'text')}")
+    if query.destination is not None:
+        where.append(f"j.destination = {p(query.destination, 'text')}")
+    if query.since is not None:
+        where.append(f"j.created_at >= {p(query.since, 'float8')}")
+    if query.until is not None:
+        where.append(f"j.created_at < {p(query.until, 'float8')}")
+    return where
+
+
+def _where(conditions: list[str]) -> str:
+    return " WHERE " + " AND ".join(conditions) if conditions else ""
+
+
+def find_jobs(dialect: Dialect, query: JobQuery) -> Statement:
+    p = _Params(dialect)
+    where = _job_filters(query, p)
+    if query.before is not None:
+        where.append(f"j.seq < {p(query.before, 'int8')}")
+    limit = p(_limit(query.limit), "int8")
+    return (
+        f"SELECT {FOUND_COLUMNS} FROM jobs AS j JOIN events AS e ON e.id = j.event"
+        f"{_where(where)} ORDER BY j.seq DESC LIMIT {limit}",
+        p.values,
+    )
+
+
+def count_jobs(dialect: Dialect, query: JobQuery) -> Statement:
+    p = _Params(dialect)
+    where = _job_filters(query, p)
+    return f"SELECT count(*) FROM jobs AS j{_where(where)}", p.values
+
+
+def found_job(row: rows.Row) -> FoundJob:
+    """A row of FOUND_COLUMNS."""
+    return FoundJob(seq=int(row[13]), event=int(row[14]), job=rows.summary(row))
+
+
+def jobs_of_event(dialect: Dialect, event: int) -> Statement:
+    p = _Params(dialect)
+    return (
+        f"SELECT {FOUND_COLUMNS} FROM jobs AS j JOIN events AS e ON e.id = j.event "
+        f"WHERE j.event = {p(event, 'int8')} ORDER BY j.seq",
+        p.values,
+    )
+
+
+def get_event(dialect: Dialect, event: int) -> Statement:
+    p = _Params(dialect)
+    return f"SELECT {_EVENT_COLUMNS} FROM events AS e WHERE e.id = {p(event, 'int8')}", p.values
+
+
+def top_event(dialect: Dialect) -> Statement:
+    return "SELECT max(id) FROM events", []
+
+
+_EVENT_COLUMNS = "e.id, e.event_id, e.record, e.matched, e.ruleset_version, e.received_at"
+
+
+def _like(term: str) -> str:
+    """`term` as a LIKE pattern that finds it in a stored record: records are stored as
+    ASCII-escaped JSON, so a value is searched in that form; `!` escapes the wildcards."""
+    escaped = json.dumps(term)[1:-1]
+    escaped = escaped.replace("!", "!!").replace("%", "!%").replace("_", "!_")
+    return f"%{escaped}%"
+
+
+def _inside(dialect: Dialect, path: tuple[str, ...]) -> str:
+    """A record's value at `path` as text (NULL when absent, or when a step is no object)."""
+    if dialect == "sqlite":
+        return f"CAST(json_extract(e.record, '$.{'.'.join(path)}') AS TEXT)"
+    parent = "e.record" + "".join(f" -> '{key}'" for key in path[:-1])
+    return f"(CASE WHEN json_typeof({parent}) = 'object' THEN {parent} ->> '{path[-1]}' END)"
+
+
+def find_events(
+    dialect: Dialect, query: EventQuery, top: int | None
+) -> tuple[str, list[Any], int | None]:
+    """The statement of one page of `query` and, for a search inside records, the lowest id it
+    reads (`top`: the cursor, or above the newest record)."""
+    p = _Params(dialect)
+    where: list[str] = []
+    floor: int | None = None
+    if query.event_id is not None:
+        where.append(f"e.event_id = {p(query.event_id, 'text')}")
+    if query.unmatched:
+        where.append("e.matched = '[]'" if dialect == "sqlite" else "e.matched::text = '[]'")
+    if query.profile_id is not None:
+        where.append(f"{_inside(dialect, ('data', 'profileId'))} = {p(query.profile_id, 'text')}")
+    if query.table is not None:
+        where.append(f"{_inside(dialect, ('tableId',))} = {p(query.table, 'text')}")
+    if query.operation is not None:
+        where.append(f"{_inside(dialect, ('operation',))} = {p(query.operation, 'text')}")
+    if query.text is not None:
+        operator = "LIKE" if dialect == "sqlite" else "ILIKE"
+        where.append(f"e.record::text {operator} {p(_like(query.text), 'text')} ESCAPE '!'")
+        if dialect == "sqlite":
+            where[-1] = where[-1].replace("e.record::text", "e.record")
+    if query.scans and top is not None:
+        floor = max(top - SCAN_WINDOW, 0)
+        where.append(f"e.id >= {p(floor, 'int8')}")
+    limit = _limit(query.limit)
+    if query.rule is not None:
+        # Through the rule's jobs (one per record: its first action), newest first.
+        where.append(f"j.rule = {p(query.rule, 'text')}")
+        where.append("j.action_index = 0")
+        if query.before is not None:
+            where.append(f"j.seq < {p(query.before, 'int8')}")
+        statement = (
+            f"SELECT {_EVENT_COLUMNS}, j.seq FROM jobs AS j JOIN events AS e ON e.id = j.event"
+            f"{_where(where)} ORDER BY j.seq DESC LIMIT {p(limit, 'int8')}"
+        )
+    else:
+        if top is not None:
+            where.append(f"e.id < {p(top, 'int8')}")
+        statement = (
+            f"SELECT {_EVENT_COLUMNS}, e.id FROM events AS e"
+            f"{_where(where)} ORDER BY e.id DESC LIMIT {p(limit, 'int8')}"
+        )
+    return statement, p.values, floor
+
+
+def stored_event(row: rows.Row) -> StoredEvent:
+    return rows.stored_event(row)
+
+
+def event_page(found: list[Any], query: EventQuery, floor: int | None) -> EventPage:
+    events = [rows.stored_event(row) for row in found]
+    if len(found) >= _limit(query.limit):
+        return EventPage(events, int(found[-1][6]))
+    if floor:  # the window ended before the page filled: older records are still unread
+        return EventPage(events, None if query.rule else floor, searched_to=floor)
+    return EventPage(events, None)
+
+
+def activity(dialect: Dialect, now: float) -> list[Statement]:
+    p = _Params(dialect)
+    day = p(now - DAY, "float8")
+    hour = p(now - HOUR, "float8")
+    counters = (
+        "SELECT j.rule, j.destination, j.status, j.attempts > 0, "
+        f"j.created_at >= {hour}, j.action_index = 0, count(*), max(j.created_at) "
+        f"FROM jobs AS j WHERE j.created_at >= {day} GROUP BY 1, 2, 3, 4, 5, 6"
+    )
+    statements: list[Statement] = [(counters, p.values)]
+    for status in ("dead", "pending"):
+        p = _Params(dialect)
+        statements.append(
+            (
+                "SELECT j.destination, j.last_error, j.updated_at FROM jobs AS j "
+                f"WHERE j.status = {p(status, 'text')} AND j.last_error IS NOT NULL "
+                f"AND j.updated_at >= {p(now - DAY, 'float8')} "
+                f"ORDER BY j.seq DESC LIMIT {p(MAX_PAGE, 'int8')}",
+                p.values,
+            )
+        )
+    p = _Params(dialect)
+    minute = (
+        "CAST(e.received_at / 60 AS INTEGER)"
+        if dialect == "sqlite"
+        else "floor(e.received_at / 60)::int8"
+    )
+    statements.append(
+        (
+            f"SELECT {minute}, count(*) FROM events AS e "
+            f"WHERE e.received_at >= {p(now - HOUR, 'float8')} GROUP BY 1 ORDER BY 1",
+            p.values,
+        )
+    )
+    return statements
+
+
+def last_match(dialect: Dialect, rule: str) -> Statement:
+    p = _Params(dialect)
+    return (
+        f"SELECT j.created_at FROM jobs AS j WHERE j.rule = {p(rule, 'text')} "
+        "ORDER BY j.seq DESC LIMIT 1",
+        p.values,
+    )
+
+
+def _add(
+    counts: dict[str, Counts],
+    key: str,
+    status: str,
+    retried: bool,
+    first: bool,
+    n: int,
+    last: float,
+) -> None:
+    old = counts.get(key, Counts())
+    counts[key] = Counts(
+        jobs=old.jobs + n,
+        matched=old.matched + (n if first else 0),
+        delivered=old.delivered + (n if status == Status.DONE else 0),
+        retrying=old.retrying + (n if status == Status.PENDING and retried else 0),
+        dead=old.dead + (n if status == Status.DEAD else 0),
+        pending=old.pending + (n if status == Status.PENDING else 0),
+        shadow=old.shadow + (n if status == Status.SHADOW else 0),
+        last=max(old.last or last, last),
+    )
+
+
+def activity_of(found: list[list[Any]], now: float, rules: Sequence[str]) -> Activity:
+    counters, dead_errors, retry_errors, minutes, *lasts = found
+    rules_hour: dict[str, Counts] = {}
+    rules_day: dict[str, Counts] = {}
+    dest_hour: dict[str, Counts] = {}
+    dest_day: dict[str, Counts] = {}
+    for rule, destination, status, retried, recent, first, n, last in counters:
+        for table, key in ((rules_day, rule), (dest_day, destination)):
+            _add(table, key, status, bool(retried), bool(first), int(n), float(last))
+        if recent:
+            for table, key in ((rules_hour, rule), (dest_hour, destination)):
+                _add(table, key, status, bool(retried), bool(first), int(n), float(last))
+    last_errors: dict[str, tuple[str, float]] = {}
+    for destination, error, at in [*dead_errors, *retry_errors]:
+        if destination not in last_errors or at > last_errors[destination][1]:
+            last_errors[destination] = (error, float(at))
+    for rule, found_last in zip(rules, lasts, strict=True):
+        if found_last:
+            old = rules_day.get(rule, Counts())
+            rules_day[rule] = Counts(
+                **{**_fields(old), "last": max(old.last or 0.0, float(found_last[0][0]))}
+            )
+    return Activity(
+        rules_hour=rules_hour,
+        rules_day=rules_day,
+        destinations_hour=dest_hour,
+        destinations_day=dest_day,
+        last_errors=last_errors,
+        received_per_minute=[(float(m) * 60, int(n)) for m, n in minutes],
+    )
+
+
+def _fields(counts: Counts) -> dict[str, Any]:
+    return {name: getattr(counts, name) for name in Counts.__slots__}
+
+
+# -- the reads, on any store
+
+
+async def find_jobs_in(store: Store, query: JobQuery) -> list[FoundJob]:
+    """Jobs matching `query`, newest first, at most `query.limit` (at most MAX_PAGE)."""
+    (found,) = await store.read_only([find_jobs(store.dialect, query)])
+    return [found_job(row) for row in found]
+
+
+async def count_jobs_in(store: Store, query: JobQuery) -> int:
+    """How many jobs match `query` (its cursor and limit aside)."""
+    (found,) = await store.read_only([count_jobs(store.dialect, query)])
+    return int(found[0][0])
+
+
+async def find_events_in(store: Store, query: EventQuery) -> EventPage:
+    """Stored records matching `query`, newest first (see EventQuery)."""
+    top = query.before
+    # Through a rule, pages go by its jobs' `seq`: the window is counted from the newest record.
+    if query.scans and (top is None or query.rule is not None):
+        (found,) = await store.read_only([top_event(store.dialect)])
+        if found[0][0] is None:
+            return EventPage([], None)
+        top = int(found[0][0]) + 1
+    sql, params, floor = find_events(store.dialect, query, top)
+    (found,) = await store.read_only([(sql, params)])
+    return event_page(found, query, floor)
+
+
+async def event_in(store: Store, event: int) -> tuple[StoredEvent, list[JobSummary]] | None:
+    """One stored record and the jobs it made, in acceptance order; None when unknown."""
+    found, jobs = await store.read_only(
+        [get_event(store.dialect, event), jobs_of_event(store.dialect, event)]
+    )
+    if not found:
+        return None
+    return rows.stored_event(found[0]), [found_job(row).job for row in jobs]
+
+
+async def activity_in(store: Store, *, now: float, rules: Sequence[str] = ()) -> Activity:
+    """Counters of the last hour and day, per rule and destination; each of `rules` also gets
+    its last match, however old (its day's Counts.last)."""
+    statements = activity(store.dialect, now)
+    statements += [last_match(store.dialect, rule) for rule in rules]
+    return activity_of(await store.read_only(statements), now, rules)
