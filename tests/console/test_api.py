@@ -19,7 +19,6 @@ from tests.console.conftest import HOSTILE, OPERATOR, SECRET_VALUE, VIEWER, Cons
 from tests.e2e.harness import poll
 from tests.sinks import Reply
 
-
 BASE = "urn:router-console-openapi"
 
 
