@@ -1,6 +1,6 @@
 """A real `router serve` with its console on, for the console's tests.
 
-One process per test module (starting one takes a second or two): an SQLite store in a
+One process for the package's tests (starting one takes seconds on a busy machine): an SQLite store in a
 temporary directory, two rules (one that posts to a real HTTP sink on 127.0.0.1 with a secret
 in a header, one that never matches the records these tests push), an operator's token and a
 viewer's. Tests push through the real intake and read through the real console and API.
@@ -124,7 +124,7 @@ def start_console(
     return router.start()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def console(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Console]:
     with HttpSink(Reply(200)) as sink:
         router = start_console(tmp_path_factory.mktemp("console"), sink)
