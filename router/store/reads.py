@@ -11,7 +11,9 @@ million jobs as with a hundred:
 - a search inside records (a profile id, a table, an operation, any text) reads at most
   SCAN_WINDOW records per page, newest first, and says where it stopped: no index could serve
   it without costing every push, and a search must never read a whole store;
-- the counters of the last hour and day read `jobs_recent`, which holds every column they need.
+- the counters of the last hour and day read `jobs_recent`, which holds every column they need
+  (on SQLite led by rule, destination and status, read by a skip-scan in group order; on
+  PostgreSQL led by the creation time).
 """
 
 from __future__ import annotations
@@ -201,16 +203,37 @@ def event_page(found: list[Any], query: EventQuery, floor: int | None) -> EventP
     return EventPage(events, None)
 
 
-def activity(dialect: Dialect, now: float) -> list[Statement]:
+def activity(dialect: Dialect, now: float, *, matched: bool) -> list[Statement]:
+    """The counters' statements: jobs by rule, destination and status created in the last day
+    and in the last hour; with `matched`, the same of first actions (one per matched record);
+    retrying jobs; the last errors; records per minute. Each is a plain count over one index:
+    expressions inside an aggregate would cost more than the rows they read."""
+    statements: list[Statement] = []
+    windows = [now - DAY, now - HOUR]
+    for first in (False, True) if matched else (False,):
+        for since in windows:
+            p = _Params(dialect)
+            only_first = " AND j.action_index = 0" if first else ""
+            statements.append(
+                (
+                    "SELECT j.rule, j.destination, j.status, count(*), max(j.created_at) "
+                    f"FROM jobs AS j WHERE j.created_at >= {p(since, 'float8')}{only_first} "
+                    "GROUP BY j.rule, j.destination, j.status",
+                    p.values,
+                )
+            )
+    while len(statements) < 4:
+        statements.append(("SELECT 1 WHERE 1 = 0", []))
     p = _Params(dialect)
-    day = p(now - DAY, "float8")
     hour = p(now - HOUR, "float8")
-    counters = (
-        "SELECT j.rule, j.destination, j.status, j.attempts > 0, "
-        f"j.created_at >= {hour}, j.action_index = 0, count(*), max(j.created_at) "
-        f"FROM jobs AS j WHERE j.created_at >= {day} GROUP BY 1, 2, 3, 4, 5, 6"
+    statements.append(
+        (
+            f"SELECT j.rule, j.destination, j.created_at >= {hour}, count(*) FROM jobs AS j "
+            f"WHERE j.status = 'pending' AND j.attempts > 0 "
+            f"AND j.created_at >= {p(now - DAY, 'float8')} GROUP BY 1, 2, 3",
+            p.values,
+        )
     )
-    statements: list[Statement] = [(counters, p.values)]
     for status in ("dead", "pending"):
         p = _Params(dialect)
         statements.append(
@@ -248,54 +271,64 @@ def last_match(dialect: Dialect, rule: str) -> Statement:
 
 
 def _add(
-    counts: dict[str, Counts],
-    key: str,
-    status: str,
-    retried: bool,
-    first: bool,
-    n: int,
-    last: float,
+    counts: dict[str, Counts], key: str, status: str, n: int, last: float | None, *, first: bool
 ) -> None:
     old = counts.get(key, Counts())
+    if first:  # first actions: one per matched record
+        counts[key] = Counts(**{**_fields(old), "matched": old.matched + n})
+        return
     counts[key] = Counts(
         jobs=old.jobs + n,
-        matched=old.matched + (n if first else 0),
+        matched=old.matched,
         delivered=old.delivered + (n if status == Status.DONE else 0),
-        retrying=old.retrying + (n if status == Status.PENDING and retried else 0),
+        retrying=old.retrying,
         dead=old.dead + (n if status == Status.DEAD else 0),
         pending=old.pending + (n if status == Status.PENDING else 0),
         shadow=old.shadow + (n if status == Status.SHADOW else 0),
-        last=max(old.last or last, last),
+        last=last if old.last is None or (last is not None and last > old.last) else old.last,
     )
 
 
-def activity_of(found: list[list[Any]], now: float, rules: Sequence[str]) -> Activity:
-    counters, dead_errors, retry_errors, minutes, *lasts = found
-    rules_hour: dict[str, Counts] = {}
-    rules_day: dict[str, Counts] = {}
-    dest_hour: dict[str, Counts] = {}
-    dest_day: dict[str, Counts] = {}
-    for rule, destination, status, retried, recent, first, n, last in counters:
-        for table, key in ((rules_day, rule), (dest_day, destination)):
-            _add(table, key, status, bool(retried), bool(first), int(n), float(last))
-        if recent:
-            for table, key in ((rules_hour, rule), (dest_hour, destination)):
-                _add(table, key, status, bool(retried), bool(first), int(n), float(last))
+def activity_of(found: list[list[Any]], rules: Sequence[str]) -> Activity:
+    day, hour, first_day, first_hour, retrying, dead_errors, retry_errors, minutes, *lasts = found
+    tables: dict[str, dict[str, Counts]] = {
+        "rules_day": {},
+        "rules_hour": {},
+        "destinations_day": {},
+        "destinations_hour": {},
+    }
+    for rows_, window, first in (
+        (day, "day", False),
+        (hour, "hour", False),
+        (first_day, "day", True),
+        (first_hour, "hour", True),
+    ):
+        for rule, destination, status, n, last in rows_:
+            _add(tables[f"rules_{window}"], rule, status, int(n), last, first=first)
+            if not first:
+                _add(
+                    tables[f"destinations_{window}"], destination, status, int(n), last, first=False
+                )
+    for rule, destination, recent, n in retrying:
+        for window in ("day", "hour") if recent else ("day",):
+            for table, key in ((f"rules_{window}", rule), (f"destinations_{window}", destination)):
+                old = tables[table].get(key, Counts())
+                tables[table][key] = Counts(**{**_fields(old), "retrying": old.retrying + int(n)})
     last_errors: dict[str, tuple[str, float]] = {}
     for destination, error, at in [*dead_errors, *retry_errors]:
         if destination not in last_errors or at > last_errors[destination][1]:
             last_errors[destination] = (error, float(at))
+    rules_day = tables["rules_day"]
     for rule, found_last in zip(rules, lasts, strict=True):
         if found_last:
             old = rules_day.get(rule, Counts())
-            rules_day[rule] = Counts(
-                **{**_fields(old), "last": max(old.last or 0.0, float(found_last[0][0]))}
-            )
+            newest = float(found_last[0][0])
+            rules_day[rule] = Counts(**{**_fields(old), "last": max(old.last or newest, newest)})
     return Activity(
-        rules_hour=rules_hour,
+        rules_hour=tables["rules_hour"],
         rules_day=rules_day,
-        destinations_hour=dest_hour,
-        destinations_day=dest_day,
+        destinations_hour=tables["destinations_hour"],
+        destinations_day=tables["destinations_day"],
         last_errors=last_errors,
         received_per_minute=[(float(m) * 60, int(n)) for m, n in minutes],
     )
@@ -347,6 +380,6 @@ async def event_in(store: Store, event: int) -> tuple[StoredEvent, list[JobSumma
 async def activity_in(store: Store, *, now: float, rules: Sequence[str] = ()) -> Activity:
     """Counters of the last hour and day, per rule and destination; each of `rules` also gets
     its last match, however old (its day's Counts.last)."""
-    statements = activity(store.dialect, now)
+    statements = activity(store.dialect, now, matched=bool(rules))
     statements += [last_match(store.dialect, rule) for rule in rules]
-    return activity_of(await store.read_only(statements), now, rules)
+    return activity_of(await store.read_only(statements), rules)

@@ -182,7 +182,8 @@ MIGRATIONS = Migrations[Step](
     CREATE INDEX jobs_shadow ON jobs (updated_at) WHERE status = 'shadow';
     """,
         # 5: the console's reads (router.store.migrations). `jobs_recent` carries what the
-        # per-rule and per-destination counters read, so they scan the index only.
+        # per-rule and per-destination counters read, so they scan the index only; `jobs_seq`
+        # lists the newest jobs, `jobs_event` a record's jobs (SQLite has both already).
         """
     CREATE INDEX events_event_id ON events (event_id);
     CREATE INDEX events_unmatched ON events (id) WHERE matched::text = '[]';
@@ -190,7 +191,9 @@ MIGRATIONS = Migrations[Step](
     CREATE INDEX jobs_destination ON jobs (destination, seq);
     CREATE INDEX jobs_status ON jobs (status, seq);
     CREATE INDEX jobs_recent ON jobs (created_at)
-        INCLUDE (rule, destination, status, attempts, action_index);
+        INCLUDE (rule, destination, status, action_index);
+    CREATE INDEX jobs_seq ON jobs (seq);
+    CREATE INDEX jobs_event ON jobs (event);
     """,
     )
 )
