@@ -3,7 +3,8 @@
 One process for the package's tests (starting one takes seconds on a busy machine): an SQLite
 store in a temporary directory, two rules (one that posts to a real HTTP sink on 127.0.0.1
 with a secret in a header, one that never matches the records these tests push), an
-operator's token and a viewer's. Tests push through the real intake and read through the real console and API.
+operator's token and a viewer's. Tests push through the real intake and read through the real
+console and API.
 """
 
 from __future__ import annotations
