@@ -203,32 +203,90 @@ def event_page(found: list[Any], query: EventQuery, floor: int | None) -> EventP
     return EventPage(events, None)
 
 
+# SQLite: the (rule, destination, status) groups of `jobs_recent`, found by seeking from one
+# to the next (a loose index scan: a few index lookups per group, not a scan of every job; the
+# planner would only do that itself with statistics the store never gathers), then each
+# group's counts read as ranges of the same index.
+_SQLITE_GROUPS = """
+WITH RECURSIVE
+r(rule) AS (
+    SELECT min(rule) FROM jobs INDEXED BY jobs_recent
+    UNION ALL
+    SELECT (SELECT min(rule) FROM jobs INDEXED BY jobs_recent WHERE rule > r.rule)
+    FROM r WHERE r.rule IS NOT NULL
+),
+rd(rule, destination) AS (
+    SELECT rule, (SELECT min(destination) FROM jobs INDEXED BY jobs_recent WHERE rule = r.rule)
+    FROM r WHERE r.rule IS NOT NULL
+    UNION ALL
+    SELECT rule, (SELECT min(destination) FROM jobs INDEXED BY jobs_recent
+                  WHERE rule = rd.rule AND destination > rd.destination)
+    FROM rd WHERE rd.destination IS NOT NULL
+),
+g(rule, destination, status) AS (
+    SELECT rule, destination,
+           (SELECT min(status) FROM jobs INDEXED BY jobs_recent
+            WHERE rule = rd.rule AND destination = rd.destination)
+    FROM rd WHERE rd.destination IS NOT NULL
+    UNION ALL
+    SELECT rule, destination,
+           (SELECT min(status) FROM jobs INDEXED BY jobs_recent
+            WHERE rule = g.rule AND destination = g.destination AND status > g.status)
+    FROM g WHERE g.status IS NOT NULL
+)
+SELECT g.rule, g.destination, g.status, {counts}
+FROM g WHERE g.status IS NOT NULL
+"""
+_SQLITE_COUNT = (
+    "(SELECT {what} FROM jobs AS j INDEXED BY jobs_recent WHERE j.rule = g.rule "
+    "AND j.destination = g.destination AND j.status = g.status AND j.created_at >= {since}{more})"
+)
+
+
 def activity(dialect: Dialect, now: float, *, matched: bool) -> list[Statement]:
-    """The counters' statements: jobs by rule, destination and status created in the last day
-    and in the last hour; with `matched`, the same of first actions (one per matched record);
-    retrying jobs; the last errors; records per minute. Each is a plain count over one index:
-    expressions inside an aggregate would cost more than the rows they read."""
-    statements: list[Statement] = []
-    windows = [now - DAY, now - HOUR]
-    for first in (False, True) if matched else (False,):
-        for since in windows:
-            p = _Params(dialect)
-            only_first = " AND j.action_index = 0" if first else ""
-            statements.append(
-                (
-                    "SELECT j.rule, j.destination, j.status, count(*), max(j.created_at) "
-                    f"FROM jobs AS j WHERE j.created_at >= {p(since, 'float8')}{only_first} "
-                    "GROUP BY j.rule, j.destination, j.status",
-                    p.values,
-                )
-            )
-    while len(statements) < 4:
-        statements.append(("SELECT 1 WHERE 1 = 0", []))
+    """The counters' statements. First, per (rule, destination, status): jobs created in the
+    last day, in the last hour, the same of first actions (one per matched record: counted
+    only with `matched`), and the newest creation time. Then retrying jobs, the last errors,
+    and records per minute."""
     p = _Params(dialect)
-    hour = p(now - HOUR, "float8")
+    day, hour = now - DAY, now - HOUR
+    if dialect == "sqlite":
+        parts = [
+            _SQLITE_COUNT.format(what="count(*)", since=p(day, "float8"), more=""),
+            _SQLITE_COUNT.format(what="count(*)", since=p(hour, "float8"), more=""),
+        ]
+        if matched:
+            first = " AND j.action_index = 0"
+            parts.append(_SQLITE_COUNT.format(what="count(*)", since=p(day, "float8"), more=first))
+            parts.append(_SQLITE_COUNT.format(what="count(*)", since=p(hour, "float8"), more=first))
+        else:
+            parts += ["0", "0"]
+        parts.append(
+            _SQLITE_COUNT.format(what="max(j.created_at)", since=p(day, "float8"), more="")
+        )
+        statements: list[Statement] = [(_SQLITE_GROUPS.format(counts=", ".join(parts)), p.values)]
+    else:
+        since_day, since_hour = p(day, "float8"), p(hour, "float8")
+        first = (
+            f"count(*) FILTER (WHERE j.action_index = 0), "
+            f"count(*) FILTER (WHERE j.action_index = 0 AND j.created_at >= {since_hour})"
+            if matched
+            else "0, 0"
+        )
+        statements = [
+            (
+                "SELECT j.rule, j.destination, j.status, count(*), "
+                f"count(*) FILTER (WHERE j.created_at >= {since_hour}), {first}, "
+                f"max(j.created_at) FROM jobs AS j WHERE j.created_at >= {since_day} "
+                "GROUP BY j.rule, j.destination, j.status",
+                p.values,
+            )
+        ]
+    p = _Params(dialect)
+    recent = p(now - HOUR, "float8")
     statements.append(
         (
-            f"SELECT j.rule, j.destination, j.created_at >= {hour}, count(*) FROM jobs AS j "
+            f"SELECT j.rule, j.destination, j.created_at >= {recent}, count(*) FROM jobs AS j "
             f"WHERE j.status = 'pending' AND j.attempts > 0 "
             f"AND j.created_at >= {p(now - DAY, 'float8')} GROUP BY 1, 2, 3",
             p.values,
@@ -263,8 +321,9 @@ def activity(dialect: Dialect, now: float, *, matched: bool) -> list[Statement]:
 
 def last_match(dialect: Dialect, rule: str) -> Statement:
     p = _Params(dialect)
+    hint = " INDEXED BY jobs_rule" if dialect == "sqlite" else ""
     return (
-        f"SELECT j.created_at FROM jobs AS j WHERE j.rule = {p(rule, 'text')} "
+        f"SELECT j.created_at FROM jobs AS j{hint} WHERE j.rule = {p(rule, 'text')} "
         "ORDER BY j.seq DESC LIMIT 1",
         p.values,
     )
@@ -290,25 +349,20 @@ def _add(
 
 
 def activity_of(found: list[list[Any]], rules: Sequence[str]) -> Activity:
-    day, hour, first_day, first_hour, retrying, dead_errors, retry_errors, minutes, *lasts = found
+    groups, retrying, dead_errors, retry_errors, minutes, *lasts = found
     tables: dict[str, dict[str, Counts]] = {
         "rules_day": {},
         "rules_hour": {},
         "destinations_day": {},
         "destinations_hour": {},
     }
-    for rows_, window, first in (
-        (day, "day", False),
-        (hour, "hour", False),
-        (first_day, "day", True),
-        (first_hour, "hour", True),
-    ):
-        for rule, destination, status, n, last in rows_:
-            _add(tables[f"rules_{window}"], rule, status, int(n), last, first=first)
-            if not first:
-                _add(
-                    tables[f"destinations_{window}"], destination, status, int(n), last, first=False
-                )
+    for rule, destination, status, day, hour, first_day, first_hour, last in groups:
+        for window, n, first in (("day", day, first_day), ("hour", hour, first_hour)):
+            if not n:
+                continue
+            _add(tables[f"rules_{window}"], rule, status, int(n), last, first=False)
+            _add(tables[f"rules_{window}"], rule, status, int(first), None, first=True)
+            _add(tables[f"destinations_{window}"], destination, status, int(n), last, first=False)
     for rule, destination, recent, n in retrying:
         for window in ("day", "hour") if recent else ("day",):
             for table, key in ((f"rules_{window}", rule), (f"destinations_{window}", destination)):
