@@ -38,7 +38,7 @@ from router.store.base import (
 )
 
 MAX_PAGE = 500  # most rows one page reads
-SCAN_WINDOW = 20_000  # most records a search inside records reads per page
+SCAN_WINDOW = 10_000  # most records a search inside records reads per page
 HOUR = 3600.0
 DAY = 86400.0
 Statement = tuple[str, list[Any]]
@@ -135,6 +135,15 @@ def _like(term: str) -> str:
     return f"%{escaped}%"
 
 
+def _like_key(key: str, value: str) -> tuple[str, str]:
+    """LIKE patterns of `"key":value` in a stored record, the value as a number and as text
+    (records are stored as compact JSON); a prefilter, never the test itself."""
+    escape = str.maketrans({"!": "!!", "%": "!%", "_": "!_"})
+    number = f"{json.dumps(key)}:{value}".translate(escape)
+    text = f"{json.dumps(key)}:{json.dumps(value)}".translate(escape)
+    return f"%{number}%", f"%{text}%"
+
+
 def _inside(dialect: Dialect, path: tuple[str, ...]) -> str:
     """A record's value at `path` as text (NULL when absent, or when a step is no object)."""
     if dialect == "sqlite":
@@ -156,6 +165,13 @@ def find_events(
     if query.unmatched:
         where.append("e.matched = '[]'" if dialect == "sqlite" else "e.matched::text = '[]'")
     if query.profile_id is not None:
+        # Text first (cheap), then the value itself (the record parsed) on what remains.
+        as_text = "e.record" if dialect == "sqlite" else "e.record::text"
+        number, text = _like_key("profileId", query.profile_id)
+        where.append(
+            f"({as_text} LIKE {p(number, 'text')} ESCAPE '!' "
+            f"OR {as_text} LIKE {p(text, 'text')} ESCAPE '!')"
+        )
         where.append(f"{_inside(dialect, ('data', 'profileId'))} = {p(query.profile_id, 'text')}")
     if query.table is not None:
         where.append(f"{_inside(dialect, ('tableId',))} = {p(query.table, 'text')}")
