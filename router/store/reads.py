@@ -239,7 +239,7 @@ rd(rule, destination) AS (
                   WHERE rule = rd.rule AND destination > rd.destination)
     FROM rd WHERE rd.destination IS NOT NULL
 ),
-g(rule, destination, status) AS (
+rds(rule, destination, status) AS (
     SELECT rule, destination,
            (SELECT min(status) FROM jobs INDEXED BY jobs_recent
             WHERE rule = rd.rule AND destination = rd.destination)
@@ -247,54 +247,51 @@ g(rule, destination, status) AS (
     UNION ALL
     SELECT rule, destination,
            (SELECT min(status) FROM jobs INDEXED BY jobs_recent
-            WHERE rule = g.rule AND destination = g.destination AND status > g.status)
-    FROM g WHERE g.status IS NOT NULL
+            WHERE rule = rds.rule AND destination = rds.destination AND status > rds.status)
+    FROM rds WHERE rds.status IS NOT NULL
+),
+g(rule, destination, status, action_index) AS (
+    SELECT rule, destination, status,
+           (SELECT min(action_index) FROM jobs INDEXED BY jobs_recent
+            WHERE rule = rds.rule AND destination = rds.destination AND status = rds.status)
+    FROM rds WHERE rds.status IS NOT NULL
+    UNION ALL
+    SELECT rule, destination, status,
+           (SELECT min(action_index) FROM jobs INDEXED BY jobs_recent
+            WHERE rule = g.rule AND destination = g.destination AND status = g.status
+              AND action_index > g.action_index)
+    FROM g WHERE g.action_index IS NOT NULL
 )
-SELECT g.rule, g.destination, g.status, {counts}
-FROM g WHERE g.status IS NOT NULL
+SELECT g.rule, g.destination, g.status, g.action_index, {counts}
+FROM g WHERE g.action_index IS NOT NULL
 """
 _SQLITE_COUNT = (
     "(SELECT {what} FROM jobs AS j INDEXED BY jobs_recent WHERE j.rule = g.rule "
-    "AND j.destination = g.destination AND j.status = g.status AND j.created_at >= {since}{more})"
+    "AND j.destination = g.destination AND j.status = g.status "
+    "AND j.action_index = g.action_index AND j.created_at >= {since})"
 )
 
 
-def activity(dialect: Dialect, now: float, *, matched: bool) -> list[Statement]:
-    """The counters' statements. First, per (rule, destination, status): jobs created in the
-    last day, in the last hour, the same of first actions (one per matched record: counted
-    only with `matched`), and the newest creation time. Then retrying jobs, the last errors,
-    and records per minute."""
+def activity(dialect: Dialect, now: float) -> list[Statement]:
+    """The counters' statements. First, per (rule, destination, status, action): jobs created
+    in the last day and in the last hour, and the newest creation time (a rule's first action
+    has one job per matched record). Then retrying jobs, the last errors, records per minute."""
     p = _Params(dialect)
     day, hour = now - DAY, now - HOUR
     if dialect == "sqlite":
-        parts = [
-            _SQLITE_COUNT.format(what="count(*)", since=p(day, "float8"), more=""),
-            _SQLITE_COUNT.format(what="count(*)", since=p(hour, "float8"), more=""),
-        ]
-        if matched:
-            first = " AND j.action_index = 0"
-            parts.append(_SQLITE_COUNT.format(what="count(*)", since=p(day, "float8"), more=first))
-            parts.append(_SQLITE_COUNT.format(what="count(*)", since=p(hour, "float8"), more=first))
-        else:
-            parts += ["0", "0"]
-        parts.append(
-            _SQLITE_COUNT.format(what="max(j.created_at)", since=p(day, "float8"), more="")
+        counts = ", ".join(
+            _SQLITE_COUNT.format(what=what, since=p(since, "float8"))
+            for what, since in (("count(*)", day), ("count(*)", hour), ("max(j.created_at)", day))
         )
-        statements: list[Statement] = [(_SQLITE_GROUPS.format(counts=", ".join(parts)), p.values)]
+        statements: list[Statement] = [(_SQLITE_GROUPS.format(counts=counts), p.values)]
     else:
         since_day, since_hour = p(day, "float8"), p(hour, "float8")
-        first = (
-            f"count(*) FILTER (WHERE j.action_index = 0), "
-            f"count(*) FILTER (WHERE j.action_index = 0 AND j.created_at >= {since_hour})"
-            if matched
-            else "0, 0"
-        )
         statements = [
             (
-                "SELECT j.rule, j.destination, j.status, count(*), "
-                f"count(*) FILTER (WHERE j.created_at >= {since_hour}), {first}, "
-                f"max(j.created_at) FROM jobs AS j WHERE j.created_at >= {since_day} "
-                "GROUP BY j.rule, j.destination, j.status",
+                "SELECT j.rule, j.destination, j.status, j.action_index, count(*), "
+                f"count(*) FILTER (WHERE j.created_at >= {since_hour}), max(j.created_at) "
+                f"FROM jobs AS j WHERE j.created_at >= {since_day} "
+                "GROUP BY j.rule, j.destination, j.status, j.action_index",
                 p.values,
             )
         ]
@@ -372,12 +369,13 @@ def activity_of(found: list[list[Any]], rules: Sequence[str]) -> Activity:
         "destinations_day": {},
         "destinations_hour": {},
     }
-    for rule, destination, status, day, hour, first_day, first_hour, last in groups:
-        for window, n, first in (("day", day, first_day), ("hour", hour, first_hour)):
+    for rule, destination, status, action_index, day, hour, last in groups:
+        for window, n in (("day", day), ("hour", hour)):
             if not n:
                 continue
             _add(tables[f"rules_{window}"], rule, status, int(n), last, first=False)
-            _add(tables[f"rules_{window}"], rule, status, int(first), None, first=True)
+            if action_index == 0:
+                _add(tables[f"rules_{window}"], rule, status, int(n), None, first=True)
             _add(tables[f"destinations_{window}"], destination, status, int(n), last, first=False)
     for rule, destination, recent, n in retrying:
         for window in ("day", "hour") if recent else ("day",):
@@ -450,6 +448,6 @@ async def event_in(store: Store, event: int) -> tuple[StoredEvent, list[JobSumma
 async def activity_in(store: Store, *, now: float, rules: Sequence[str] = ()) -> Activity:
     """Counters of the last hour and day, per rule and destination; each of `rules` also gets
     its last match, however old (its day's Counts.last)."""
-    statements = activity(store.dialect, now, matched=bool(rules))
+    statements = activity(store.dialect, now)
     statements += [last_match(store.dialect, rule) for rule in rules]
     return activity_of(await store.read_only(statements), rules)

@@ -182,10 +182,10 @@ MIGRATIONS = Migrations[tuple[str, ...]](
             "CREATE INDEX jobs_rule ON jobs (rule, seq)",
             "CREATE INDEX jobs_destination ON jobs (destination, seq)",
             "CREATE INDEX jobs_status ON jobs (status, seq)",
-            # Counters by rule, destination and status over a window of creation times: read
-            # with a skip-scan, in group order, without a sort (router.store.reads).
+            # Counters by rule, destination, status and action over a window of creation
+            # times: each group found by a seek and counted as a range (router.store.reads).
             "CREATE INDEX jobs_recent ON jobs "
-            "(rule, destination, status, created_at, action_index)",
+            "(rule, destination, status, action_index, created_at)",
         ),
     )
 )
