@@ -9,6 +9,7 @@ every POST checks the session's CSRF token, and a viewer's session cannot replay
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
@@ -23,7 +24,7 @@ from starlette.staticfiles import StaticFiles
 
 from router.console import queries
 from router.console.auth import COOKIE, CSRF_FIELD, Access, Session
-from router.console.params import BadParameter, event_query, flag, job_query
+from router.console.params import MAX_CURSOR, BadParameter, event_query, flag, job_query
 from router.console.queries import Sources
 from router.exceptions import RejectedBody, StoreUnavailable
 from router.store.base import Status
@@ -161,7 +162,9 @@ def page_routes(src: Sources, access: Access) -> list[BaseRoute]:
     async def event(request: Request, session: Session) -> Response:
         number = request.path_params["event"]
         explain = flag(request.query_params, "explain")
-        data = await queries.event(src, number, explain=explain)
+        data = None
+        if number <= MAX_CURSOR:  # larger is no record's number (nor a 64-bit integer)
+            data = await queries.event(src, number, explain=explain)
         if data is None:
             return _message(request, session, 404, f"No record #{number} is kept.")
         return html(request, "event.html", session=session, active="events", data=data)
@@ -239,7 +242,9 @@ def page_routes(src: Sources, access: Access) -> list[BaseRoute]:
         body = request.state.form.get("event", "")
         result, error = None, None
         try:
-            result = queries.try_event(src, body.encode("utf-8", "surrogatepass"))
+            result = await asyncio.to_thread(
+                queries.try_event, src, body.encode("utf-8", "surrogatepass")
+            )
         except RejectedBody as exc:
             error = str(exc)
         except (RecursionError, UnicodeEncodeError):

@@ -257,7 +257,7 @@ async def count(src: Sources, query: JobQuery) -> dict[str, Any]:
 
 
 async def job(src: Sources, job_id: str) -> dict[str, Any] | None:
-    detail = await src.store.get_job(job_id)
+    detail = await src.store.get_job(storable_text(job_id) or "")
     if detail is None:
         return None
     summary = detail.summary
@@ -304,7 +304,9 @@ def _render(
 
 
 async def replay(src: Sources, job_ids: list[str]) -> dict[str, Any]:
-    replayed = await src.store.replay(job_ids, now=src.clock())
+    # An id a database cannot hold is no job's: made storable, it matches none.
+    wanted = [storable_text(job_id) or "" for job_id in job_ids]
+    replayed = await src.store.replay(wanted, now=src.clock())
     return {"replayed": replayed, "count": len(replayed)}
 
 

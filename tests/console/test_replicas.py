@@ -20,6 +20,7 @@ from tests.sinks import HttpSink, Reply, free_port
 pytestmark = pytest.mark.postgres
 
 ENV = {"ROUTER_CONSOLE_TOKENS": OPERATOR, "ROUTER_SECRET_CRM": "replica-secret-value"}
+AUTH = {"Authorization": f"Bearer {OPERATOR}"}
 
 
 @pytest.fixture
@@ -73,6 +74,19 @@ def test_each_replicas_console_shows_every_replicas_work(tmp_path: Path, databas
             assert sink.wait_for(1)[0].path == "/contacts/31"
             rules_seen = api(worker, "/rules")["rules"]
             assert rules_seen[0]["day"]["delivered"] == 1
+            # Text PostgreSQL cannot hold, as a filter or an id, finds nothing and breaks nothing.
+            for path in (
+                "/events?event_id=%00",
+                "/jobs?rule=a%00b",
+                "/events?profile_id=%ED%A0%80",
+            ):
+                answer = httpx.get(f"{intake.base}/api/v1{path}", headers=AUTH, timeout=10)
+                assert answer.status_code == 200 and answer.json()["items"] == [], path
+            for path in ("/jobs/%00", "/events/99999999999999999"):
+                answer = httpx.get(f"{intake.base}/api/v1{path}", headers=AUTH, timeout=10)
+                assert answer.status_code == 404, path
+            refused = httpx.post(f"{intake.base}/api/v1/jobs/%00/replay", headers=AUTH, timeout=10)
+            assert refused.json() == {"replayed": [], "count": 0}
         finally:
             worker.stop()
             intake.stop()
