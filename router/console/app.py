@@ -51,7 +51,3 @@ def console_routes(
         Mount("/console", routes=page_routes(src, access)),
         Mount("/api/v1", routes=api_routes(src, access)),
     ]
-
-
-def is_console_path(path: str) -> bool:
-    return any(path == prefix or path.startswith(prefix + "/") for prefix in PREFIXES)
