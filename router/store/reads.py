@@ -82,23 +82,50 @@ def _where(conditions: list[str]) -> str:
     return " WHERE " + " AND ".join(conditions) if conditions else ""
 
 
-def find_jobs(dialect: Dialect, query: JobQuery) -> Statement:
-    p = _Params(dialect)
-    where = _job_filters(query, p)
-    if query.before is not None:
-        where.append(f"j.seq < {p(query.before, 'int8')}")
-    limit = p(_limit(query.limit), "int8")
-    return (
-        f"SELECT {FOUND_COLUMNS} FROM jobs AS j JOIN events AS e ON e.id = j.event"
-        f"{_where(where)} ORDER BY j.seq DESC LIMIT {limit}",
-        p.values,
-    )
+SETTLED = "j.status <> 'pending'"  # the condition of every partial index of step 5
+PENDING = "j.status = 'pending'"  # read through jobs_due, as the worker's claims do
 
 
-def count_jobs(dialect: Dialect, query: JobQuery) -> Statement:
-    p = _Params(dialect)
-    where = _job_filters(query, p)
-    return f"SELECT count(*) FROM jobs AS j{_where(where)}", p.values
+def _parts(query: JobQuery) -> list[str]:
+    """The parts of the jobs a query reads: those that left `pending` (the console's partial
+    indexes), those still pending (jobs_due), or both."""
+    if query.status is None:
+        return [SETTLED, PENDING]
+    return [PENDING] if query.status is Status.PENDING else [SETTLED]
+
+
+def find_jobs(dialect: Dialect, query: JobQuery) -> list[Statement]:
+    """One statement per part (see _parts), each newest first; merged by `merge_jobs`."""
+    statements: list[Statement] = []
+    for part in _parts(query):
+        p = _Params(dialect)
+        where = [*_job_filters(query, p), part]
+        if query.before is not None:
+            where.append(f"j.seq < {p(query.before, 'int8')}")
+        limit = p(_limit(query.limit), "int8")
+        statements.append(
+            (
+                f"SELECT {FOUND_COLUMNS} FROM jobs AS j JOIN events AS e ON e.id = j.event"
+                f"{_where(where)} ORDER BY j.seq DESC LIMIT {limit}",
+                p.values,
+            )
+        )
+    return statements
+
+
+def merge_jobs(parts: list[list[Any]], limit: int) -> list[FoundJob]:
+    found = [found_job(row) for rows_ in parts for row in rows_]
+    found.sort(key=lambda item: item.seq, reverse=True)
+    return found[: _limit(limit)]
+
+
+def count_jobs(dialect: Dialect, query: JobQuery) -> list[Statement]:
+    statements: list[Statement] = []
+    for part in _parts(query):
+        p = _Params(dialect)
+        where = [*_job_filters(query, p), part]
+        statements.append((f"SELECT count(*) FROM jobs AS j{_where(where)}", p.values))
+    return statements
 
 
 def found_job(row: rows.Row) -> FoundJob:
@@ -152,21 +179,16 @@ def _inside(dialect: Dialect, path: tuple[str, ...]) -> str:
     return f"(CASE WHEN json_typeof({parent}) = 'object' THEN {parent} ->> '{path[-1]}' END)"
 
 
-def find_events(
-    dialect: Dialect, query: EventQuery, top: int | None
-) -> tuple[str, list[Any], int | None]:
-    """The statement of one page of `query` and, for a search inside records, the lowest id it
-    reads (`top`: the cursor, or above the newest record)."""
-    p = _Params(dialect)
+def _event_filters(dialect: Dialect, query: EventQuery, p: _Params, floor: int | None) -> list[str]:
+    """The conditions of `query` on the records (`e`), their values registered with `p`."""
     where: list[str] = []
-    floor: int | None = None
     if query.event_id is not None:
         where.append(f"e.event_id = {p(query.event_id, 'text')}")
     if query.unmatched:
         where.append("e.matched = '[]'" if dialect == "sqlite" else "e.matched::text = '[]'")
+    as_text = "e.record" if dialect == "sqlite" else "e.record::text"
     if query.profile_id is not None:
         # Text first (cheap), then the value itself (the record parsed) on what remains.
-        as_text = "e.record" if dialect == "sqlite" else "e.record::text"
         number, text = _like_key("profileId", query.profile_id)
         where.append(
             f"({as_text} LIKE {p(number, 'text')} ESCAPE '!' "
@@ -179,24 +201,40 @@ def find_events(
         where.append(f"{_inside(dialect, ('operation',))} = {p(query.operation, 'text')}")
     if query.text is not None:
         operator = "LIKE" if dialect == "sqlite" else "ILIKE"
-        where.append(f"e.record::text {operator} {p(_like(query.text), 'text')} ESCAPE '!'")
-        if dialect == "sqlite":
-            where[-1] = where[-1].replace("e.record::text", "e.record")
-    if query.scans and top is not None:
-        floor = max(top - SCAN_WINDOW, 0)
+        where.append(f"{as_text} {operator} {p(_like(query.text), 'text')} ESCAPE '!'")
+    if floor is not None:
         where.append(f"e.id >= {p(floor, 'int8')}")
+    return where
+
+
+def find_events(
+    dialect: Dialect, query: EventQuery, top: int | None
+) -> tuple[str, list[Any], int | None]:
+    """The statement of one page of `query` and, for a search inside records, the lowest id it
+    reads (`top`: the cursor, or above the newest record)."""
+    p = _Params(dialect)
+    floor = max(top - SCAN_WINDOW, 0) if query.scans and top is not None else None
     limit = _limit(query.limit)
     if query.rule is not None:
-        # Through the rule's jobs (one per record: its first action), newest first.
-        where.append(f"j.rule = {p(query.rule, 'text')}")
-        where.append("j.action_index = 0")
-        if query.before is not None:
-            where.append(f"j.seq < {p(query.before, 'int8')}")
+        # Through the rule's jobs (one per record: its first action), newest first: those that
+        # left `pending` and those still pending, each part limited, then merged.
+        parts = []
+        for part, name in ((SETTLED, "settled"), (PENDING, "waiting")):
+            conditions = _event_filters(dialect, query, p, floor)
+            conditions += [f"j.rule = {p(query.rule, 'text')}", "j.action_index = 0", part]
+            if query.before is not None:
+                conditions.append(f"j.seq < {p(query.before, 'int8')}")
+            parts.append(
+                f"SELECT * FROM (SELECT {_EVENT_COLUMNS}, j.seq FROM jobs AS j "
+                f"JOIN events AS e ON e.id = j.event{_where(conditions)} "
+                f"ORDER BY j.seq DESC LIMIT {p(limit, 'int8')}) AS {name}"
+            )
         statement = (
-            f"SELECT {_EVENT_COLUMNS}, j.seq FROM jobs AS j JOIN events AS e ON e.id = j.event"
-            f"{_where(where)} ORDER BY j.seq DESC LIMIT {p(limit, 'int8')}"
+            f"SELECT * FROM ({' UNION ALL '.join(parts)}) AS found "
+            f"ORDER BY 7 DESC LIMIT {p(limit, 'int8')}"
         )
     else:
+        where = _event_filters(dialect, query, p, floor)
         if top is not None:
             where.append(f"e.id < {p(top, 'int8')}")
         statement = (
@@ -226,48 +264,52 @@ def event_page(found: list[Any], query: EventQuery, floor: int | None) -> EventP
 _SQLITE_GROUPS = """
 WITH RECURSIVE
 r(rule) AS (
-    SELECT min(rule) FROM jobs INDEXED BY jobs_recent
+    SELECT min(rule) FROM jobs INDEXED BY jobs_recent WHERE status <> 'pending'
     UNION ALL
-    SELECT (SELECT min(rule) FROM jobs INDEXED BY jobs_recent WHERE rule > r.rule)
+    SELECT (SELECT min(rule) FROM jobs INDEXED BY jobs_recent
+            WHERE status <> 'pending' AND rule > r.rule)
     FROM r WHERE r.rule IS NOT NULL
 ),
 rd(rule, destination) AS (
-    SELECT rule, (SELECT min(destination) FROM jobs INDEXED BY jobs_recent WHERE rule = r.rule)
+    SELECT rule, (SELECT min(destination) FROM jobs INDEXED BY jobs_recent
+                  WHERE status <> 'pending' AND rule = r.rule)
     FROM r WHERE r.rule IS NOT NULL
     UNION ALL
     SELECT rule, (SELECT min(destination) FROM jobs INDEXED BY jobs_recent
-                  WHERE rule = rd.rule AND destination > rd.destination)
+                  WHERE status <> 'pending' AND rule = rd.rule AND destination > rd.destination)
     FROM rd WHERE rd.destination IS NOT NULL
 ),
 rds(rule, destination, status) AS (
     SELECT rule, destination,
            (SELECT min(status) FROM jobs INDEXED BY jobs_recent
-            WHERE rule = rd.rule AND destination = rd.destination)
+            WHERE status <> 'pending' AND rule = rd.rule AND destination = rd.destination)
     FROM rd WHERE rd.destination IS NOT NULL
     UNION ALL
     SELECT rule, destination,
            (SELECT min(status) FROM jobs INDEXED BY jobs_recent
-            WHERE rule = rds.rule AND destination = rds.destination AND status > rds.status)
+            WHERE status <> 'pending' AND rule = rds.rule AND destination = rds.destination
+              AND status > rds.status)
     FROM rds WHERE rds.status IS NOT NULL
 ),
 g(rule, destination, status, action_index) AS (
     SELECT rule, destination, status,
            (SELECT min(action_index) FROM jobs INDEXED BY jobs_recent
-            WHERE rule = rds.rule AND destination = rds.destination AND status = rds.status)
+            WHERE status <> 'pending' AND rule = rds.rule AND destination = rds.destination
+              AND status = rds.status)
     FROM rds WHERE rds.status IS NOT NULL
     UNION ALL
     SELECT rule, destination, status,
            (SELECT min(action_index) FROM jobs INDEXED BY jobs_recent
-            WHERE rule = g.rule AND destination = g.destination AND status = g.status
-              AND action_index > g.action_index)
+            WHERE status <> 'pending' AND rule = g.rule AND destination = g.destination
+              AND status = g.status AND action_index > g.action_index)
     FROM g WHERE g.action_index IS NOT NULL
 )
 SELECT g.rule, g.destination, g.status, g.action_index, {counts}
 FROM g WHERE g.action_index IS NOT NULL
 """
 _SQLITE_COUNT = (
-    "(SELECT {what} FROM jobs AS j INDEXED BY jobs_recent WHERE j.rule = g.rule "
-    "AND j.destination = g.destination AND j.status = g.status "
+    "(SELECT {what} FROM jobs AS j INDEXED BY jobs_recent WHERE j.status <> 'pending' "
+    "AND j.rule = g.rule AND j.destination = g.destination AND j.status = g.status "
     "AND j.action_index = g.action_index AND j.created_at >= {since})"
 )
 
@@ -290,11 +332,30 @@ def activity(dialect: Dialect, now: float) -> list[Statement]:
             (
                 "SELECT j.rule, j.destination, j.status, j.action_index, count(*), "
                 f"count(*) FILTER (WHERE j.created_at >= {since_hour}), max(j.created_at) "
-                f"FROM jobs AS j WHERE j.created_at >= {since_day} "
+                f"FROM jobs AS j WHERE j.created_at >= {since_day} AND {SETTLED} "
                 "GROUP BY j.rule, j.destination, j.status, j.action_index",
                 p.values,
             )
         ]
+    # Pending jobs (the backlog, read through jobs_due), in the same shape.
+    p = _Params(dialect)
+    in_hour = (
+        f"sum(j.created_at >= {p(hour, 'float8')})"
+        if dialect == "sqlite"
+        else f"count(*) FILTER (WHERE j.created_at >= {p(hour, 'float8')})"
+    )
+    statements.append(
+        (
+            f"SELECT j.rule, j.destination, j.status, j.action_index, count(*), {in_hour}, "
+            f"max(j.created_at) FROM jobs AS j WHERE {PENDING} "
+            f"AND j.created_at >= {p(day, 'float8')} "
+            "GROUP BY j.rule, j.destination, j.status, j.action_index",
+            p.values,
+        )
+    )
+    statements.append(
+        (f"SELECT j.rule, max(j.created_at) FROM jobs AS j WHERE {PENDING} GROUP BY j.rule", [])
+    )
     p = _Params(dialect)
     recent = p(now - HOUR, "float8")
     statements.append(
@@ -311,6 +372,7 @@ def activity(dialect: Dialect, now: float) -> list[Statement]:
             (
                 "SELECT j.destination, j.last_error, j.updated_at FROM jobs AS j "
                 f"WHERE j.status = {p(status, 'text')} AND j.last_error IS NOT NULL "
+                f"AND {SETTLED if status == 'dead' else PENDING} "
                 f"AND j.updated_at >= {p(now - DAY, 'float8')} "
                 f"ORDER BY j.seq DESC LIMIT {p(MAX_PAGE, 'int8')}",
                 p.values,
@@ -336,7 +398,7 @@ def last_match(dialect: Dialect, rule: str) -> Statement:
     p = _Params(dialect)
     hint = " INDEXED BY jobs_rule" if dialect == "sqlite" else ""
     return (
-        f"SELECT j.created_at FROM jobs AS j{hint} WHERE j.rule = {p(rule, 'text')} "
+        f"SELECT j.created_at FROM jobs AS j{hint} WHERE {SETTLED} AND j.rule = {p(rule, 'text')} "
         "ORDER BY j.seq DESC LIMIT 1",
         p.values,
     )
@@ -362,14 +424,14 @@ def _add(
 
 
 def activity_of(found: list[list[Any]], rules: Sequence[str]) -> Activity:
-    groups, retrying, dead_errors, retry_errors, minutes, *lasts = found
+    groups, waiting, waiting_lasts, retrying, dead_errors, retry_errors, minutes, *lasts = found
     tables: dict[str, dict[str, Counts]] = {
         "rules_day": {},
         "rules_hour": {},
         "destinations_day": {},
         "destinations_hour": {},
     }
-    for rule, destination, status, action_index, day, hour, last in groups:
+    for rule, destination, status, action_index, day, hour, last in [*groups, *waiting]:
         for window, n in (("day", day), ("hour", hour)):
             if not n:
                 continue
@@ -387,10 +449,13 @@ def activity_of(found: list[list[Any]], rules: Sequence[str]) -> Activity:
         if destination not in last_errors or at > last_errors[destination][1]:
             last_errors[destination] = (error, float(at))
     rules_day = tables["rules_day"]
+    pending_last = {rule: float(at) for rule, at in waiting_lasts}
     for rule, found_last in zip(rules, lasts, strict=True):
-        if found_last:
+        times = [float(found_last[0][0])] if found_last else []
+        times += [pending_last[rule]] if rule in pending_last else []
+        if times:
             old = rules_day.get(rule, Counts())
-            newest = float(found_last[0][0])
+            newest = max(times)
             rules_day[rule] = Counts(**{**_fields(old), "last": max(old.last or newest, newest)})
     return Activity(
         rules_hour=tables["rules_hour"],
@@ -411,14 +476,13 @@ def _fields(counts: Counts) -> dict[str, Any]:
 
 async def find_jobs_in(store: Store, query: JobQuery) -> list[FoundJob]:
     """Jobs matching `query`, newest first, at most `query.limit` (at most MAX_PAGE)."""
-    (found,) = await store.read_only([find_jobs(store.dialect, query)])
-    return [found_job(row) for row in found]
+    return merge_jobs(await store.read_only(find_jobs(store.dialect, query)), query.limit)
 
 
 async def count_jobs_in(store: Store, query: JobQuery) -> int:
     """How many jobs match `query` (its cursor and limit aside)."""
-    (found,) = await store.read_only([count_jobs(store.dialect, query)])
-    return int(found[0][0])
+    found = await store.read_only(count_jobs(store.dialect, query))
+    return sum(int(rows_[0][0]) for rows_ in found)
 
 
 async def find_events_in(store: Store, query: EventQuery) -> EventPage:
