@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
@@ -21,9 +22,11 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
@@ -37,6 +40,8 @@ from router.app import (
     create_worker_app,
 )
 from router.connections import ConnectionGuard, ConnectionLimits, connection_limits
+from router.console.app import PREFIXES as CONSOLE_PREFIXES
+from router.console.app import console_routes
 from router.engine import Engine
 from router.exceptions import StartupError, StoreUnavailable
 from router.matching import RuleSet
@@ -283,10 +288,13 @@ def _serve(settings: Settings, *, worker: bool, migrate: bool) -> None:
         max_body_bytes=settings.max_body_bytes,
         max_records=settings.max_records,
     )
-    app: ASGIApp = create_app(engine, config, status, lifespan=lifespan)
+    console = console_routes(
+        settings, store, lambda: engine.ruleset, lambda: dataclasses.asdict(status)
+    )
+    app: ASGIApp = create_app(engine, config, status, lifespan=lifespan, extra=console)
     ports = [settings.port]
     if settings.ops_port:
-        app = PortSplit(app, settings.ops_port)
+        app = PortSplit(app, settings.ops_port, CONSOLE_PREFIXES if console else ())
         ports.append(settings.ops_port)
     server = build_server(
         app,
@@ -458,7 +466,9 @@ def _run_worker(settings: Settings, *, migrate: bool) -> None:
             await task
 
     server = build_server(
-        create_worker_app(store, metrics, lifespan=lifespan),
+        create_worker_app(
+            store, metrics, lifespan=lifespan, extra=_worker_console(settings, store)
+        ),
         settings.host,
         settings.worker_port,
         connection_limits(settings, delivering=True),
@@ -466,6 +476,23 @@ def _run_worker(settings: Settings, *, migrate: bool) -> None:
         drain_timeout=settings.drain_timeout,
     )
     _run(server)
+
+
+def _worker_console(settings: Settings, store: Store) -> list[BaseRoute]:
+    """The console of a `router worker`: its rules are read once, at start, for the rules page,
+    explain and try; a worker whose rules do not load still shows records and jobs."""
+    if not settings.console_tokens and not settings.console_viewer_tokens:
+        return []
+    loaded: dict[str, Any] = {"at": time.time()}
+    ruleset: RuleSet | None = None
+    try:
+        ruleset = load_rules(settings.rules_dir, secrets=secret_values().keys())
+    except (RuleSetInvalid, OSError) as exc:
+        loaded.update(ok=False, errors=[str(exc)])
+        log.warning("the console of this worker shows no rules: %s", exc)
+    else:
+        loaded.update(ok=True, version=ruleset.version, errors=[])
+    return console_routes(settings, store, lambda: ruleset, lambda: loaded)
 
 
 async def _guard(work: Awaitable[None], name: str, on_failure: Callable[[str], None]) -> None:

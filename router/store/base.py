@@ -11,9 +11,10 @@ import abc
 import enum
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 Record = dict[str, Any]
+Dialect = Literal["sqlite", "postgres"]  # the SQL a backend speaks
 
 
 def storable_text(value: str | None) -> str | None:
@@ -168,6 +169,87 @@ class QueueStats:
     oldest_pending_age: float | None  # seconds, None when nothing is pending
 
 
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """Which jobs the console lists, newest (last accepted) first. Every filter is optional;
+    `before` is the cursor: only jobs accepted before the job whose `seq` it is."""
+
+    status: Status | None = None
+    rule: str | None = None
+    destination: str | None = None
+    since: float | None = None  # created at or after
+    until: float | None = None  # created before
+    before: int | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class FoundJob:
+    seq: int  # acceptance order: the cursor of the next page
+    event: int  # the store's id of its event (StoredEvent.id)
+    job: JobSummary
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Which stored records the console lists, newest first. `event_id`, `rule` and
+    `unmatched` read indexes; `profile_id`, `text` (anywhere in the record: a data value, a
+    field name), `table` and `operation` are read inside records, so a search with any of them
+    looks through at most SCAN_WINDOW records per page and says where it stopped (see
+    EventPage). `before` is an opaque cursor from the previous page."""
+
+    event_id: str | None = None
+    profile_id: str | None = None
+    text: str | None = None
+    table: str | None = None
+    operation: str | None = None
+    rule: str | None = None
+    unmatched: bool = False
+    before: int | None = None
+    limit: int = 50
+
+    @property
+    def scans(self) -> bool:
+        return any(
+            value is not None for value in (self.profile_id, self.text, self.table, self.operation)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    events: list[StoredEvent]
+    next: int | None  # cursor of the next (older) page, None when there is none
+    # A search that reads inside records stopped there: records with a lower id were not
+    # looked at yet (`next` continues from it). None when nothing was left unread.
+    searched_to: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Jobs created in a window, by what became of them."""
+
+    jobs: int = 0
+    matched: int = 0  # events (a rule's first action only: one per matched record)
+    delivered: int = 0
+    retrying: int = 0  # pending after at least one failed attempt
+    dead: int = 0
+    pending: int = 0
+    shadow: int = 0
+    last: float | None = None  # the newest job's creation time
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """What the console's overview and rules page count, over the last hour and day."""
+
+    rules_hour: dict[str, Counts]
+    rules_day: dict[str, Counts]
+    destinations_hour: dict[str, Counts]
+    destinations_day: dict[str, Counts]
+    last_errors: dict[str, tuple[str, float]]  # destination -> (last error, when), last day
+    received_per_minute: list[tuple[float, int]]  # (minute start, records), last hour
+
+
 class Store(abc.ABC):
     """Durable storage of events, delivery jobs and attempts.
 
@@ -273,6 +355,15 @@ class Store(abc.ABC):
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> JobDetail | None: ...
+
+    # The SQL dialect of the console's reads (router.store.reads builds them).
+    dialect: Dialect
+
+    @abc.abstractmethod
+    async def read_only(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """Run read-only statements in one snapshot that never holds up the intake (SQLite's
+        reader connection; a read-only snapshot on PostgreSQL): the rows of each, indexable by
+        position. For router.store.reads, which writes the statements."""
 
     async def read_events(
         self, *, since: float, after: int = 0, limit: int = 500

@@ -44,6 +44,12 @@ Version 3 settled the points where the two backends had drifted apart, taking th
 
 The shadow-jobs step adds `jobs.mode` (`live` or `shadow`, from the rule's `mode` when the event
 was accepted) and the job status `shadow`: a shadow job is rendered and recorded, never sent.
+
+The console step adds only indexes, for the console's pages and API (router.console): events by
+envelope id and those that matched nothing (no index reads inside a record: a hostile record
+must never be able to fail its own insert); jobs newest first by rule, by
+destination and by status; and jobs by age with the columns the per-rule and per-destination
+counters read, so those counters read the index alone.
 """
 
 from __future__ import annotations
@@ -57,7 +63,7 @@ from router.exceptions import StoreUnavailable
 
 log = logging.getLogger("router.store")
 
-SCHEMA_VERSION = 4  # the steps each dialect lists; version N is the same layout everywhere
+SCHEMA_VERSION = 5  # the steps each dialect lists; version N is the same layout everywhere
 
 # Whether step N (at index N - 1) is additive, as the module docstring defines it. Decided once,
 # when the step is written, and never changed: a rollback across the step depends on it.
@@ -68,6 +74,9 @@ ADDITIVE: tuple[bool, ...] = (
     # 4: jobs.mode (shadow rules) and the `shadow` status. Not additive: code that does not know
     # the mode would deliver a shadow rule's pending jobs, and cannot read a `shadow` status.
     False,
+    # 5: the console's read indexes (events by envelope id and without a match; jobs by rule,
+    # destination, status and age). Indexes only.
+    True,
 )
 assert len(ADDITIVE) == SCHEMA_VERSION, "say of every step whether it is additive"
 

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -28,6 +28,7 @@ from router.store import sql_postgres as sql
 from router.store.base import (
     AcceptResult,
     AttemptResult,
+    Dialect,
     IncomingRecord,
     Job,
     JobDetail,
@@ -105,6 +106,8 @@ class PostgresStore(Store):
     `pool_size=N` (connections per process; the `pool_size` argument wins). Other query
     parameters go to the driver. The password never appears in errors or logs.
     """
+
+    dialect: Dialect = "postgres"
 
     def __init__(
         self,
@@ -404,6 +407,14 @@ class PostgresStore(Store):
                 return await conn.fetch(sql.READ_EVENTS, after, since, limit)
 
         return [rows.stored_event(row) for row in await self._run(work, transaction=False)]
+
+    async def read_only(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        async def work(conn: Connection) -> list[list[Any]]:
+            # A read-only snapshot takes no lock an insert waits for: intake goes on.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return [list(await conn.fetch(sql_, *params)) for sql_, params in statements]
+
+        return await self._run(work, transaction=False)
 
     async def stats(self, *, now: float) -> QueueStats:
         async def work(conn: Connection) -> asyncpg.Record | None:

@@ -181,6 +181,21 @@ MIGRATIONS = Migrations[Step](
         CHECK (status IN ('pending', 'done', 'dead', 'shadow'));
     CREATE INDEX jobs_shadow ON jobs (updated_at) WHERE status = 'shadow';
     """,
+        # 5: the console's reads (router.store.migrations). The jobs indexes hold only jobs
+        # that left `pending` (a push writes none of them; pending jobs are read through
+        # jobs_due); `jobs_recent` carries what the counters read, so they scan the index only;
+        # `jobs_seq` lists the newest jobs, `jobs_event` a record's jobs (SQLite has both).
+        """
+    CREATE INDEX events_event_id ON events (event_id);
+    CREATE INDEX events_unmatched ON events (id) WHERE matched::text = '[]';
+    CREATE INDEX jobs_rule ON jobs (rule, seq) WHERE status <> 'pending';
+    CREATE INDEX jobs_destination ON jobs (destination, seq) WHERE status <> 'pending';
+    CREATE INDEX jobs_status ON jobs (status, seq) WHERE status <> 'pending';
+    CREATE INDEX jobs_recent ON jobs (created_at)
+        INCLUDE (rule, destination, status, action_index) WHERE status <> 'pending';
+    CREATE INDEX jobs_seq ON jobs (seq) WHERE status <> 'pending';
+    CREATE INDEX jobs_event ON jobs (event);
+    """,
     )
 )
 

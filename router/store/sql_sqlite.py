@@ -175,6 +175,20 @@ MIGRATIONS = Migrations[tuple[str, ...]](
         # sent). Every job stored before was live. `status` is free text here: 'shadow' needs
         # no change of its own.
         ("ALTER TABLE jobs ADD COLUMN mode TEXT NOT NULL DEFAULT 'live'",),
+        # 5: the console's reads (router.store.migrations).
+        (
+            "CREATE INDEX events_event_id ON events (event_id)",
+            "CREATE INDEX events_unmatched ON events (id) WHERE matched = '[]'",
+            # Jobs leave `pending` once delivered or dead: these hold the jobs that did, so a
+            # push writes none of them (pending jobs are read through jobs_due).
+            "CREATE INDEX jobs_rule ON jobs (rule, seq) WHERE status <> 'pending'",
+            "CREATE INDEX jobs_destination ON jobs (destination, seq) WHERE status <> 'pending'",
+            "CREATE INDEX jobs_status ON jobs (status, seq) WHERE status <> 'pending'",
+            # Counters by rule, destination, status and action over a window of creation
+            # times: each group found by a seek and counted as a range (router.store.reads).
+            "CREATE INDEX jobs_recent ON jobs (rule, destination, status, action_index, created_at)"
+            " WHERE status <> 'pending'",
+        ),
     )
 )
 

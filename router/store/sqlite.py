@@ -35,6 +35,7 @@ from router.store import sql_sqlite as sql
 from router.store.base import (
     AcceptResult,
     AttemptResult,
+    Dialect,
     IncomingRecord,
     Job,
     JobDetail,
@@ -282,6 +283,8 @@ def _connect(path: str, *, create: bool, busy_timeout: float) -> sqlite3.Connect
 class SQLiteStore(Store):
     """Store in one SQLite file (WAL, synchronous=FULL). `commits` counts group commits."""
 
+    dialect: Dialect = "sqlite"
+
     def __init__(self, url: str, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = path_from_url(url)
         self.busy_timeout = busy_timeout
@@ -448,6 +451,11 @@ class SQLiteStore(Store):
         self, *, status: Status | None, rule: str | None, limit: int
     ) -> list[JobSummary]:
         return await self._read(lambda conn: sql.list_jobs(conn, status, rule, limit))
+
+    async def read_only(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        return await self._read(
+            lambda conn: [conn.execute(sql_, params).fetchall() for sql_, params in statements]
+        )
 
     async def get_job(self, job_id: str) -> JobDetail | None:
         return await self._read(lambda conn: sql.get_job(conn, job_id))
