@@ -192,11 +192,12 @@ class FoundJob:
 
 @dataclass(frozen=True, slots=True)
 class EventQuery:
-    """Which stored records the console lists, newest first. `event_id`, `rule` and
-    `unmatched` read indexes; `profile_id`, `text` (anywhere in the record: a data value, a
-    field name), `table` and `operation` are read inside records, so a search with any of them
-    looks through at most SCAN_WINDOW records per page and says where it stopped (see
-    EventPage). `before` is an opaque cursor from the previous page."""
+    """Which stored records the console lists, newest first. `rule` and `unmatched` read
+    indexes; `event_id` is compared on at most ID_WINDOW records per page, and `profile_id`,
+    `text` (anywhere in the record: a data value, a field name), `table` and `operation` are
+    read inside at most SCAN_WINDOW records per page; such a search says where it stopped (see
+    EventPage). An index of event ids would cost every push a write. `before` is an opaque
+    cursor from the previous page."""
 
     event_id: str | None = None
     profile_id: str | None = None
@@ -210,6 +211,11 @@ class EventQuery:
 
     @property
     def scans(self) -> bool:
+        return self.event_id is not None or self.reads_records
+
+    @property
+    def reads_records(self) -> bool:
+        """Whether the search reads inside records (a smaller window than an id's)."""
         return any(
             value is not None for value in (self.profile_id, self.text, self.table, self.operation)
         )

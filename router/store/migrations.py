@@ -45,11 +45,12 @@ Version 3 settled the points where the two backends had drifted apart, taking th
 The shadow-jobs step adds `jobs.mode` (`live` or `shadow`, from the rule's `mode` when the event
 was accepted) and the job status `shadow`: a shadow job is rendered and recorded, never sent.
 
-The console step adds only indexes, for the console's pages and API (router.console): events by
-envelope id and those that matched nothing (no index reads inside a record: a hostile record
-must never be able to fail its own insert); jobs newest first by rule, by
-destination and by status; and jobs by age with the columns the per-rule and per-destination
-counters read, so those counters read the index alone.
+The console step adds only indexes, for the console's pages and API (router.console): the events
+that matched nothing (partial: a matched record never writes it; no index reads inside a
+record, so a hostile record can never fail its own insert); and jobs that left `pending`
+(partial: a push writes none of them) newest first by rule, by destination and by status,
+and by rule, destination, status, action and age for the per-rule and per-destination
+counters.
 """
 
 from __future__ import annotations
@@ -74,7 +75,7 @@ ADDITIVE: tuple[bool, ...] = (
     # 4: jobs.mode (shadow rules) and the `shadow` status. Not additive: code that does not know
     # the mode would deliver a shadow rule's pending jobs, and cannot read a `shadow` status.
     False,
-    # 5: the console's read indexes (events by envelope id and without a match; jobs by rule,
+    # 5: the console's read indexes (events without a match; settled jobs by rule,
     # destination, status and age). Indexes only.
     True,
 )

@@ -5,12 +5,15 @@ index of schema step 5 (router.store.migrations), so a page answers in the same 
 million jobs as with a hundred:
 
 - jobs newest first by `seq`, filtered by status, rule or destination (`jobs_status`,
-  `jobs_rule`, `jobs_destination`), the next page from the last `seq` seen;
-- records newest first by id, by envelope id (`events_event_id`), by rule (through the rule's
-  jobs, `jobs_rule`) or without a match (`events_unmatched`);
-- a search inside records (a profile id, a table, an operation, any text) reads at most
-  SCAN_WINDOW records per page, newest first, and says where it stopped: no index could serve
-  it without costing every push, and a search must never read a whole store;
+  `jobs_rule`, `jobs_destination`), the next page from the last `seq` seen. These indexes hold
+  only jobs that left `pending`, so a push writes none of them: pending jobs (the backlog) are
+  read through `jobs_due`, as claims read them, and each list merges the two parts;
+- records newest first by id, by rule (through the rule's jobs, `jobs_rule`) or without a
+  match (`events_unmatched`);
+- a search by event id compares at most ID_WINDOW records per page, and a search inside
+  records (a profile id, a table, an operation, any text) reads at most SCAN_WINDOW, newest
+  first; each says where it stopped. An index would cost every push a write (the intake's
+  throughput is the router's first duty), and a search must never read a whole store;
 - the counters of the last hour and day read `jobs_recent`, which holds every column they need
   (on SQLite led by rule, destination and status, read by a skip-scan in group order; on
   PostgreSQL led by the creation time).
@@ -39,6 +42,7 @@ from router.store.base import (
 
 MAX_PAGE = 500  # most rows one page reads
 SCAN_WINDOW = 10_000  # most records a search inside records reads per page
+ID_WINDOW = 100_000  # most records a search by event id compares per page (a plain column)
 HOUR = 3600.0
 DAY = 86400.0
 Statement = tuple[str, list[Any]]
@@ -213,7 +217,8 @@ def find_events(
     """The statement of one page of `query` and, for a search inside records, the lowest id it
     reads (`top`: the cursor, or above the newest record)."""
     p = _Params(dialect)
-    floor = max(top - SCAN_WINDOW, 0) if query.scans and top is not None else None
+    window = SCAN_WINDOW if query.reads_records else ID_WINDOW
+    floor = max(top - window, 0) if query.scans and top is not None else None
     limit = _limit(query.limit)
     if query.rule is not None:
         # Through the rule's jobs (one per record: its first action), newest first: those that

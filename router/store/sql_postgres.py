@@ -186,7 +186,6 @@ MIGRATIONS = Migrations[Step](
         # jobs_due); `jobs_recent` carries what the counters read, so they scan the index only;
         # `jobs_seq` lists the newest jobs, `jobs_event` a record's jobs (SQLite has both).
         """
-    CREATE INDEX events_event_id ON events (event_id);
     CREATE INDEX events_unmatched ON events (id) WHERE matched::text = '[]';
     CREATE INDEX jobs_rule ON jobs (rule, seq) WHERE status <> 'pending';
     CREATE INDEX jobs_destination ON jobs (destination, seq) WHERE status <> 'pending';

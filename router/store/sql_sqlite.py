@@ -177,7 +177,6 @@ MIGRATIONS = Migrations[tuple[str, ...]](
         ("ALTER TABLE jobs ADD COLUMN mode TEXT NOT NULL DEFAULT 'live'",),
         # 5: the console's reads (router.store.migrations).
         (
-            "CREATE INDEX events_event_id ON events (event_id)",
             "CREATE INDEX events_unmatched ON events (id) WHERE matched = '[]'",
             # Jobs leave `pending` once delivered or dead: these hold the jobs that did, so a
             # push writes none of them (pending jobs are read through jobs_due).
