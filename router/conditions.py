@@ -8,6 +8,7 @@ of arguments, which jmespath reports only when searching, are compile errors her
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
 _INTERPRETER = TreeInterpreter(Options())
 _FUNCTIONS: Mapping[str, Any] = Functions().FUNCTION_TABLE
 _LITERAL_NAMES = ("null", "true", "false")
+CACHE_SIZE = 20_000  # compiled conditions kept by source, so a reload recompiles only changes
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
 
@@ -91,7 +93,23 @@ def truthy(value: Any) -> bool:
 
 def compile_condition(source: str) -> Condition:
     """Compile a JMESPath condition; ConditionProblem (with the 1-based column) on a syntax
-    error, an unknown function or a wrong number of arguments."""
+    error, an unknown function or a wrong number of arguments. Conditions (and problems) are
+    kept by source: compiling the same text again is a lookup."""
+    found = _compiled(source)
+    if isinstance(found, ConditionProblem):
+        raise ConditionProblem(found.message)
+    return found
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _compiled(source: str) -> Condition | ConditionProblem:
+    try:
+        return _compile(source)
+    except ConditionProblem as problem:
+        return problem
+
+
+def _compile(source: str) -> Condition:
     if not source.strip():
         raise ConditionProblem("the condition is empty; write a JMESPath expression")
     try:
@@ -137,6 +155,11 @@ def condition_warnings(source: str) -> list[str]:
     """Warnings for bare `null`, `true`, `false`: in JMESPath they are field names (almost
     always null), the literals are written with backticks. Quoted identifiers ("null") and
     names after a dot (data.true) are meant as field names and are not reported."""
+    return list(_warnings(source))
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _warnings(source: str) -> tuple[str, ...]:
     warnings: list[str] = []
     previous = ""
     try:
@@ -154,5 +177,5 @@ def condition_warnings(source: str) -> list[str]:
                     warnings.append(message)
             previous = token["type"]
     except jmespath_errors.JMESPathError:
-        return []  # compile_condition reports the syntax error
-    return warnings
+        return ()  # compile_condition reports the syntax error
+    return tuple(warnings)
