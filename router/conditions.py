@@ -1,5 +1,9 @@
 """Conditions: JMESPath expressions compiled once at load and evaluated on records. Pure.
 
+A condition is parsed by the jmespath library and compiled to Python closures
+(router.jmespath_compiled) that give exactly the library's results; explain takes the parsed
+tree apart with the library's interpreter.
+
 A condition holds when its result is truthy in JMESPath's sense (false, null, "", [] and {} are
 false; 0 and the string "false" are true). An evaluation error (a function given a value of the
 wrong type, e.g. ends_with on null) means it does not hold. Unknown functions and wrong numbers
@@ -18,6 +22,8 @@ from jmespath import exceptions as jmespath_errors
 from jmespath.functions import Functions
 from jmespath.lexer import Lexer
 from jmespath.visitor import Options, TreeInterpreter
+
+from router.jmespath_compiled import compile_tree
 
 if TYPE_CHECKING:
     from jmespath.visitor import _TreeNode
@@ -41,17 +47,18 @@ class ConditionProblem(ValueError):
 class Condition:
     """A compiled JMESPath condition (immutable); equal when the sources are equal."""
 
-    __slots__ = ("_parsed", "source")
+    __slots__ = ("_evaluate", "_parsed", "source")
 
     def __init__(self, source: str, parsed: _TreeNode) -> None:
         self.source = source
         self._parsed = parsed
+        self._evaluate = compile_tree(parsed)  # the interpreter's results, as closures
 
     def holds(self, record: Mapping[str, Any]) -> bool:
         """JMESPath truthiness of the result; an evaluation error (a function given a value of
         the wrong type, e.g. ends_with on null) means the condition does not hold."""
         try:
-            return truthy(_INTERPRETER.visit(self._parsed, record))
+            return truthy(self._evaluate(record))
         except jmespath_errors.JMESPathError:
             return False
 
@@ -63,7 +70,7 @@ class Condition:
     def value(self, record: Mapping[str, Any]) -> Any:
         """The raw result (for explain); ConditionProblem when evaluation fails."""
         try:
-            return _INTERPRETER.visit(self._parsed, record)
+            return self._evaluate(record)
         except jmespath_errors.JMESPathError as exc:
             raise ConditionProblem(" ".join(str(exc).split())) from None
 
