@@ -24,6 +24,8 @@ TABLE_TYPES = ("PROFILE_TABLE", "CUSTOM_TABLE")
 EVENT_TYPES = ("DATA", "TRIGGER")
 # More digits than a 64-bit integer can hold without doubt (orjson reads those as floats).
 _LONG_DIGITS = re.compile(rb"\d{19}")
+# Nesting no deeper than this is read by the json module at any depth of the caller's stack.
+_FEW_BRACKETS = 200
 # What orjson writes otherwise than json.dumps: float text (digits then . or e) and DEL.
 _WRITTEN_OTHERWISE = re.compile(rb"\d[.eE]|\x7f")
 # Keys every record has (null when the envelope does not carry them), so rules can rely on them.
@@ -54,8 +56,10 @@ def parse_body(body: bytes) -> Any:
         raise MalformedBody("the request body is empty; send a JSON event")
     # orjson reads most bodies several times faster. It reads integers of more than 64 bits as
     # floats, so a body with a long run of digits goes to the json module (which keeps them
-    # exact), and so does every body orjson refuses: its reading says what is wrong.
-    if not _LONG_DIGITS.search(body):
+    # exact), and so does every body orjson refuses: its reading says what is wrong. So does a
+    # body with many brackets: it may nest deeper than the json module reads (which refuses
+    # it as nested too deeply), and orjson reads deeper.
+    if body.count(b"[") + body.count(b"{") <= _FEW_BRACKETS and not _LONG_DIGITS.search(body):
         try:
             return orjson.loads(body)
         except orjson.JSONDecodeError:
