@@ -93,8 +93,9 @@ class Template:
         TemplateLimitExceeded when a limit was reached."""
         prefix = f"template for {where}" if where else "template"
         try:
+            compiled = self._compiled  # its first render makes the code: not on the budget
             with limits.rendering() as budget:
-                return self._render(context, budget)
+                return self._render(compiled, context, budget)
         except MissingSecret as exc:
             raise MissingSecret(f"{prefix}: {exc}") from None
         except TemplateLimitExceeded as exc:  # its message holds nothing of the template's data
@@ -108,13 +109,13 @@ class Template:
                 reason = _reason(exc)
             raise RenderError(f"{prefix}: {reason}") from None
 
-    def _render(self, context: Mapping[str, Any], budget: Budget) -> str:
+    def _render(self, compiled: jinja2.Template, context: Mapping[str, Any], budget: Budget) -> str:
         # Through the generator, so output is counted as it comes instead of joined at the end.
         limit = budget.limits.max_bytes
         chunks: list[str] = []
         size = 0
         deadline = budget.deadline
-        for chunk in self._compiled.generate(context):
+        for chunk in compiled.generate(context):
             if time.monotonic() > deadline:
                 budget.tick()
             size += len(chunk)
