@@ -16,6 +16,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -128,9 +129,9 @@ def create_app(
             "push accepted",
             extra={"event_id": event_id, "records": len(records)},
         )
-        return JSONResponse(
-            {"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202
-        )
+        # JSONResponse's own text (compact), written by orjson: a few µs less on every push.
+        body = orjson.dumps({"accepted": result.accepted, "duplicates": result.duplicates})
+        return Response(body, status_code=202, media_type="application/json")
 
     def describe() -> dict[str, Any]:
         return {

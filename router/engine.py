@@ -118,10 +118,14 @@ class Engine:
         m = self.metrics
         m.records_received.inc(result.accepted)
         m.records_duplicate.inc(result.duplicates)
+        unmatched = 0
+        matches = m.rule_match
         for position, item in enumerate(incoming):
             if position in result.repeated:
                 continue  # routed when it first came
             if not item.matched:
-                m.records_unmatched.inc()
+                unmatched += 1
             for name, mode in zip(item.matched, modes[position], strict=True):
-                m.rule_matches.labels(rule=name, mode=mode).inc()
+                matches(name, mode).inc()
+        if unmatched:
+            m.records_unmatched.inc(unmatched)

@@ -3,6 +3,8 @@ several apps side by side."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -85,6 +87,19 @@ class Metrics:
             "1 if the last reload attempt succeeded, else 0.",
             registry=r,
         )
+
+        # The child series of rule_matches by (rule, mode): labels() costs a lock and a few
+        # conversions on every push; the children are kept (a series is never removed).
+        self._rule_match_children: dict[tuple[str, str], Any] = {}
+
+    def rule_match(self, rule: str, mode: str) -> Any:
+        """rule_matches.labels(rule=rule, mode=mode), kept."""
+        key = (rule, mode)
+        child = self._rule_match_children.get(key)
+        if child is None:
+            child = self.rule_matches.labels(rule=rule, mode=mode)
+            self._rule_match_children[key] = child
+        return child
 
     def set_ruleset(self, version: str) -> None:
         self.ruleset_info.clear()

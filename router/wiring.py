@@ -57,7 +57,7 @@ from router.worker import Worker, WorkerLimits
 
 log = logging.getLogger("router.wiring")
 
-PURGE_EVERY = 3600.0  # seconds between retention purges
+PURGE_EVERY = 3600.0  # seconds between retention purges (a quarter of a shorter retention)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -209,7 +209,8 @@ async def purge_loop(store: Store, settings: Settings, stop: asyncio.Event) -> N
         except StoreUnavailable as exc:
             log.warning("retention purge skipped: %s", exc)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), PURGE_EVERY)
+            # A retention shorter than the period would let the store hold several of it.
+            await asyncio.wait_for(stop.wait(), min(PURGE_EVERY, settings.retention / 4))
 
 
 def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> None:
