@@ -88,8 +88,9 @@ def test_each_replicas_console_shows_every_replicas_work(tmp_path: Path, databas
             refused = httpx.post(f"{intake.base}/api/v1/jobs/%00/replay", headers=AUTH, timeout=10)
             assert refused.json() == {"replayed": [], "count": 0}
         finally:
-            worker.stop()
-            intake.stop()
+            for process in (worker, intake):
+                if process.proc is not None:
+                    process.stop()
 
 
 def _ready(process: RouterProcess) -> bool:
