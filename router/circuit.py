@@ -69,9 +69,16 @@ class Outcomes:
     trailing_failures: int = 0
 
     def then(self, ok: bool) -> Outcomes:
-        return (
-            Outcomes(True, 0) if ok else replace(self, trailing_failures=self.trailing_failures + 1)
-        )
+        """These outcomes, and then one more attempt."""
+        if ok:
+            return Outcomes(True, 0)
+        return replace(self, trailing_failures=self.trailing_failures + 1)
+
+    def followed_by(self, later: Outcomes) -> Outcomes:
+        """These outcomes, and then `later`'s."""
+        if later.succeeded:
+            return later
+        return Outcomes(self.succeeded, self.trailing_failures + later.trailing_failures)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,14 @@ from typing import Any
 
 from router.actions.base import Deliverer, Enricher
 from router.actions.registry import enrichments_of, parse_action, render
+from router.circuit import (
+    OPEN,
+    CircuitPolicy,
+    OnTransition,
+    Outcomes,
+    counts_against,
+    log_and_count,
+)
 from router.exceptions import (
     DeliveryFailed,
     MissingSecret,
@@ -123,6 +131,8 @@ class Worker:
         limits: WorkerLimits | None = None,
         render_limits: RenderLimits | None = None,
         metrics: Metrics | None = None,
+        circuit: CircuitPolicy | None = None,
+        on_transition: OnTransition | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -132,7 +142,11 @@ class Worker:
         self.limits = limits or WorkerLimits()
         self.render_limits = render_limits or RenderLimits()
         self.metrics = metrics or Metrics()
+        self.circuit = circuit or CircuitPolicy()
+        # Where circuit transitions go (router.circuit): logs and metrics unless told otherwise.
+        self.on_transition = on_transition or log_and_count(self.metrics)
         self.clock = clock
+        self._outcomes: dict[str, Outcomes] = {}  # per destination, since the last report
         self._hosts: defaultdict[str, _HostState] = defaultdict(_HostState)
         self._active = 0
         self._waiting = 0
@@ -389,11 +403,17 @@ class Worker:
                     self._unrenderable(ready)
                     return
                 prepared = ready
+            if job.not_before is not None:  # a rate-limited destination's slot (the store's)
+                await asyncio.sleep(max(0.0, job.not_before - self.clock()))
+                started = self.clock()
             deliverer = self.deliverers[action.type]
             timeout = action.timeout
             status = await deliverer.deliver(prepared.rendered, job_id=job.id, timeout=timeout)
+            self._answered(job, True)
             self._finish(job, action, Outcome.DONE, started, status=status)
         except DeliveryFailed as failure:
+            # An answer that blames the request (a 400) still says the destination is up.
+            self._answered(job, not counts_against(failure))
             self._failed(job, action, started, failure)
         except asyncio.CancelledError:
             raise
@@ -428,6 +448,49 @@ class Worker:
         return await loop.run_in_executor(
             self._renderer, self._render, job, prepared.action, started, fetched
         )
+
+    def _answered(self, job: Job, ok: bool) -> None:
+        """Count an attempt's outcome towards its destination's circuit (router.circuit)."""
+        outcomes = self._outcomes.get(job.destination, Outcomes())
+        self._outcomes[job.destination] = outcomes.then(ok)
+
+    async def _report(self) -> None:
+        """Hand the outcomes since the last report to the store's circuits; act on and pass on
+        the transitions they made. Kept for the next report when the store is unavailable."""
+        outcomes, self._outcomes = self._outcomes, {}
+        try:
+            changes = await self.store.report_outcomes(
+                outcomes, policy=self.circuit, now=self.clock()
+            )
+        except StoreUnavailable as exc:
+            for key, earlier in outcomes.items():
+                later = self._outcomes.get(key)
+                self._outcomes[key] = earlier if later is None else earlier.followed_by(later)
+            log.warning("cannot report outcomes to the circuits: %s", exc)
+            return
+        for change in changes:
+            if change.new == OPEN:
+                await self._hand_back(change.destination)
+            try:
+                self.on_transition(change)
+            except Exception:  # whatever listens must not stop deliveries
+                log.exception("a circuit transition listener failed")
+
+    async def _hand_back(self, destination: str) -> None:
+        """Give the jobs queued here for `destination` back to the store (its circuit opened:
+        they wait there, without spending attempts, until a probe closes it)."""
+        host = self._hosts.get(destination)
+        if host is None or not host.waiting:
+            return
+        waiting = list(host.waiting)
+        host.waiting.clear()
+        self._waiting -= len(waiting)
+        for prepared in waiting:
+            self._held.pop(prepared.job.id, None)
+        with contextlib.suppress(StoreUnavailable):  # else their leases expire
+            await self.store.release(
+                [(p.job.id, p.job.lease_token) for p in waiting], next_at=self.clock()
+            )
 
     def _failed(self, job: Job, action: Action, started: float, failure: DeliveryFailed) -> None:
         now = self.clock()
@@ -511,10 +574,11 @@ class Worker:
     async def _flush(self) -> None:
         """Record finished attempts in batches: one store call for all that finished meanwhile."""
         try:
-            while self._results:
+            while self._results or self._outcomes:
                 batch, self._results = self._results, []
                 try:
-                    await self.store.record(batch, now=self.clock())
+                    if batch:
+                        await self.store.record(batch, now=self.clock())
                 except StoreUnavailable as exc:
                     # Put them back; the next finished delivery (or shutdown) tries again. If
                     # that never succeeds the leases expire and the jobs are delivered again:
@@ -522,6 +586,10 @@ class Worker:
                     self._results[:0] = batch
                     log.warning("cannot record %d attempt(s): %s", len(batch), exc)
                     return
+                if self._outcomes:
+                    await self._report()
+                    if self._outcomes:  # the store is unavailable: the next flush tries again
+                        return
         finally:
             self._flushing = None
             self._wake.set()  # a draining run may now see that nothing is left
