@@ -169,6 +169,7 @@ class Worker:
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Work until `stop` is set (or, with drain=True, until nothing is due or in flight),
         then let in-flight deliveries finish within the grace period."""
+        self._look = True  # a run starts by looking, whatever the last one found
         renewing = asyncio.create_task(self._renew_leases())
         self._renderer = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="router-render")
         try:
@@ -183,7 +184,10 @@ class Worker:
                     continue
                 if claimed:
                     continue
-                if drain and self._active == 0 and self._waiting == 0 and not self._results:
+                # Recording may make jobs due (the next of an order key): drained only once
+                # every result is recorded and a claim after that found nothing.
+                idle = self._active == 0 and self._waiting == 0 and self._flushing is None
+                if drain and idle and not self._results and not self._look:
                     break
                 self._wake.clear()
                 await _first_of(self._new_work(), self._wake.wait(), stop.wait())
@@ -586,6 +590,7 @@ class Worker:
                     self._results[:0] = batch
                     log.warning("cannot record %d attempt(s): %s", len(batch), exc)
                     return
+                self._look = True  # what was recorded may let ordered jobs go
                 if self._outcomes:
                     await self._report()
                     if self._outcomes:  # the store is unavailable: the next flush tries again
