@@ -22,7 +22,8 @@ RATE_UNITS = {"s": 1.0, "sec": 1.0, "min": 60.0, "m": 60.0, "h": 3600.0}
 _RATE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*")
 MAX_RATE = 10_000.0  # per second: faster than any worker delivers
 _DEFAULT_PORTS = {"http": 80, "https": 443}
-_HOST_PORT = re.compile(r"[a-z0-9.\-\[\]:]+:\d{1,5}")
+# host:port, or a destination named for its kind ("smtp", "actito").
+_HOST_PORT = re.compile(r"[a-z0-9.\-\[\]:]+:\d{1,5}|[a-z][a-z0-9_-]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,7 +78,8 @@ def key_of_url(url: str) -> str:
 
 
 def pause_target(text: str) -> str:
-    """What `--destination` names, as a key: a URL as in `[[destination]]`, or `host:port`."""
+    """What `--destination` names, as a key: a URL as in `[[destination]]`, `host:port`, or a
+    destination named for its kind (`smtp`, `actito`)."""
     value = text.strip().lower()
     if "://" in value:
         return key_of_url(text)
@@ -86,6 +88,16 @@ def pause_target(text: str) -> str:
     raise DestinationProblem(
         f"{text!r} is neither a destination URL (https://host/path) nor host:port"
     )
+
+
+def under(destination: str, target: str) -> bool:
+    """Whether a job of `destination` is held by a pause of `target` (both keys): the same
+    key, or one below it (router.store.controls.UNDER says the same in SQL)."""
+    if destination == target:
+        return True
+    if not destination.startswith(target):
+        return False
+    return target.endswith("/") or destination[len(target)] == "/"
 
 
 def resolve(url_source: str, host_key: str, declared: Sequence[Destination]) -> str:
