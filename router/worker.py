@@ -236,6 +236,7 @@ class Worker:
             return 0  # wait for a few more slots: one claim for several, not one each
         limit = min(room, CLAIM_BATCH)
         busy = [key for key, host in self._hosts.items() if host.active >= self.limits.per_host]
+        busy += [key for key in self._outcomes if self._failing(key)]
         jobs = await self.store.claim(
             limit=limit,
             lease=self.limits.lease,
@@ -428,6 +429,10 @@ class Worker:
             self._active -= 1
             host = self._hosts[prepared.host]
             host.active -= 1
+            if host.waiting and self._failing(prepared.host):
+                # Enough failures in a row here to open its circuit: send no more of what is
+                # queued while the store's circuit catches up (they wait there).
+                self._track(asyncio.create_task(self._give_back(self._take_waiting(host))))
             if host.waiting:
                 self._waiting -= 1
                 self._start(host.waiting.popleft())
@@ -480,20 +485,41 @@ class Worker:
             except Exception:  # whatever listens must not stop deliveries
                 log.exception("a circuit transition listener failed")
 
+    def _failing(self, destination: str) -> bool:
+        """Whether this worker saw enough failures in a row at `destination`, not reported yet,
+        to open its circuit."""
+        outcomes = self._outcomes.get(destination)
+        threshold = self.circuit.failures
+        return outcomes is not None and 0 < threshold <= outcomes.trailing_failures
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
     async def _hand_back(self, destination: str) -> None:
         """Give the jobs queued here for `destination` back to the store (its circuit opened:
         they wait there, without spending attempts, until a probe closes it)."""
         host = self._hosts.get(destination)
         if host is None or not host.waiting:
             return
-        waiting = list(host.waiting)
+        taken = self._take_waiting(host)
+        if host.active == 0:
+            del self._hosts[destination]
+        await self._give_back(taken)
+
+    def _take_waiting(self, host: _HostState) -> list[Job]:
+        """Take the jobs queued for a destination out of this worker's hands."""
+        taken = [prepared.job for prepared in host.waiting]
         host.waiting.clear()
-        self._waiting -= len(waiting)
-        for prepared in waiting:
-            self._held.pop(prepared.job.id, None)
+        self._waiting -= len(taken)
+        for job in taken:
+            self._held.pop(job.id, None)
+        return taken
+
+    async def _give_back(self, jobs: list[Job]) -> None:
         with contextlib.suppress(StoreUnavailable):  # else their leases expire
             await self.store.release(
-                [(p.job.id, p.job.lease_token) for p in waiting], next_at=self.clock()
+                [(job.id, job.lease_token) for job in jobs], next_at=self.clock()
             )
 
     def _failed(self, job: Job, action: Action, started: float, failure: DeliveryFailed) -> None:
