@@ -189,7 +189,8 @@ def bench_rate(args: argparse.Namespace, directory: Path) -> None:
                 procs.append(start([python(), "-m", "router", "worker"], env=own, log=log))
             deadline = time.monotonic() + DRAIN_SECONDS
             while True:  # until the window (and a margin either side) has passed at the sink
-                arrivals = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
+                seen = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
+                arrivals, distinct = seen["arrivals"], seen["distinct"]
                 if arrivals and arrivals[-1] - arrivals[0] >= args.window + 4:
                     break
                 if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
@@ -211,8 +212,13 @@ def bench_rate(args: argparse.Namespace, directory: Path) -> None:
         f"(b) rate: destination rate {args.rate}/s, two `router worker` processes on "
         "PostgreSQL, measured at the sink"
     )
-    print(f"{'window s':>8} {'most requests':>14} {'rate x window':>14} {'ratio':>6} {'mean/s':>7}")
-    print(f"{args.window:>8} {most:>14} {allowed:>14.0f} {most / allowed:>6.2f} {steady:>7.1f}")
+    widths = {"window s": 8, "most requests": 14, "rate x window": 14, "ratio": 6}
+    widths.update({"mean/s": 7, "repeats": 8})
+    print(" ".join(f"{name:>{width}}" for name, width in widths.items()))
+    print(
+        f"{args.window:>8} {most:>14} {allowed:>14.0f} {most / allowed:>6.2f} {steady:>7.1f} "
+        f"{len(arrivals) - distinct:>8}"
+    )
 
 
 def serve_sink(port: int) -> None:
@@ -220,14 +226,16 @@ def serve_sink(port: int) -> None:
     from aiohttp import web
 
     arrivals: list[float] = []
+    paths: set[str] = set()
 
     async def receive(request: web.Request) -> web.Response:
         await request.read()
         arrivals.append(time.time())
+        paths.add(request.path)
         return web.Response()
 
     async def stats(request: web.Request) -> web.Response:
-        return web.json_response(arrivals)
+        return web.json_response({"arrivals": arrivals, "distinct": len(paths)})
 
     app = web.Application()
     app.router.add_get("/stats", stats)
