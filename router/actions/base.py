@@ -73,7 +73,7 @@ ORDER_BY_KEY = Key(
     "order_by",
     "template",
     "Deliver the jobs whose key renders the same (`{{ data.profileId }}`) one at a time, in "
-    "the order their records were accepted. See [Ordering](#ordering-per-key).",
+    "the order their records were accepted.",
     template=True,
 )
 ON_DEAD_KEY = Key(
