@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.conditions import Condition
+from router.destinations import Destination
 from router.explain import Miss, why_not
 from router.rules import Match, Rule
 
@@ -146,6 +147,7 @@ class RuleSet:
     version: str  # content hash of the files it was built from
     secrets: frozenset[str]  # names referenced as secrets.NAME by any template
     matcher: Matcher = field(init=False, repr=False, compare=False)
+    destinations: tuple[Destination, ...] = ()  # the [[destination]] tables (router.destinations)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "matcher", Matcher(self.rules))

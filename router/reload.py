@@ -17,6 +17,7 @@ import watchfiles
 
 from router.app import ReloadStatus
 from router.engine import Engine
+from router.exceptions import StoreUnavailable
 from router.rulefiles.loader import load
 
 log = logging.getLogger("router.reload")
@@ -94,6 +95,14 @@ class Reloader:
         )
         async for _changes in watcher:
             try:
-                await asyncio.to_thread(self.reload)
+                if await asyncio.to_thread(self.reload):
+                    await self.declare()
             except Exception:  # a reload must never take the server down
                 log.exception("rule reload crashed; the previous rules keep serving")
+
+    async def declare(self) -> None:
+        """Write the new rules' [[destination]] limits to the store, for every worker."""
+        try:
+            await self.engine.declare_destinations()
+        except StoreUnavailable as exc:
+            log.warning("cannot declare the destinations' limits in the store now: %s", exc)

@@ -19,6 +19,7 @@ from router.retry import RetryOverride
 
 if TYPE_CHECKING:
     from router.conditions import Condition
+    from router.templating import Template
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +53,11 @@ class Action:
     spec: Mapping[str, Any]
     retry: RetryOverride = field(default_factory=RetryOverride)
     timeout: float | None = None  # seconds one attempt may take; None: the deliverer's default
+    # Ordering (router.ordering): jobs with the same rendered key are delivered in the order
+    # their records were accepted. `on_dead`: "continue" lets later jobs go when one dies,
+    # "hold" keeps them waiting until it is replayed or discarded.
+    order_by: Template | None = None
+    on_dead: str = "continue"
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:
@@ -60,6 +66,7 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+ON_DEAD = ("continue", "hold")
 MODES = ("live", "shadow")  # a shadow rule matches and renders, and sends nothing
 
 

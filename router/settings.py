@@ -98,6 +98,17 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         60.0, gt=0, description="How long a claimed job is reserved before another worker may."
     )
+    circuit_failures: int = Field(
+        5,
+        ge=0,
+        description="Failures in a row that open a destination's circuit (0: never open one).",
+    )
+    circuit_probe_delay: float = Field(
+        10.0, gt=0, description="Seconds from a circuit opening to its first probe."
+    )
+    circuit_probe_max_delay: float = Field(
+        600.0, gt=0, description="Longest interval between two probes of an open circuit."
+    )
     retention: float = Field(
         7 * 86400.0, gt=0, description="Seconds done jobs and event records are kept."
     )

@@ -36,6 +36,7 @@ from router.app import (
     create_app,
     create_worker_app,
 )
+from router.circuit import CircuitPolicy
 from router.connections import ConnectionGuard, ConnectionLimits, connection_limits
 from router.engine import Engine
 from router.exceptions import StartupError, StoreUnavailable
@@ -164,6 +165,15 @@ def preflight_store(settings: Settings, *, migrate: bool) -> None:
         raise StartupError(f"cannot open the store: {exc}") from exc
 
 
+async def declare_destinations(engine: Engine) -> None:
+    """Write the serving rules' [[destination]] limits to the store, where every worker of the
+    deployment reads them. A store that cannot take them now keeps the last ones declared."""
+    try:
+        await engine.declare_destinations()
+    except StoreUnavailable as exc:
+        log.warning("cannot declare the destinations' limits in the store now: %s", exc)
+
+
 def build_worker(settings: Settings, store: Store, metrics: Metrics) -> Worker:
     return Worker(
         store,
@@ -178,6 +188,7 @@ def build_worker(settings: Settings, store: Store, metrics: Metrics) -> Worker:
         ),
         render_limits=RenderLimits.from_settings(settings),
         metrics=metrics,
+        circuit=CircuitPolicy.from_settings(settings),
     )
 
 
@@ -241,6 +252,7 @@ def _serve(settings: Settings, *, worker: bool, migrate: bool) -> None:
             log.info("stopped by a signal before serving")
             yield  # uvicorn sees the signal and stops without serving
             return
+        await declare_destinations(engine)
         tasks: list[asyncio.Task[None]] = []
         if settings.reload:
             reloader = Reloader(

@@ -34,6 +34,14 @@ from typing import Any
 
 from router.actions.base import Deliverer, Enricher
 from router.actions.registry import enrichments_of, parse_action, render
+from router.circuit import (
+    OPEN,
+    CircuitPolicy,
+    OnTransition,
+    Outcomes,
+    counts_against,
+    log_and_count,
+)
 from router.exceptions import (
     DeliveryFailed,
     MissingSecret,
@@ -123,6 +131,8 @@ class Worker:
         limits: WorkerLimits | None = None,
         render_limits: RenderLimits | None = None,
         metrics: Metrics | None = None,
+        circuit: CircuitPolicy | None = None,
+        on_transition: OnTransition | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -132,7 +142,11 @@ class Worker:
         self.limits = limits or WorkerLimits()
         self.render_limits = render_limits or RenderLimits()
         self.metrics = metrics or Metrics()
+        self.circuit = circuit or CircuitPolicy()
+        # Where circuit transitions go (router.circuit): logs and metrics unless told otherwise.
+        self.on_transition = on_transition or log_and_count(self.metrics)
         self.clock = clock
+        self._outcomes: dict[str, Outcomes] = {}  # per destination, since the last report
         self._hosts: defaultdict[str, _HostState] = defaultdict(_HostState)
         self._active = 0
         self._waiting = 0
@@ -155,6 +169,7 @@ class Worker:
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Work until `stop` is set (or, with drain=True, until nothing is due or in flight),
         then let in-flight deliveries finish within the grace period."""
+        self._look = True  # a run starts by looking, whatever the last one found
         renewing = asyncio.create_task(self._renew_leases())
         self._renderer = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="router-render")
         try:
@@ -169,7 +184,10 @@ class Worker:
                     continue
                 if claimed:
                     continue
-                if drain and self._active == 0 and self._waiting == 0 and not self._results:
+                # Recording may make jobs due (the next of an order key): drained only once
+                # every result is recorded and a claim after that found nothing.
+                idle = self._active == 0 and self._waiting == 0 and self._flushing is None
+                if drain and idle and not self._results and not self._look:
                     break
                 self._wake.clear()
                 await _first_of(self._new_work(), self._wake.wait(), stop.wait())
@@ -218,6 +236,7 @@ class Worker:
             return 0  # wait for a few more slots: one claim for several, not one each
         limit = min(room, CLAIM_BATCH)
         busy = [key for key, host in self._hosts.items() if host.active >= self.limits.per_host]
+        busy += [key for key in self._outcomes if self._failing(key)]
         jobs = await self.store.claim(
             limit=limit,
             lease=self.limits.lease,
@@ -389,11 +408,17 @@ class Worker:
                     self._unrenderable(ready)
                     return
                 prepared = ready
+            if job.not_before is not None:  # a rate-limited destination's slot (the store's)
+                await asyncio.sleep(max(0.0, job.not_before - self.clock()))
+                started = self.clock()
             deliverer = self.deliverers[action.type]
             timeout = action.timeout
             status = await deliverer.deliver(prepared.rendered, job_id=job.id, timeout=timeout)
+            self._answered(job, True)
             self._finish(job, action, Outcome.DONE, started, status=status)
         except DeliveryFailed as failure:
+            # An answer that blames the request (a 400) still says the destination is up.
+            self._answered(job, not counts_against(failure))
             self._failed(job, action, started, failure)
         except asyncio.CancelledError:
             raise
@@ -404,6 +429,10 @@ class Worker:
             self._active -= 1
             host = self._hosts[prepared.host]
             host.active -= 1
+            if host.waiting and self._failing(prepared.host):
+                # Enough failures in a row here to open its circuit: send no more of what is
+                # queued while the store's circuit catches up (they wait there).
+                self._track(asyncio.create_task(self._give_back(self._take_waiting(host))))
             if host.waiting:
                 self._waiting -= 1
                 self._start(host.waiting.popleft())
@@ -428,6 +457,70 @@ class Worker:
         return await loop.run_in_executor(
             self._renderer, self._render, job, prepared.action, started, fetched
         )
+
+    def _answered(self, job: Job, ok: bool) -> None:
+        """Count an attempt's outcome towards its destination's circuit (router.circuit)."""
+        outcomes = self._outcomes.get(job.destination, Outcomes())
+        self._outcomes[job.destination] = outcomes.then(ok)
+
+    async def _report(self) -> None:
+        """Hand the outcomes since the last report to the store's circuits; act on and pass on
+        the transitions they made. Kept for the next report when the store is unavailable."""
+        outcomes, self._outcomes = self._outcomes, {}
+        try:
+            changes = await self.store.report_outcomes(
+                outcomes, policy=self.circuit, now=self.clock()
+            )
+        except StoreUnavailable as exc:
+            for key, earlier in outcomes.items():
+                later = self._outcomes.get(key)
+                self._outcomes[key] = earlier if later is None else earlier.followed_by(later)
+            log.warning("cannot report outcomes to the circuits: %s", exc)
+            return
+        for change in changes:
+            if change.new == OPEN:
+                await self._hand_back(change.destination)
+            try:
+                self.on_transition(change)
+            except Exception:  # whatever listens must not stop deliveries
+                log.exception("a circuit transition listener failed")
+
+    def _failing(self, destination: str) -> bool:
+        """Whether this worker saw enough failures in a row at `destination`, not reported yet,
+        to open its circuit."""
+        outcomes = self._outcomes.get(destination)
+        threshold = self.circuit.failures
+        return outcomes is not None and 0 < threshold <= outcomes.trailing_failures
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _hand_back(self, destination: str) -> None:
+        """Give the jobs queued here for `destination` back to the store (its circuit opened:
+        they wait there, without spending attempts, until a probe closes it)."""
+        host = self._hosts.get(destination)
+        if host is None or not host.waiting:
+            return
+        taken = self._take_waiting(host)
+        if host.active == 0:
+            del self._hosts[destination]
+        await self._give_back(taken)
+
+    def _take_waiting(self, host: _HostState) -> list[Job]:
+        """Take the jobs queued for a destination out of this worker's hands."""
+        taken = [prepared.job for prepared in host.waiting]
+        host.waiting.clear()
+        self._waiting -= len(taken)
+        for job in taken:
+            self._held.pop(job.id, None)
+        return taken
+
+    async def _give_back(self, jobs: list[Job]) -> None:
+        with contextlib.suppress(StoreUnavailable):  # else their leases expire
+            await self.store.release(
+                [(job.id, job.lease_token) for job in jobs], next_at=self.clock()
+            )
 
     def _failed(self, job: Job, action: Action, started: float, failure: DeliveryFailed) -> None:
         now = self.clock()
@@ -511,10 +604,11 @@ class Worker:
     async def _flush(self) -> None:
         """Record finished attempts in batches: one store call for all that finished meanwhile."""
         try:
-            while self._results:
+            while self._results or self._outcomes:
                 batch, self._results = self._results, []
                 try:
-                    await self.store.record(batch, now=self.clock())
+                    if batch:
+                        await self.store.record(batch, now=self.clock())
                 except StoreUnavailable as exc:
                     # Put them back; the next finished delivery (or shutdown) tries again. If
                     # that never succeeds the leases expire and the jobs are delivered again:
@@ -522,6 +616,11 @@ class Worker:
                     self._results[:0] = batch
                     log.warning("cannot record %d attempt(s): %s", len(batch), exc)
                     return
+                self._look = True  # what was recorded may let ordered jobs go
+                if self._outcomes:
+                    await self._report()
+                    if self._outcomes:  # the store is unavailable: the next flush tries again
+                        return
         finally:
             self._flushing = None
             self._wake.set()  # a draining run may now see that nothing is left

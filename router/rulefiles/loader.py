@@ -22,8 +22,10 @@ from typing import Any
 
 from router.actions.registry import compile_action
 from router.checks import KeyPath, kind_of
+from router.destinations import Destination
 from router.exceptions import RouterError
 from router.matching import RuleSet
+from router.rulefiles.destinations import read_destination
 from router.rulefiles.diagnostics import Diagnostic
 from router.rulefiles.lints import lint_rule, toml_quote_hint
 from router.rulefiles.positions import positions
@@ -101,13 +103,17 @@ class _Loader:
         self.used_secrets: set[str] = set()
         self.digest = hashlib.sha256()  # the version: over (name, content) of every file
         self.complete = True  # every rule file was read, so an unknown rule name is a mistake
+        self.destinations: list[Destination] = []  # the [[destination]] tables
+        self.declared: dict[str, Location] = {}  # destination key -> where it is declared
 
     def run(self, directory: str | Path) -> LoadResult:
         files = self._discover(directory)
         documents = [doc for file in files if (doc := self._read(file)) is not None]
         for file, document, context in documents:
             context.rule, context.hidden = None, 0
-            allowed = ("test",) if file.name.startswith("tests/") else ("rule", "test")
+            allowed = (
+                ("test",) if file.name.startswith("tests/") else ("rule", "test", "destination")
+            )
             for key in document:
                 if key == "rule" and key not in allowed:
                     context.report((key,), "rules are not read from tests/; move it to a rule file")
@@ -119,6 +125,12 @@ class _Loader:
                 _array(context, document, "rule") if "rule" in allowed else ()
             ):
                 self._rule(context, ("rule", index), raw)
+            for index, raw in enumerate(
+                _array(context, document, "destination") if "destination" in allowed else ()
+            ):
+                found = read_destination(context, ("destination", index), raw, self.declared)
+                if found is not None:
+                    self.destinations.append(found)
         tests = TestReader(self.defined, self.action_types, self.complete)
         for file, document, context in documents:
             for index, raw in enumerate(_array(context, document, "test")):
@@ -128,7 +140,12 @@ class _Loader:
         if any(d.severity == "error" for d in diagnostics):
             return LoadResult(None, diagnostics)
         version = self.digest.hexdigest()[:12]
-        ruleset = RuleSet(tuple(self.rules), version, frozenset(self.used_secrets))
+        ruleset = RuleSet(
+            tuple(self.rules),
+            version,
+            frozenset(self.used_secrets),
+            destinations=tuple(self.destinations),
+        )
         return LoadResult(ruleset, diagnostics, tuple(tests.tests))
 
     def _discover(self, directory: str | Path) -> list[_File]:

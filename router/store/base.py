@@ -13,6 +13,9 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from router.circuit import CircuitPolicy, Outcomes, Transition
+from router.destinations import Destination
+
 Record = dict[str, Any]
 
 
@@ -62,6 +65,10 @@ class NewJob:
     spec: Mapping[str, Any]  # the action's raw spec as loaded: the job is delivered with it
     destination: str  # key for per-destination concurrency (an HTTP host, "smtp", "log")
     mode: Mode = Mode.LIVE
+    # Ordering (router.ordering): a job waits while an earlier job of the same key is pending
+    # (or, when `order_hold`, dead until replayed or discarded). None: not ordered.
+    order_key: str | None = None
+    order_hold: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +106,8 @@ class Job:
     budget_since: float  # retry budget start: acceptance, or the last replay
     lease_token: str  # proves this claim when the result is recorded
     mode: Mode = Mode.LIVE
+    # A rate-limited destination's slot: the job is sent no earlier than this (epoch seconds).
+    not_before: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,6 +168,19 @@ class StoredEvent:
     matched: tuple[str, ...]
     ruleset_version: str
     received_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """Deliveries held by an operator: of a rule (`kind` "rule", `target` its name) or of a
+    destination (`kind` "destination", `target` a key of router.destinations)."""
+
+    kind: str
+    target: str
+    since: float
+
+
+PAUSE_KINDS = ("rule", "destination")
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,7 +245,13 @@ class Store(abc.ABC):
         first (then first accepted), for `lease` seconds. A job is never held by two claims at
         once. Jobs whose destination is in `exclude` (the worker's busy destinations) are left
         alone; with `destination`, only that destination's jobs are claimed (a busy one's
-        refill). A limit below 1 claims nothing."""
+        refill). A limit below 1 claims nothing.
+
+        The delivery controls hold for every claimer of the store: a job of a paused rule or
+        destination is never claimed, nor one whose order key has an earlier job pending (or
+        dead and holding it); a declared destination (declare_destinations) gives at most its
+        concurrency in leased jobs and its rate in slots (each job's `not_before`), and an open
+        circuit gives one probe at a time, when its time has come."""
         if limit < 1:
             return []
         return await self._claim(
@@ -308,7 +336,52 @@ class Store(abc.ABC):
         remaining job received before `before`, and dedupe keys older than `dedupe_before`.
         Returns the number of jobs deleted."""
 
+    # -- delivery controls
+
+    @abc.abstractmethod
+    async def declare_destinations(self, destinations: Sequence[Destination]) -> None:
+        """Make `destinations` (the serving rule set's) the declared ones: their limits hold
+        for every claim; every other destination loses its limits (its circuit stays)."""
+
+    @abc.abstractmethod
+    async def report_outcomes(
+        self, outcomes: Mapping[str, Outcomes], *, policy: CircuitPolicy, now: float
+    ) -> list[Transition]:
+        """Move the circuit of each destination by what its attempts came to
+        (router.circuit.advance), each under its row's lock; returns the transitions made."""
+
+    @abc.abstractmethod
+    async def circuits(self) -> dict[str, str]:
+        """Each destination the store knows a circuit of (or limits for), with its state."""
+
+    @abc.abstractmethod
+    async def pause(self, kind: str, target: str, *, now: float) -> bool:
+        """Hold the jobs of a rule or destination (Pause); False when already paused."""
+
+    @abc.abstractmethod
+    async def resume(self, kind: str, target: str, *, now: float) -> int | None:
+        """Lift a pause; its pending jobs get the paused time back on their retry budget (their
+        max age counts from later). Returns how many jobs were credited, None if not paused."""
+
+    @abc.abstractmethod
+    async def pauses(self) -> list[Pause]:
+        """Every pause, oldest first."""
+
+    async def discard(self, job_ids: Sequence[str], *, now: float) -> list[str]:
+        """Let the later jobs of the order key of each given dead job go (`on_dead = "hold"`):
+        the job stays dead, kept for inspection and replay. Returns the ids that were dead
+        and holding, in the order given."""
+        wanted = list(dict.fromkeys(job_ids))
+        if not wanted:
+            return []
+        discarded = await self._discard(wanted, now=now)
+        return [job_id for job_id in wanted if job_id in discarded]
+
     # -- what each backend implements behind the checks above
+
+    @abc.abstractmethod
+    async def _discard(self, job_ids: Sequence[str], *, now: float) -> Collection[str]:
+        """`discard` of distinct ids (at least one); returns those discarded, in any order."""
 
     @abc.abstractmethod
     async def _accept(

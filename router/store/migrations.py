@@ -44,6 +44,10 @@ Version 3 settled the points where the two backends had drifted apart, taking th
 
 The shadow-jobs step adds `jobs.mode` (`live` or `shadow`, from the rule's `mode` when the event
 was accepted) and the job status `shadow`: a shadow job is rendered and recorded, never sent.
+
+The delivery-controls step adds each job's order key (`jobs.order_key`, `jobs.order_hold`),
+the `destinations` table (declared limits, rate slots and the circuit of each destination) and
+the `pauses` table: the state every worker of a deployment shares (router.store.controls).
 """
 
 from __future__ import annotations
@@ -57,7 +61,7 @@ from router.exceptions import StoreUnavailable
 
 log = logging.getLogger("router.store")
 
-SCHEMA_VERSION = 4  # the steps each dialect lists; version N is the same layout everywhere
+SCHEMA_VERSION = 5  # the steps each dialect lists; version N is the same layout everywhere
 
 # Whether step N (at index N - 1) is additive, as the module docstring defines it. Decided once,
 # when the step is written, and never changed: a rollback across the step depends on it.
@@ -68,6 +72,9 @@ ADDITIVE: tuple[bool, ...] = (
     # 4: jobs.mode (shadow rules) and the `shadow` status. Not additive: code that does not know
     # the mode would deliver a shadow rule's pending jobs, and cannot read a `shadow` status.
     False,
+    # 5: delivery controls: jobs.order_key and jobs.order_hold, the destinations and pauses
+    # tables and their indexes. Additive: code without it delivers as it always did.
+    True,
 )
 assert len(ADDITIVE) == SCHEMA_VERSION, "say of every step whether it is additive"
 

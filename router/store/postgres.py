@@ -15,15 +15,17 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import astuple, dataclass, replace
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from router.circuit import CircuitPolicy, Outcomes, Transition, advance, transition
+from router.destinations import Destination
 from router.exceptions import StoreUnavailable
-from router.store import rows
+from router.store import controls, rows
 from router.store import sql_postgres as sql
 from router.store.base import (
     AcceptResult,
@@ -32,6 +34,7 @@ from router.store.base import (
     Job,
     JobDetail,
     JobSummary,
+    Pause,
     QueueStats,
     Status,
     Store,
@@ -284,10 +287,10 @@ class PostgresStore(Store):
             if kept:
                 # Built here, not before: a retry runs on a new connection, which emptied the
                 # cache of written specs.
-                columns, new_specs, modes = sql.insert_arguments(kept, self._specs)
+                columns, new_specs, extra = sql.insert_arguments(kept, self._specs)
                 try:
                     await conn.execute(
-                        sql.INSERT_EVENTS_AND_JOBS, *columns, ruleset_version, now, modes
+                        sql.INSERT_EVENTS_AND_JOBS, *columns, ruleset_version, now, *extra
                     )
                 except asyncpg.UniqueViolationError as exc:
                     raise ValueError(f"a job id already exists: {exc.detail}") from exc
@@ -307,11 +310,39 @@ class PostgresStore(Store):
     ) -> list[Job]:
         token = uuid.uuid4().hex
 
-        async def work(conn: Connection) -> list[asyncpg.Record]:
-            return await conn.fetch(sql.CLAIM_JOBS, now, limit, token, until, exclude, only)
+        async def work(conn: Connection) -> list[Job]:
+            # The controlled destinations first, each within what its row allows (the rows
+            # stay locked until the claim commits), then the rest.
+            held = [controls.controlled(r) for r in await conn.fetch(sql.SELECT_CONTROLLED)]
+            claimed: list[Job] = []
+            for row in controls.order(held, exclude, only):
+                if len(claimed) >= limit:
+                    break
+                leased = 0
+                if row.concurrency is not None:
+                    leased = int(await conn.fetchval(sql.COUNT_LEASED, row.key, now))
+                plan = controls.plan(row, leased=leased, limit=limit - len(claimed), now=now)
+                if plan.count <= 0:
+                    continue
+                found = await conn.fetch(sql.CLAIM_JOBS, now, plan.count, token, until, [], row.key)
+                if not found:
+                    continue
+                probe_until = until if plan.probe else None
+                await conn.execute(sql.TAKE_SLOTS, row.key, plan.tat_after(len(found)), probe_until)
+                times = plan.send_times(len(found))
+                claimed += [
+                    replace(rows.job(r), not_before=at) for r, at in zip(found, times, strict=True)
+                ]
+            skip = [*exclude, *(row.key for row in held)]
+            if len(claimed) < limit and (only is None or only not in skip):
+                found = await conn.fetch(
+                    sql.CLAIM_JOBS, now, limit - len(claimed), token, until, skip, only
+                )
+                claimed += [rows.job(r) for r in found]
+            return claimed
 
         # Safe to retry: a claim lost in transit only leaves leases that expire.
-        return [rows.job(row) for row in await self._run(work, transaction=False)]
+        return await self._run(work, transaction=True)
 
     async def _record(self, results: Sequence[AttemptResult], *, now: float) -> None:
         args = [(*rows.attempt_row(result), now) for result in results]
@@ -396,6 +427,85 @@ class PostgresStore(Store):
         if count:
             self._notify()
         return count
+
+    async def _discard(self, job_ids: Sequence[str], *, now: float) -> set[str]:
+        async def work(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql.DISCARD_JOBS, list(job_ids), now)
+
+        discarded = {row["id"] for row in await self._run(work, transaction=True)}
+        if discarded:
+            self._notify()
+        return discarded
+
+    # -- delivery controls --------------------------------------------------------------------
+
+    async def declare_destinations(self, destinations: Sequence[Destination]) -> None:
+        keys = [d.key for d in destinations]
+        rates = [d.rate for d in destinations]
+        concurrencies = [d.concurrency for d in destinations]
+
+        async def work(conn: Connection) -> None:
+            await conn.execute(sql.DECLARE, keys, rates, concurrencies)
+
+        await self._run(work, transaction=True)
+
+    async def report_outcomes(
+        self, outcomes: Mapping[str, Outcomes], *, policy: CircuitPolicy, now: float
+    ) -> list[Transition]:
+        keys = sorted(outcomes)
+        failing = [key for key in keys if outcomes[key].trailing_failures]
+
+        async def work(conn: Connection) -> list[Transition]:
+            if failing:
+                await conn.execute(sql.ENSURE_CIRCUITS, failing)
+            changes: list[Transition] = []
+            for row in await conn.fetch(sql.LOCK_CIRCUITS, keys):
+                key = row[0]
+                old = controls.circuit_state(row, 1)
+                new = advance(old, outcomes[key], policy, now)
+                if new == old:
+                    continue
+                await conn.execute(sql.PUT_CIRCUIT, key, *astuple(new))
+                change = transition(key, old, new)
+                if change is not None:
+                    changes.append(change)
+            return changes
+
+        changes = await self._run(work, transaction=True)
+        if changes:
+            self._notify()
+        return changes
+
+    async def circuits(self) -> dict[str, str]:
+        async def work(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql.LIST_CIRCUITS)
+
+        return {row[0]: row[1] for row in await self._run(work, transaction=False)}
+
+    async def pause(self, kind: str, target: str, *, now: float) -> bool:
+        async def work(conn: Connection) -> bool:
+            return await conn.fetchval(sql.PAUSE, kind, target, now) is not None
+
+        return await self._run(work, transaction=True)
+
+    async def resume(self, kind: str, target: str, *, now: float) -> int | None:
+        async def work(conn: Connection) -> int | None:
+            since = await conn.fetchval(sql.UNPAUSE, kind, target)
+            if since is None:
+                return None
+            credit = sql.CREDIT_RULE if kind == "rule" else sql.CREDIT_DESTINATION
+            return int(await conn.fetchval(credit, now, since, target))
+
+        credited = await self._run(work, transaction=True)
+        if credited is not None:
+            self._notify()
+        return credited
+
+    async def pauses(self) -> list[Pause]:
+        async def work(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql.LIST_PAUSES)
+
+        return [Pause(r[0], r[1], r[2]) for r in await self._run(work, transaction=False)]
 
     async def _read_events(self, *, since: float, after: int, limit: int) -> list[StoredEvent]:
         async def work(conn: Connection) -> list[asyncpg.Record]:

@@ -18,10 +18,13 @@ import secrets
 import sqlite3
 import uuid
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import astuple, replace
 from typing import Any
 
+from router.circuit import CircuitPolicy, CircuitState, Outcomes, Transition, advance, transition
+from router.destinations import Destination
 from router.exceptions import StoreUnavailable
-from router.store import rows
+from router.store import controls, rows
 from router.store.base import (
     AcceptResult,
     AttemptResult,
@@ -29,6 +32,7 @@ from router.store.base import (
     Job,
     JobDetail,
     JobSummary,
+    Pause,
     QueueStats,
     Status,
     StoredEvent,
@@ -175,6 +179,35 @@ MIGRATIONS = Migrations[tuple[str, ...]](
         # sent). Every job stored before was live. `status` is free text here: 'shadow' needs
         # no change of its own.
         ("ALTER TABLE jobs ADD COLUMN mode TEXT NOT NULL DEFAULT 'live'",),
+        # 5: delivery controls. Each job's order key and whether a dead one holds it; the
+        # destinations (declared limits, rate slots, circuit) and the pauses, shared by every
+        # worker; the indexes a claim reads them by.
+        (
+            "ALTER TABLE jobs ADD COLUMN order_key TEXT",
+            "ALTER TABLE jobs ADD COLUMN order_hold INTEGER NOT NULL DEFAULT 0",
+            """CREATE INDEX jobs_order ON jobs (order_key, status, seq)
+                WHERE order_key IS NOT NULL""",
+            """CREATE INDEX jobs_leased ON jobs (destination, lease_until)
+                WHERE lease_token IS NOT NULL""",
+            """CREATE TABLE destinations (
+                key TEXT PRIMARY KEY,
+                rate REAL,
+                concurrency INTEGER,
+                tat REAL,
+                state TEXT NOT NULL DEFAULT 'closed',
+                failures INTEGER NOT NULL DEFAULT 0,
+                opened_at REAL,
+                probe_at REAL,
+                probe_delay REAL,
+                probe_until REAL
+            ) WITHOUT ROWID""",
+            """CREATE TABLE pauses (
+                kind TEXT NOT NULL,
+                target TEXT NOT NULL,
+                since REAL NOT NULL,
+                PRIMARY KEY (kind, target)
+            ) WITHOUT ROWID""",
+        ),
     )
 )
 
@@ -198,20 +231,32 @@ INSERT_EVENT = """
 INSERT_SPEC = "INSERT INTO specs (hash, spec) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING"
 INSERT_JOB = """
     INSERT INTO jobs (id, event, rule, action_index, action_type, spec, destination, mode, status,
-                      budget_since, created_at, updated_at, next_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)
+                      budget_since, created_at, updated_at, next_at, order_key, order_hold)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)
 """
 
 # -- claim
 # `seq` is the rowid, the last column of every index entry: jobs_due yields this order as is.
-SELECT_DUE = """
-    SELECT id FROM jobs
+# Paused jobs and jobs held back by their order key are passed over (router.store.controls).
+SELECT_DUE = f"""
+    SELECT id FROM jobs AS j
     WHERE status = 'pending' AND next_at <= :now AND (lease_until IS NULL OR lease_until < :now)
       AND destination NOT IN (SELECT value FROM json_each(:exclude))
       AND (:only IS NULL OR destination = :only)
+      AND NOT {controls.HELD_BY_ORDER.format(true=1)}
+      AND NOT {controls.PAUSED}
     ORDER BY next_at, seq
     LIMIT :limit
 """
+SELECT_CONTROLLED = (
+    f"SELECT {controls.CONTROLLED_COLUMNS} FROM destinations WHERE {controls.CONTROLLED_WHERE}"
+)
+COUNT_LEASED = """
+    SELECT count(*) FROM jobs
+    WHERE destination = ? AND lease_token IS NOT NULL AND lease_until >= ?
+"""
+TAKE_SLOTS = "UPDATE destinations SET tat = coalesce(:tat, tat) WHERE key = :key"
+TAKE_PROBE = "UPDATE destinations SET probe_until = :until WHERE key = :key"
 LEASE_JOB = "UPDATE jobs SET lease_token = ?, lease_until = ? WHERE id = ?"
 SELECT_CLAIMED = f"""
     SELECT {rows.JOB_COLUMNS}
@@ -263,6 +308,44 @@ _REPLAY_SET = """
                     lease_token = NULL, lease_until = NULL, updated_at = :now
 """
 REPLAY_JOB = _REPLAY_SET + "WHERE id = :id AND status = 'dead'"
+DISCARD_JOB = """
+    UPDATE jobs SET order_hold = 0, updated_at = :now
+    WHERE id = :id AND status = 'dead' AND order_hold = 1
+"""
+
+# -- controls
+CLEAR_LIMITS = """
+    UPDATE destinations SET rate = NULL, concurrency = NULL
+    WHERE key NOT IN (SELECT value FROM json_each(?))
+"""
+DECLARE = """
+    INSERT INTO destinations (key, rate, concurrency) VALUES (?, ?, ?)
+    ON CONFLICT (key) DO UPDATE SET rate = excluded.rate, concurrency = excluded.concurrency
+"""
+GET_CIRCUIT = f"SELECT {controls.CIRCUIT_COLUMNS} FROM destinations WHERE key = ?"
+PUT_CIRCUIT = """
+    INSERT INTO destinations (key, state, failures, opened_at, probe_at, probe_delay,
+                              probe_until)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (key) DO UPDATE SET state = excluded.state, failures = excluded.failures,
+        opened_at = excluded.opened_at, probe_at = excluded.probe_at,
+        probe_delay = excluded.probe_delay, probe_until = excluded.probe_until
+"""
+LIST_CIRCUITS = "SELECT key, state FROM destinations ORDER BY key"
+PAUSE = """
+    INSERT INTO pauses (kind, target, since) VALUES (?, ?, ?)
+    ON CONFLICT (kind, target) DO NOTHING
+"""
+UNPAUSE = "DELETE FROM pauses WHERE kind = ? AND target = ? RETURNING since"
+LIST_PAUSES = "SELECT kind, target, since FROM pauses ORDER BY since, kind, target"
+# The paused time back on each pending job's retry budget: from the pause (or the job's own
+# start, if later) to now.
+_CREDIT = """
+    UPDATE jobs AS j SET budget_since = budget_since + (:now - max(:since, budget_since))
+    WHERE status = 'pending' AND budget_since < :now AND
+"""
+CREDIT_RULE = _CREDIT + "j.rule = :target"
+CREDIT_DESTINATION = _CREDIT + controls.UNDER.format(dest="j.destination", target=":target")
 REPLAY_DEAD = _REPLAY_SET + "WHERE status = 'dead' AND (:rule IS NULL OR rule = :rule)"
 
 # -- reads
@@ -395,7 +478,20 @@ def accept(
             digest = _stored_spec(conn, job.spec, specs)
             row = (job.id, event, job.rule, job.action_index, job.action_type, digest)
             try:
-                conn.execute(INSERT_JOB, (*row, job.destination, job.mode, now, now, now, now))
+                conn.execute(
+                    INSERT_JOB,
+                    (
+                        *row,
+                        job.destination,
+                        job.mode,
+                        now,
+                        now,
+                        now,
+                        now,
+                        job.order_key,
+                        int(job.order_hold),
+                    ),
+                )
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"job id {job.id!r} already exists") from exc
         accepted += 1
@@ -410,11 +506,46 @@ def claim(
     exclude: Sequence[str],
     only: str | None,
 ) -> list[Job]:
+    """The controlled destinations first, each within what its row allows, then the rest."""
+    token = uuid.uuid4().hex
+    held = [controls.controlled(row) for row in conn.execute(SELECT_CONTROLLED)]
+    claimed: list[Job] = []
+    for row in controls.order(held, exclude, only):
+        if len(claimed) >= limit:
+            break
+        leased = 0
+        if row.concurrency is not None:
+            leased = conn.execute(COUNT_LEASED, (row.key, now)).fetchone()[0]
+        plan = controls.plan(row, leased=leased, limit=limit - len(claimed), now=now)
+        if plan.count <= 0:
+            continue
+        jobs = _claim_due(conn, token, plan.count, until, now, (), row.key)
+        if not jobs:
+            continue
+        if plan.probe:
+            conn.execute(TAKE_PROBE, {"until": until, "key": row.key})
+        conn.execute(TAKE_SLOTS, {"tat": plan.tat_after(len(jobs)), "key": row.key})
+        times = plan.send_times(len(jobs))
+        claimed += [replace(job, not_before=at) for job, at in zip(jobs, times, strict=True)]
+    skip = [*exclude, *(row.key for row in held)]
+    if len(claimed) < limit and (only is None or only not in skip):
+        claimed += _claim_due(conn, token, limit - len(claimed), until, now, skip, only)
+    return claimed
+
+
+def _claim_due(
+    conn: sqlite3.Connection,
+    token: str,
+    limit: int,
+    until: float,
+    now: float,
+    exclude: Sequence[str],
+    only: str | None,
+) -> list[Job]:
     params = {"now": now, "limit": limit, "exclude": json.dumps(list(exclude)), "only": only}
     due = [row[0] for row in conn.execute(SELECT_DUE, params)]
     if not due:
         return []
-    token = uuid.uuid4().hex
     conn.executemany(LEASE_JOB, [(token, until, job_id) for job_id in due])
     claimed = {row[0]: row for row in conn.execute(SELECT_CLAIMED, (json.dumps(due),))}
     return [rows.job(claimed[job_id]) for job_id in due]
@@ -441,6 +572,52 @@ def renew(conn: sqlite3.Connection, claims: Sequence[tuple[str, str]], until: fl
 
 def replay(conn: sqlite3.Connection, job_ids: Sequence[str], now: float) -> Collection[str]:
     return {i for i in job_ids if conn.execute(REPLAY_JOB, {"id": i, "now": now}).rowcount}
+
+
+def discard(conn: sqlite3.Connection, job_ids: Sequence[str], now: float) -> Collection[str]:
+    return {i for i in job_ids if conn.execute(DISCARD_JOB, {"id": i, "now": now}).rowcount}
+
+
+def declare(conn: sqlite3.Connection, destinations: Sequence[Destination]) -> None:
+    conn.execute(CLEAR_LIMITS, (json.dumps([d.key for d in destinations]),))
+    conn.executemany(DECLARE, [(d.key, d.rate, d.concurrency) for d in destinations])
+
+
+def report(
+    conn: sqlite3.Connection, outcomes: Mapping[str, Outcomes], policy: CircuitPolicy, now: float
+) -> list[Transition]:
+    changes: list[Transition] = []
+    for key in sorted(outcomes):
+        row = conn.execute(GET_CIRCUIT, (key,)).fetchone()
+        old = controls.circuit_state(row) if row else CircuitState()
+        new = advance(old, outcomes[key], policy, now)
+        if new == old:
+            continue
+        conn.execute(PUT_CIRCUIT, (key, *astuple(new)))
+        change = transition(key, old, new)
+        if change is not None:
+            changes.append(change)
+    return changes
+
+
+def circuits(conn: sqlite3.Connection) -> dict[str, str]:
+    return {key: state for key, state in conn.execute(LIST_CIRCUITS)}
+
+
+def pause(conn: sqlite3.Connection, kind: str, target: str, now: float) -> bool:
+    return bool(conn.execute(PAUSE, (kind, target, now)).rowcount)
+
+
+def resume(conn: sqlite3.Connection, kind: str, target: str, now: float) -> int | None:
+    row = conn.execute(UNPAUSE, (kind, target)).fetchone()
+    if row is None:
+        return None
+    credit = CREDIT_RULE if kind == "rule" else CREDIT_DESTINATION
+    return int(conn.execute(credit, {"now": now, "since": row[0], "target": target}).rowcount)
+
+
+def pauses(conn: sqlite3.Connection) -> list[Pause]:
+    return [Pause(kind, target, since) for kind, target, since in conn.execute(LIST_PAUSES)]
 
 
 def replay_dead(conn: sqlite3.Connection, rule: str | None, now: float) -> int:

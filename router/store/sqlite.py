@@ -26,10 +26,12 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from router.circuit import CircuitPolicy, Outcomes, Transition
+from router.destinations import Destination
 from router.exceptions import StoreGone, StoreUnavailable
 from router.store import sql_sqlite as sql
 from router.store.base import (
@@ -39,6 +41,7 @@ from router.store.base import (
     Job,
     JobDetail,
     JobSummary,
+    Pause,
     QueueStats,
     Status,
     Store,
@@ -466,6 +469,40 @@ class SQLiteStore(Store):
 
     async def stats(self, *, now: float) -> QueueStats:
         return await self._read(lambda conn: sql.stats(conn, now))
+
+    async def _discard(self, job_ids: Sequence[str], *, now: float) -> Collection[str]:
+        discarded = await self._write(lambda conn: sql.discard(conn, job_ids, now))
+        if discarded:
+            self._work_added.set()
+        return discarded
+
+    # -- delivery controls
+
+    async def declare_destinations(self, destinations: Sequence[Destination]) -> None:
+        await self._write(lambda conn: sql.declare(conn, destinations))
+
+    async def report_outcomes(
+        self, outcomes: Mapping[str, Outcomes], *, policy: CircuitPolicy, now: float
+    ) -> list[Transition]:
+        changes = await self._write(lambda conn: sql.report(conn, outcomes, policy, now))
+        if changes:
+            self._work_added.set()
+        return changes
+
+    async def circuits(self) -> dict[str, str]:
+        return await self._read(sql.circuits)
+
+    async def pause(self, kind: str, target: str, *, now: float) -> bool:
+        return await self._write(lambda conn: sql.pause(conn, kind, target, now))
+
+    async def resume(self, kind: str, target: str, *, now: float) -> int | None:
+        credited = await self._write(lambda conn: sql.resume(conn, kind, target, now))
+        if credited is not None:
+            self._work_added.set()
+        return credited
+
+    async def pauses(self) -> list[Pause]:
+        return await self._read(sql.pauses)
 
     async def _read_events(self, *, since: float, after: int, limit: int) -> list[StoredEvent]:
         # The reader connection: WAL readers never block the writer, nor it them.
