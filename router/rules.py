@@ -52,6 +52,16 @@ class Action:
     spec: Mapping[str, Any]
     retry: RetryOverride = field(default_factory=RetryOverride)
     timeout: float | None = None  # seconds one attempt may take; None: the deliverer's default
+    batch: Batch | None = None  # set: one request for many records (router.batches)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """An action's `batch` table: its jobs go out together, up to `max_records` records in one
+    request, once that many are due or the first of them has waited `max_wait` seconds."""
+
+    max_records: int
+    max_wait: float
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:
