@@ -189,7 +189,8 @@ class Worker:
                 if drain and self._active == 0 and self._waiting == 0 and not self._results:
                     if not self._batches.held:
                         break
-                    self._batches.flush()  # nothing more is due: send what is gathered now
+                    if not self._batches.busy():  # else a batch being sent makes room first
+                        self._batches.flush()  # nothing more is due: send what is gathered
                 self._wake.clear()
                 await _first_of(self._new_work(), self._wake.wait(), stop.wait())
         finally:
