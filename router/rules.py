@@ -70,6 +70,25 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
+ALERT_WHEN = ("dead", "failing", "circuit_open", "reload_refused")
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An `[[alert]]` table (router.alerts): when `threshold` or more of `when` happen within
+    `window` seconds (of `rule` or `destination` when given), its action tells someone, at
+    most once per window, and again when it recovers."""
+
+    name: str
+    when: str  # one of ALERT_WHEN
+    rule: str | None
+    destination: str | None  # as jobs name it: host:port, "smtp", "log", ...
+    threshold: int
+    window: float
+    action: Action
+    location: Location
+
+
 MODES = ("live", "shadow")  # a shadow rule matches and renders, and sends nothing
 
 

@@ -42,6 +42,11 @@ Version 3 settled the points where the two backends had drifted apart, taking th
   of an event was made by the rule set that accepted the event.
 - `schema_version` has `version` as primary key and `applied_at` on both.
 
+The alerts step (5) adds what alerts read and write (router.alerts): `alert_signals`, what
+happened in some process (a refused reload, an opened circuit), and `alert_states`, each alert's
+state, which only one replica at a time moves, so only one fires; and the indexes that count
+dead jobs and failed attempts within a window.
+
 The shadow-jobs step adds `jobs.mode` (`live` or `shadow`, from the rule's `mode` when the event
 was accepted) and the job status `shadow`: a shadow job is rendered and recorded, never sent.
 """
@@ -57,7 +62,7 @@ from router.exceptions import StoreUnavailable
 
 log = logging.getLogger("router.store")
 
-SCHEMA_VERSION = 4  # the steps each dialect lists; version N is the same layout everywhere
+SCHEMA_VERSION = 5  # the steps each dialect lists; version N is the same layout everywhere
 
 # Whether step N (at index N - 1) is additive, as the module docstring defines it. Decided once,
 # when the step is written, and never changed: a rollback across the step depends on it.
@@ -68,6 +73,7 @@ ADDITIVE: tuple[bool, ...] = (
     # 4: jobs.mode (shadow rules) and the `shadow` status. Not additive: code that does not know
     # the mode would deliver a shadow rule's pending jobs, and cannot read a `shadow` status.
     False,
+    True,  # 5: alert_signals and alert_states, new tables; two partial indexes
 )
 assert len(ADDITIVE) == SCHEMA_VERSION, "say of every step whether it is additive"
 

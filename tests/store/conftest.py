@@ -71,6 +71,8 @@ LAYOUT: dict[str, set[str]] = {
     "attempts": {"job_id", "number", "at", "outcome", "status_code", "error", "duration"},
     "dedupe": {"key", "seen_at"},
     "store_meta": {"key", "value"},
+    "alert_signals": {"kind", "scope", "detail", "at"},
+    "alert_states": {"name", "firing", "fired_at", "changed_at"},
 }
 
 
