@@ -227,8 +227,8 @@ body = "{{{{ alert.errors | join(' | ') }}}}"
 
         asyncio.run(scenario())
     body = hook.requests[0].body.decode()
-    assert body.startswith("1 error(s), the first: "), body
-    assert f"{tmp_path / 'rules' / 'a.toml'}:" in body and "name" in body, body
+    assert body.startswith("2 error(s), the first: "), body
+    assert f"{tmp_path / 'rules' / 'a.toml'}:15: rule[1].name: is missing" in body, body
 
 
 def test_circuit_open_is_signalled_through_the_one_entry_point(tmp_path: Path) -> None:
