@@ -84,6 +84,19 @@ def batches_of(
         yield list(chunk)
 
 
+def batch_for(
+    rule: Rule, index: int, records: Sequence[Record], matched: Sequence[set[str]], position: int
+) -> list[Record] | None:
+    """The records that go out with `records[position]` in one request of action `index` of
+    `rule` (None when that action is not a batch action, or the rule does not match it)."""
+    if rule.actions[index].batch is None:
+        return None
+    for chunk in batches_of(rule, index, records, matched):
+        if position in chunk:
+            return [records[i] for i in chunk]
+    return None
+
+
 def dry_run(
     ruleset: RuleSet,
     records: Sequence[Record],
@@ -311,12 +324,7 @@ def _check_action(
     if expected.rule not in matched[expected.record]:
         return [fail("the rule does not match this record, so its action is never rendered")]
 
-    together: list[Record] | None = None
-    if rule.actions[expected.action].batch is not None:  # the batch this record goes out in
-        chunk = next(
-            c for c in batches_of(rule, expected.action, records, matched) if expected.record in c
-        )
-        together = [records[i] for i in chunk]
+    together = batch_for(rule, expected.action, records, matched, expected.record)
     record = records[expected.record]
     rendered = render(rule, expected.action, record, now=now, limits=limits, batch=together)
     if "error" in rendered:

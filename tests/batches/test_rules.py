@@ -4,11 +4,13 @@ and `router test` shows the rendered batch of a BULK event (and checks it in [[t
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 from router.events import normalise
 from router.rulefiles.dryrun import dry_run, run_tests
 from router.rulefiles.loader import load
+from router.rulefiles.snapshots import update
 
 SAMPLES = Path(__file__).parent.parent / "samples"
 BULK = SAMPLES / "02-data-v1-profile-table-create-bulk.json"
@@ -136,3 +138,24 @@ body_json = {{ profiles = ["jan.peeters@example.be"] }}
     failure = outcome.failures[0]
     assert failure.record == 1
     assert failure.actual == {"profiles": ["jan.peeters@example.be", "sophie.martin@example.fr"]}
+
+
+def test_update_writes_the_batch_each_record_goes_out_in(tmp_path: Path) -> None:
+    test = f"""
+[[test]]
+name = "bulk"
+event = "{BULK.as_posix()}"
+match = ["crm"]
+"""
+    directory = write(tmp_path, GOOD + test)
+    result = load(directory)
+    assert result.ruleset is not None, result.diagnostics
+    written = update(result.ruleset, run_tests(result.ruleset, result.tests), now=datetime.now(UTC))
+    assert len(written) == 1
+    again = load(directory)
+    assert again.ruleset is not None, again.diagnostics
+    (outcome,) = run_tests(again.ruleset, again.tests)
+    assert outcome.passed, outcome.failures
+    bodies = [action.values["body_json"] for action in again.tests[0].actions]
+    pair = {"profiles": ["jan.peeters@example.be", "sophie.martin@example.fr"]}
+    assert bodies == [pair, pair, {"profiles": ["tom.baker@example.co.uk"]}]
