@@ -10,9 +10,10 @@ attempt time, so they meet again in one batch. A 4xx, or a template that fails o
 splits it in halves, each tried at once, until the one bad record is alone: that job dies with
 the answer, and every other record is delivered. One bad record never kills the others.
 
-A batch takes one slot of its destination while it is sent, like a single job. A destination
-whose batches hold BATCHES_IN_HAND times `max_records` jobs in this process is left out of
-claims until one is sent, so a slow destination cannot pile up jobs here.
+A destination is sent at most ROUTER_PER_HOST_CONCURRENCY batches at once (beside its single
+jobs, which have slots of their own in the worker). A destination whose batches hold
+BATCHES_IN_HAND times `max_records` jobs in this process is left out of claims until one is
+sent, so a slow destination cannot pile up jobs here.
 """
 
 from __future__ import annotations
@@ -205,6 +206,10 @@ class Batcher:
                 await self._split(action, jobs, of=of)
                 return
             self._finish(action, jobs, Outcome.DEAD, started, error=f"cannot render: {exc}")
+            return
+        except Exception as exc:  # a bug in rendering must not lose the jobs: retry them
+            log.exception("rendering a batch crashed", extra={"delivery_id": identity})
+            self._retry(action, jobs, started, RetryLater(f"internal error: {type(exc).__name__}"))
             return
         if jobs[0].mode is Mode.SHADOW:
             self._finish(action, jobs, Outcome.SHADOW, started)
