@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 import threading
 import time
@@ -171,7 +172,7 @@ class Alerts:
             deliverer = self.deliverers[action.type]
             await deliverer.deliver(
                 rendered,
-                job_id=f"alert-{alert.name}-{int(now)}",
+                job_id=_notification_id(alert, state, now),
                 timeout=action.timeout or ALERT_TIMEOUT,
             )
         except (RenderError, DeliveryFailed, ValueError) as exc:
@@ -220,6 +221,13 @@ class Alerts:
                 query["destination"] = alert.destination
             return f"{self.console_url}/deliveries?{urlencode(query)}"
         return self.console_url
+
+
+def _notification_id(alert: Alert, state: str, now: float) -> str:
+    """The notification's identity (an http action's Idempotency-Key): ASCII whatever the
+    alert's name, the same for every replica that would send it at that moment."""
+    digest = hashlib.sha256(f"{alert.name}\0{state}".encode()).hexdigest()[:16]
+    return f"alert-{digest}-{int(now)}"
 
 
 def _duration(seconds: float) -> str:
