@@ -159,3 +159,15 @@ match = ["crm"]
     bodies = [action.values["body_json"] for action in again.tests[0].actions]
     pair = {"profiles": ["jan.peeters@example.be", "sophie.martin@example.fr"]}
     assert bodies == [pair, pair, {"profiles": ["tom.baker@example.co.uk"]}]
+
+
+def test_event_values_in_a_batch_url_cannot_change_where_it_goes(tmp_path: Path) -> None:
+    rule = GOOD.replace(
+        'url = "https://crm.example.com/bulk"',
+        'url = "https://crm.example.com/lists/{{ records[0].data.emailAddress }}"',
+    )
+    result = load(write(tmp_path, rule))
+    assert result.ruleset is not None, result.diagnostics
+    record = {"id": "1", "tableType": "PROFILE_TABLE", "data": {"emailAddress": "x/../../a?b#c"}}
+    (batch,) = dry_run(result.ruleset, [record], explain=False)["batches"]
+    assert batch["url"] == "https://crm.example.com/lists/x%2F..%2F..%2Fa%3Fb%23c"
