@@ -167,6 +167,7 @@ class Worker:
                 clock=clock,
             )
         )
+        self._batches_sent = 0  # batches finished: each may have made room for a claim
         self.delivered = 0  # attempts finished (any outcome), for tests and logs
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
@@ -239,13 +240,16 @@ class Worker:
         limit = min(room, CLAIM_BATCH)
         busy = [key for key, host in self._hosts.items() if host.active >= self.limits.per_host]
         busy += self._batches.busy()
+        sent = self._batches_sent
         jobs = await self.store.claim(
             limit=limit,
             lease=self.limits.lease,
             now=self.clock(),
             exclude=[*busy, *self._backlogged],
         )
-        self._look = len(jobs) == limit  # a full batch: there may be more
+        # A full claim: there may be more; so may there be if a batch was sent meanwhile (its
+        # destination, left out of this claim, has room again).
+        self._look = len(jobs) == limit or self._batches_sent != sent
         await self._admit(jobs)
         return len(jobs)
 
@@ -474,6 +478,7 @@ class Worker:
         return await deliverer.deliver(rendered, job_id=identity, timeout=action.timeout)
 
     def _batch_sent(self) -> None:
+        self._batches_sent += 1
         self._look = True  # its destination may have been left out of claims
         self._wake.set()
 
