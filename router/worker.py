@@ -190,6 +190,8 @@ class Worker:
                 if drain and self._active == 0 and self._waiting == 0 and not self._results:
                     if not self._batches.held:
                         break
+                    if self._look:  # a batch was sent meanwhile: claim its destination again
+                        continue
                     if not self._batches.busy():  # else a batch being sent makes room first
                         self._batches.flush()  # nothing more is due: send what is gathered
                 self._wake.clear()
