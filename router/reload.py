@@ -35,12 +35,14 @@ class Reloader:
         *,
         secrets: Callable[[], Collection[str]],
         clock: Callable[[], float] = time.time,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.engine = engine
         self.status = status
         self.secrets = secrets
         self.clock = clock
+        self.on_refused = on_refused  # told each newly refused set's first error (alerts)
 
     def reload(self) -> bool:
         """Load the directory now; swap in the new set if it is valid and differs.
@@ -61,6 +63,9 @@ class Reloader:
                 "\n  ".join(errors),
                 extra={"version": self.engine.ruleset.version},
             )
+            if self.on_refused is not None:
+                first = errors[0] if errors else "?"
+                self.on_refused(f"{len(errors)} error(s), the first: {first}")
             return False
         if result.ruleset.version == self.engine.ruleset.version:
             if not self.status.ok:  # a broken edit was reverted

@@ -166,6 +166,18 @@ class Settings(BaseSettings):
     actito_push_type: Literal["ONE_BY_ONE", "BULK"] = Field(
         "ONE_BY_ONE", description="How the subscriptions `router actito apply` writes push events."
     )
+    alert_interval: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="Seconds between two checks of the [[alert]] tables (a signal, such as a "
+        "refused reload, checks them at once).",
+    )
+    console_url: str | None = Field(
+        None,
+        description="Base URL of the router's console; alerts link to what they are about "
+        "under it.",
+    )
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="auto: JSON lines unless stdout is a terminal."
     )

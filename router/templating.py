@@ -20,7 +20,7 @@ import contextlib
 import dataclasses
 import difflib
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +41,12 @@ CONTEXT_NAMES: frozenset[str] = frozenset(
     {"record", "data", "rule", "secrets", "now", "delivery_id"}
 )
 _NAMES_IN_ORDER = "record, data, rule, secrets, now, delivery_id"
+# What the templates of a batch action see instead (router.batches): the list of records.
+BATCH_NAMES: frozenset[str] = frozenset({"records", "rule", "secrets", "now", "delivery_id"})
+# What the templates of an alert's action see (router.alerts).
+ALERT_NAMES: frozenset[str] = frozenset({"alert", "secrets", "now"})
+# The names the templates being compiled may use (see `scoped`); None: CONTEXT_NAMES.
+_SCOPE: ContextVar[frozenset[str] | None] = ContextVar("scope", default=None)
 # Names an action's `enrich` key adds, each the name of what it fetches when the job is
 # delivered (router.actions.base.ENRICHMENTS lists the same).
 ENRICHMENT_NAMES: frozenset[str] = frozenset({"profile"})
@@ -160,7 +166,7 @@ def _compile(source: str) -> Template:
     tracker = NameTracker(ENV)
     tracker.visit(ast)
     names = frozenset(tracker.undeclared_identifiers)
-    unknown = sorted(names - CONTEXT_NAMES - _ENRICHED.get())
+    unknown = sorted(names - (_SCOPE.get() or CONTEXT_NAMES) - _ENRICHED.get())
     if unknown:
         raise TemplateProblem(_unknown_name(unknown[0]), _first_line(ast, unknown[0]))
     compiled = ENV.from_string(ast)
@@ -233,7 +239,31 @@ def enriched(names: Collection[str]) -> Iterator[None]:
         _ENRICHED.reset(token)
 
 
+@contextlib.contextmanager
+def scoped(names: frozenset[str]) -> Iterator[None]:
+    """Templates compiled inside this block see `names` (BATCH_NAMES, ALERT_NAMES) instead of
+    CONTEXT_NAMES."""
+    token = _SCOPE.set(names)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
 def _unknown_name(name: str) -> str:
+    scope = _SCOPE.get()
+    if scope is BATCH_NAMES and name in ("record", "data"):
+        return (
+            f"name '{name}' is not available in a batch action's templates; they see records, "
+            "the list of records: {% for r in records %}{{ r.data... }}{% endfor %}"
+        )
+    if scope is ALERT_NAMES:
+        return f"name '{name}' is not available in an alert's templates; use alert, secrets, now"
+    if name == "records" and scope is None:
+        return (
+            "name 'records' is available only to a batch action; add batch = "
+            '{ max_records = 500, max_wait = "2s" } to the action, or use record and data'
+        )
     if name in ENRICHMENT_NAMES:
         return (
             f"name '{name}' is available only to an action that fetches it; add "
@@ -301,6 +331,23 @@ class Placeholder(dict[str, Any]):
 
     def __str__(self) -> str:
         return f"<{self.path}>"
+
+
+def build_batch_context(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    rule: str,
+    delivery_id: str,
+    secrets: Mapping[str, str],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The names a batch action's templates see (BATCH_NAMES): `records` instead of `record`
+    and `data`; otherwise as build_context."""
+    context = build_context({}, rule=rule, delivery_id=delivery_id, secrets=secrets, now=now)
+    for name in ("record", "data", *ENRICHMENT_NAMES):
+        context.pop(name, None)
+    context["records"] = list(records)
+    return context
 
 
 def build_context(

@@ -28,6 +28,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from router.actions.registry import build_deliverers, enrichments_of
+from router.alerts import Alerts
 from router.app import (
     ErrorBoundary,
     IntakeConfig,
@@ -192,6 +193,19 @@ def build_worker(settings: Settings, store: Store, metrics: Metrics) -> Worker:
     )
 
 
+def build_alerts(settings: Settings, store: Store, engine: Engine) -> Alerts:
+    """The alerts of the serving rules (they follow reloads), with deliverers of their own."""
+    return Alerts(
+        store,
+        build_deliverers(settings),
+        alerts=lambda: engine.ruleset.alerts,
+        secrets=secret_values(),
+        console_url=settings.console_url,
+        interval=settings.alert_interval,
+        render_limits=RenderLimits.from_settings(settings),
+    )
+
+
 async def run_worker_until(worker: Worker, stop: asyncio.Event) -> None:
     for deliverer in worker.deliverers.values():
         await deliverer.start()
@@ -254,9 +268,15 @@ def _serve(settings: Settings, *, worker: bool, migrate: bool) -> None:
             return
         await declare_destinations(engine)
         tasks: list[asyncio.Task[None]] = []
+        alerts = build_alerts(settings, store, engine)
+        tasks.append(asyncio.create_task(_guard(alerts.run(stop), "alerts", fail)))
         if settings.reload:
             reloader = Reloader(
-                settings.rules_dir, engine, status, secrets=lambda: secret_values().keys()
+                settings.rules_dir,
+                engine,
+                status,
+                secrets=lambda: secret_values().keys(),
+                on_refused=lambda detail: alerts.signal("reload_refused", None, detail),
             )
             tasks.append(asyncio.create_task(_guard(reloader.watch(stop), "rule watcher", fail)))
         if worker:

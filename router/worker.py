@@ -18,22 +18,27 @@ profile) is fetched on the event loop, under the fetching client's own limits, a
 action renders in the render thread with it. Such jobs count against the API they fetch from
 (router.actions.registry.destination_of), so waiting for it holds that one destination's
 slots, never the whole worker.
+
+The jobs of a batch action go to the Batcher (router.batches) as they are claimed: it sends
+them many records to a request, and records each job as this worker records any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from router.actions.base import Deliverer, Enricher
 from router.actions.registry import enrichments_of, parse_action, render
+from router.batches import Batcher, BatchHooks, render_batch
 from router.circuit import (
     OPEN,
     CircuitPolicy,
@@ -50,7 +55,7 @@ from router.exceptions import (
     StoreUnavailable,
 )
 from router.metrics import Metrics
-from router.retry import RetryPolicy
+from router.retry import Decision, RetryPolicy
 from router.rules import Action, spec_hash
 from router.sandbox import EnvSecrets
 from router.store.base import AttemptResult, Job, Mode, Outcome, Store
@@ -164,6 +169,19 @@ class Worker:
         self._enrichers: dict[str, Enricher] = {
             name: enricher for d in deliverers.values() for name, enricher in d.enrichers().items()
         }
+        self._batches = Batcher(
+            BatchHooks(
+                action_of=self._action,
+                render=self._render_batch,
+                deliver=self._deliver_batch,
+                finish=self._finish,
+                decide=self._decide,
+                changed=self._batch_sent,
+                per_host=self.limits.per_host,
+                clock=clock,
+            )
+        )
+        self._batches_sent = 0  # batches finished: each may have made room for a claim
         self.delivered = 0  # attempts finished (any outcome), for tests and logs
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
@@ -184,11 +202,17 @@ class Worker:
                     continue
                 if claimed:
                     continue
-                # Recording may make jobs due (the next of an order key): drained only once
-                # every result is recorded and a claim after that found nothing.
+                # Recording may make jobs due (the next of an order key), and a batch sent
+                # makes room at its destination: drained only once every result is recorded,
+                # a claim after that found nothing, and every gathered batch went out.
                 idle = self._active == 0 and self._waiting == 0 and self._flushing is None
-                if drain and idle and not self._results and not self._look:
-                    break
+                if drain and idle and not self._results:
+                    if self._look:  # a claim may find more: look before waiting
+                        continue
+                    if not self._batches.held:
+                        break
+                    if not self._batches.busy():  # else a batch being sent makes room first
+                        self._batches.flush()  # nothing more is due: send what is gathered
                 self._wake.clear()
                 await _first_of(self._new_work(), self._wake.wait(), stop.wait())
         finally:
@@ -237,13 +261,17 @@ class Worker:
         limit = min(room, CLAIM_BATCH)
         busy = [key for key, host in self._hosts.items() if host.active >= self.limits.per_host]
         busy += [key for key in self._outcomes if self._failing(key)]
+        busy += self._batches.busy()
+        sent = self._batches_sent
         jobs = await self.store.claim(
             limit=limit,
             lease=self.limits.lease,
             now=self.clock(),
             exclude=[*busy, *self._backlogged],
         )
-        self._look = len(jobs) == limit  # a full batch: there may be more
+        # A full claim: there may be more; so may there be if a batch was sent meanwhile (its
+        # destination, left out of this claim, has room again).
+        self._look = len(jobs) == limit or self._batches_sent != sent
         await self._admit(jobs)
         return len(jobs)
 
@@ -279,7 +307,7 @@ class Worker:
         for job in jobs:
             self._held[job.id] = job.lease_token
         loop = asyncio.get_running_loop()
-        pending = jobs
+        pending = self._batches.take(jobs)  # batch actions' jobs go out in batches
         while pending:
             rendered, pending = await loop.run_in_executor(
                 self._renderer, self._render_some, pending
@@ -522,11 +550,44 @@ class Worker:
                 [(job.id, job.lease_token) for job in jobs], next_at=self.clock()
             )
 
-    def _failed(self, job: Job, action: Action, started: float, failure: DeliveryFailed) -> None:
-        now = self.clock()
-        decision = self.policy.with_override(action.retry).decide(
-            attempts=job.attempts + 1, budget_since=job.budget_since, now=now, failure=failure
+    async def _render_batch(
+        self, action: Action, jobs: Sequence[Job], identity: str
+    ) -> dict[str, Any]:
+        """Render a batch of `jobs` in the render thread (raises what rendering raises)."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(
+            render_batch,
+            action,
+            [job.record for job in jobs],
+            rule=jobs[0].rule,
+            delivery_id=identity,
+            secrets=self.secrets,
+            limits=self.render_limits,
+            render=render,
         )
+        return await loop.run_in_executor(self._renderer, call)
+
+    async def _deliver_batch(
+        self, action: Action, rendered: Mapping[str, Any], identity: str
+    ) -> int | None:
+        deliverer = self.deliverers[action.type]
+        return await deliverer.deliver(rendered, job_id=identity, timeout=action.timeout)
+
+    def _batch_sent(self) -> None:
+        self._batches_sent += 1
+        self._look = True  # its destination may have been left out of claims
+        self._wake.set()
+
+    def _decide(self, job: Job, action: Action, failure: DeliveryFailed) -> Decision:
+        return self.policy.with_override(action.retry).decide(
+            attempts=job.attempts + 1,
+            budget_since=job.budget_since,
+            now=self.clock(),
+            failure=failure,
+        )
+
+    def _failed(self, job: Job, action: Action, started: float, failure: DeliveryFailed) -> None:
+        decision = self._decide(job, action, failure)
         if decision.retry_at is None:
             error = (
                 f"{failure}; {decision.reason}" if isinstance(failure, RetryLater) else str(failure)
@@ -535,8 +596,6 @@ class Worker:
                 job, action, Outcome.DEAD, started, status=failure.status_code, error=error
             )
         else:
-            if self._next_retry is None or decision.retry_at < self._next_retry:
-                self._next_retry = decision.retry_at
             self._finish(
                 job,
                 action,
@@ -560,6 +619,8 @@ class Worker:
     ) -> None:
         now = self.clock()
         self._held.pop(job.id, None)
+        if next_at is not None and (self._next_retry is None or next_at < self._next_retry):
+            self._next_retry = next_at
         self._results.append(
             AttemptResult(
                 job_id=job.id,
@@ -626,8 +687,12 @@ class Worker:
             self._wake.set()  # a draining run may now see that nothing is left
 
     async def _shutdown(self) -> None:
-        # Jobs waiting for a saturated host have not started: hand them back now.
+        # Jobs waiting for a saturated host, or for their batch to fill, have not started:
+        # hand them back now.
         waiting = [p.job for host in self._hosts.values() for p in host.waiting]
+        waiting += self._batches.release_open()
+        for job in waiting:
+            self._held.pop(job.id, None)
         for host in self._hosts.values():
             host.waiting.clear()
         self._waiting = 0
@@ -636,8 +701,9 @@ class Worker:
                 await self.store.release(
                     [(job.id, job.lease_token) for job in waiting], next_at=self.clock()
                 )
-        if self._tasks:
-            _done, pending = await asyncio.wait(set(self._tasks), timeout=self.limits.drain_grace)
+        if self._tasks or self._batches.tasks:
+            running = {*self._tasks, *self._batches.tasks}
+            _done, pending = await asyncio.wait(running, timeout=self.limits.drain_grace)
             for task in pending:  # their leases expire and another claim retries them
                 task.cancel()
         if self._flushing is not None:

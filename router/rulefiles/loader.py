@@ -5,8 +5,9 @@ decoded with tomllib and mapped to lines with router.rulefiles.positions. Every 
 every file before anything is returned, so a user sees all mistakes at once. This module finds
 and reads the files and assembles rules; router.rulefiles.schema checks a rule's match, each
 action's type checks its own table (router.actions), templates and conditions are compiled once;
-router.rulefiles.ruletests reads the `[[test]]` tables; router.rulefiles.lints warns about rules
-that are valid but almost certainly not what their author meant.
+router.rulefiles.ruletests reads the `[[test]]` tables; router.rulefiles.alerts the `[[alert]]`
+tables; router.rulefiles.lints warns about rules that are valid but almost certainly not what
+their author meant.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from router.checks import KeyPath, kind_of
 from router.destinations import Destination
 from router.exceptions import RouterError
 from router.matching import RuleSet
+from router.rulefiles.alerts import read_alert
 from router.rulefiles.destinations import read_destination
 from router.rulefiles.diagnostics import Diagnostic
 from router.rulefiles.lints import lint_rule, toml_quote_hint
 from router.rulefiles.positions import positions
 from router.rulefiles.ruletests import RuleTest, TestReader
 from router.rulefiles.schema import Context, UnsetSecrets, compile_match
-from router.rules import MODES, Action, Location, Rule
+from router.rules import MODES, Action, Alert, Location, Rule
 
 __all__ = ["LoadResult", "RuleSetInvalid", "UnsetSecrets", "load", "load_rules"]
 
@@ -112,7 +114,9 @@ class _Loader:
         for file, document, context in documents:
             context.rule, context.hidden = None, 0
             allowed = (
-                ("test",) if file.name.startswith("tests/") else ("rule", "test", "destination")
+                ("test",)
+                if file.name.startswith("tests/")
+                else ("rule", "test", "destination", "alert")
             )
             for key in document:
                 if key == "rule" and key not in allowed:
@@ -131,6 +135,18 @@ class _Loader:
                 found = read_destination(context, ("destination", index), raw, self.declared)
                 if found is not None:
                     self.destinations.append(found)
+        alerts: dict[str, Alert] = {}
+        for file, document, context in documents:
+            if file.name.startswith("tests/"):
+                continue
+            for index, raw in enumerate(_array(context, document, "alert")):
+                alert = read_alert(context, ("alert", index), raw, self.defined, self.complete)
+                if alert is not None and alert.name in alerts:
+                    first = alerts[alert.name].location
+                    message = f"an alert named '{alert.name}' is already at {first}; name each"
+                    context.report(("alert", index), message)
+                elif alert is not None:
+                    alerts[alert.name] = alert
         tests = TestReader(self.defined, self.action_types, self.complete)
         for file, document, context in documents:
             for index, raw in enumerate(_array(context, document, "test")):
@@ -145,6 +161,7 @@ class _Loader:
             version,
             frozenset(self.used_secrets),
             destinations=tuple(self.destinations),
+            alerts=tuple(alerts.values()),
         )
         return LoadResult(ruleset, diagnostics, tuple(tests.tests))
 

@@ -184,6 +184,18 @@ PAUSE_KINDS = ("rule", "destination")
 
 
 @dataclass(frozen=True, slots=True)
+class AlertFacts:
+    """What an alert counts within its window: how many, and the first errors (oldest first)."""
+
+    count: int
+    errors: tuple[str, ...]
+
+
+ALERT_KINDS = ("dead", "failing", "circuit_open", "reload_refused")
+SIGNAL_KEEP = 7 * 86400.0  # seconds a signal is kept for alerts to count
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     pending: int
     dead: int
@@ -377,11 +389,66 @@ class Store(abc.ABC):
         discarded = await self._discard(wanted, now=now)
         return [job_id for job_id in wanted if job_id in discarded]
 
+    # -- alerts
+
+    async def alert_facts(
+        self,
+        *,
+        kind: str,
+        since: float,
+        rule: str | None = None,
+        destination: str | None = None,
+        scope: str | None = None,
+        errors: int = 3,
+    ) -> AlertFacts:
+        """For an alert of `kind` (ALERT_KINDS): "dead" counts jobs that died at `since` or
+        later, "failing" failed attempts (retried or dead) since then, both of `rule` and
+        `destination` when given; any other kind counts the signals of that kind (of `scope`
+        when given). With the first `errors` errors (or signal details), oldest first."""
+        if kind not in ALERT_KINDS:
+            raise ValueError(f"unknown alert kind {kind!r}")
+        where = {"rule": rule, "destination": destination, "scope": scope}
+        count, first = await self._alert_facts(kind, where, since, max(errors, 0))
+        return AlertFacts(count, first)
+
+    async def add_signal(
+        self, *, kind: str, scope: str | None, detail: str | None, at: float
+    ) -> None:
+        """Record that `kind` happened (a refused reload, an opened circuit) for alerts of
+        every replica to count; signals older than SIGNAL_KEEP go at the same time."""
+        await self._add_signal(kind, scope, storable_text(detail), at)
+
+    @abc.abstractmethod
+    async def fire_alert(self, name: str, *, now: float, window: float) -> bool | None:
+        """Move alert `name` to firing unless it fired less than `window` seconds ago. Atomic:
+        of several replicas asking at once, one gets an answer other than None. True: it was
+        not firing (a new alert); False: it still fires (a reminder); None: not now."""
+
+    @abc.abstractmethod
+    async def recover_alert(self, name: str, *, now: float) -> bool:
+        """Move a firing alert `name` to recovered; True for the one caller that did."""
+
+    @abc.abstractmethod
+    async def unfire_alert(self, name: str) -> None:
+        """Undo a firing whose notification could not be sent, so it is tried again."""
+
     # -- what each backend implements behind the checks above
 
     @abc.abstractmethod
     async def _discard(self, job_ids: Sequence[str], *, now: float) -> Collection[str]:
         """`discard` of distinct ids (at least one); returns those discarded, in any order."""
+
+    @abc.abstractmethod
+    async def _alert_facts(
+        self, kind: str, where: Mapping[str, str | None], since: float, errors: int
+    ) -> tuple[int, tuple[str, ...]]:
+        """`alert_facts`, the kind known."""
+
+    @abc.abstractmethod
+    async def _add_signal(
+        self, kind: str, scope: str | None, detail: str | None, at: float
+    ) -> None:
+        """`add_signal`."""
 
     @abc.abstractmethod
     async def _accept(

@@ -48,6 +48,11 @@ was accepted) and the job status `shadow`: a shadow job is rendered and recorded
 The delivery-controls step adds each job's order key (`jobs.order_key`, `jobs.order_hold`),
 the `destinations` table (declared limits, rate slots and the circuit of each destination) and
 the `pauses` table: the state every worker of a deployment shares (router.store.controls).
+
+The alerts step (6) adds what alerts read and write (router.alerts): `alert_signals`, what
+happened in some process (a refused reload, an opened circuit), and `alert_states`, each alert's
+state, which only one replica at a time moves, so only one fires; and the indexes that count
+dead jobs and failed attempts within a window.
 """
 
 from __future__ import annotations
@@ -61,7 +66,7 @@ from router.exceptions import StoreUnavailable
 
 log = logging.getLogger("router.store")
 
-SCHEMA_VERSION = 5  # the steps each dialect lists; version N is the same layout everywhere
+SCHEMA_VERSION = 6  # the steps each dialect lists; version N is the same layout everywhere
 
 # Whether step N (at index N - 1) is additive, as the module docstring defines it. Decided once,
 # when the step is written, and never changed: a rollback across the step depends on it.
@@ -75,6 +80,7 @@ ADDITIVE: tuple[bool, ...] = (
     # 5: delivery controls: jobs.order_key and jobs.order_hold, the destinations and pauses
     # tables and their indexes. Additive: code without it delivers as it always did.
     True,
+    True,  # 6: alert_signals and alert_states, new tables; two partial indexes
 )
 assert len(ADDITIVE) == SCHEMA_VERSION, "say of every step whether it is additive"
 

@@ -17,7 +17,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import astuple, dataclass, replace
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
@@ -28,6 +28,7 @@ from router.exceptions import StoreUnavailable
 from router.store import controls, rows
 from router.store import sql_postgres as sql
 from router.store.base import (
+    SIGNAL_KEEP,
     AcceptResult,
     AttemptResult,
     IncomingRecord,
@@ -514,6 +515,55 @@ class PostgresStore(Store):
                 return await conn.fetch(sql.READ_EVENTS, after, since, limit)
 
         return [rows.stored_event(row) for row in await self._run(work, transaction=False)]
+
+    async def _alert_facts(
+        self, kind: str, where: Mapping[str, str | None], since: float, errors: int
+    ) -> tuple[int, tuple[str, ...]]:
+        if kind in ("dead", "failing"):
+            count, first = (
+                (sql.COUNT_DEAD, sql.FIRST_DEAD)
+                if kind == "dead"
+                else (sql.COUNT_FAILED, sql.FIRST_FAILED)
+            )
+            args: tuple[Any, ...] = (since, where.get("rule"), where.get("destination"))
+        else:
+            count, first = sql.COUNT_SIGNALS, sql.FIRST_SIGNALS
+            args = (since, kind, where.get("scope"))
+
+        async def work(conn: Connection) -> tuple[int, tuple[str, ...]]:
+            total = int(await conn.fetchval(count, *args))
+            found = await conn.fetch(first, *args, errors)
+            return total, tuple(str(row[0]) for row in found if row[0])
+
+        return await self._run(work, transaction=False)
+
+    async def _add_signal(
+        self, kind: str, scope: str | None, detail: str | None, at: float
+    ) -> None:
+        async def work(conn: Connection) -> None:
+            await conn.execute(sql.ADD_SIGNAL, kind, scope, detail, at)
+            await conn.execute(sql.PURGE_SIGNALS, at - SIGNAL_KEEP)
+
+        await self._run(work, transaction=True)
+
+    async def fire_alert(self, name: str, *, now: float, window: float) -> bool | None:
+        async def work(conn: Connection) -> bool | None:
+            changed = await conn.fetchval(sql.FIRE_ALERT, name, now, window)
+            return None if changed is None else changed == now
+
+        return await self._run(work, transaction=True)
+
+    async def recover_alert(self, name: str, *, now: float) -> bool:
+        async def work(conn: Connection) -> bool:
+            return await conn.fetchval(sql.RECOVER_ALERT, name, now) is not None
+
+        return await self._run(work, transaction=True)
+
+    async def unfire_alert(self, name: str) -> None:
+        async def work(conn: Connection) -> None:
+            await conn.execute(sql.UNFIRE_ALERT, name)
+
+        await self._run(work, transaction=True)
 
     async def stats(self, *, now: float) -> QueueStats:
         async def work(conn: Connection) -> asyncpg.Record | None:

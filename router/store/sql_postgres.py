@@ -208,6 +208,24 @@ MIGRATIONS = Migrations[Step](
         PRIMARY KEY (kind, target)
     );
     """,
+        # 6: alerts: signals from processes, each alert's state, and the indexes its counts read.
+        """
+    CREATE TABLE alert_signals (
+        kind text NOT NULL,
+        scope text,
+        detail text,
+        at double precision NOT NULL
+    );
+    CREATE INDEX alert_signals_at ON alert_signals (kind, at);
+    CREATE TABLE alert_states (
+        name text PRIMARY KEY,
+        firing integer NOT NULL DEFAULT 0,
+        fired_at double precision,
+        changed_at double precision NOT NULL
+    );
+    CREATE INDEX jobs_dead_at ON jobs (updated_at) WHERE status = 'dead';
+    CREATE INDEX attempts_failed_at ON attempts (at) WHERE outcome IN ('retry', 'dead');
+    """,
     )
 )
 
@@ -574,3 +592,52 @@ def insert_arguments(
 
 def _columns(rows_: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(column) for column in zip(*rows_, strict=True)] if rows_ else [[]] * width
+
+
+# -- alerts ($1 since, $2 rule or NULL, $3 destination or NULL; FIRST_*: $4 limit)
+_ALERT_SCOPE = "($2::text IS NULL OR j.rule = $2) AND ($3::text IS NULL OR j.destination = $3)"
+COUNT_DEAD = f"""
+SELECT count(*) FROM jobs j
+WHERE j.status = 'dead' AND j.updated_at >= $1 AND {_ALERT_SCOPE}
+"""
+FIRST_DEAD = f"""
+SELECT j.last_error FROM jobs j
+WHERE j.status = 'dead' AND j.updated_at >= $1 AND {_ALERT_SCOPE}
+ORDER BY j.updated_at LIMIT $4
+"""
+COUNT_FAILED = f"""
+SELECT count(*) FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.outcome IN ('retry', 'dead') AND a.at >= $1 AND {_ALERT_SCOPE}
+"""
+FIRST_FAILED = f"""
+SELECT a.error FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.outcome IN ('retry', 'dead') AND a.at >= $1 AND {_ALERT_SCOPE}
+ORDER BY a.at LIMIT $4
+"""
+# $1 since, $2 kind, $3 scope or NULL; FIRST_SIGNALS: $4 limit.
+COUNT_SIGNALS = """
+SELECT count(*) FROM alert_signals
+WHERE at >= $1 AND kind = $2 AND ($3::text IS NULL OR scope = $3)
+"""
+FIRST_SIGNALS = """
+SELECT detail FROM alert_signals
+WHERE at >= $1 AND kind = $2 AND ($3::text IS NULL OR scope = $3)
+ORDER BY at LIMIT $4
+"""
+ADD_SIGNAL = "INSERT INTO alert_signals (kind, scope, detail, at) VALUES ($1, $2, $3, $4)"
+PURGE_SIGNALS = "DELETE FROM alert_signals WHERE at < $1"
+# $1 name, $2 now, $3 window. A row back: this caller moved the alert to firing.
+FIRE_ALERT = """
+INSERT INTO alert_states AS s (name, firing, fired_at, changed_at) VALUES ($1, 1, $2, $2)
+ON CONFLICT (name) DO UPDATE SET
+    firing = 1,
+    fired_at = $2,
+    changed_at = CASE WHEN s.firing = 1 THEN s.changed_at ELSE $2 END
+WHERE s.fired_at IS NULL OR s.fired_at <= $2 - $3
+RETURNING changed_at
+"""
+RECOVER_ALERT = """
+UPDATE alert_states SET firing = 0, changed_at = $2 WHERE name = $1 AND firing = 1
+RETURNING changed_at
+"""
+UNFIRE_ALERT = "UPDATE alert_states SET firing = 0, fired_at = NULL WHERE name = $1"

@@ -208,6 +208,24 @@ MIGRATIONS = Migrations[tuple[str, ...]](
                 PRIMARY KEY (kind, target)
             ) WITHOUT ROWID""",
         ),
+        # 6: alerts: signals from processes, each alert's state, and the indexes its counts read.
+        (
+            """CREATE TABLE alert_signals (
+                kind TEXT NOT NULL,
+                scope TEXT,
+                detail TEXT,
+                at REAL NOT NULL
+            )""",
+            "CREATE INDEX alert_signals_at ON alert_signals (kind, at)",
+            """CREATE TABLE alert_states (
+                name TEXT PRIMARY KEY,
+                firing INTEGER NOT NULL DEFAULT 0,
+                fired_at REAL,
+                changed_at REAL NOT NULL
+            )""",
+            "CREATE INDEX jobs_dead_at ON jobs (updated_at) WHERE status = 'dead'",
+            "CREATE INDEX attempts_failed_at ON attempts (at) WHERE outcome IN ('retry', 'dead')",
+        ),
     )
 )
 
@@ -622,6 +640,104 @@ def pauses(conn: sqlite3.Connection) -> list[Pause]:
 
 def replay_dead(conn: sqlite3.Connection, rule: str | None, now: float) -> int:
     return conn.execute(REPLAY_DEAD, {"rule": rule, "now": now}).rowcount
+
+
+# -- alerts
+_SCOPE = (
+    "(:rule IS NULL OR j.rule = :rule) AND (:destination IS NULL OR j.destination = :destination)"
+)
+COUNT_DEAD = f"""
+    SELECT count(*) FROM jobs j
+    WHERE j.status = 'dead' AND j.updated_at >= :since AND {_SCOPE}
+"""
+FIRST_DEAD = f"""
+    SELECT j.last_error FROM jobs j
+    WHERE j.status = 'dead' AND j.updated_at >= :since AND {_SCOPE}
+    ORDER BY j.updated_at LIMIT :limit
+"""
+COUNT_FAILED = f"""
+    SELECT count(*) FROM attempts a JOIN jobs j ON j.id = a.job_id
+    WHERE a.outcome IN ('retry', 'dead') AND a.at >= :since AND {_SCOPE}
+"""
+FIRST_FAILED = f"""
+    SELECT a.error FROM attempts a JOIN jobs j ON j.id = a.job_id
+    WHERE a.outcome IN ('retry', 'dead') AND a.at >= :since AND {_SCOPE}
+    ORDER BY a.at LIMIT :limit
+"""
+COUNT_SIGNALS = """
+    SELECT count(*) FROM alert_signals
+    WHERE kind = :kind AND at >= :since AND (:scope IS NULL OR scope = :scope)
+"""
+FIRST_SIGNALS = """
+    SELECT detail FROM alert_signals
+    WHERE kind = :kind AND at >= :since AND (:scope IS NULL OR scope = :scope)
+    ORDER BY at LIMIT :limit
+"""
+ADD_SIGNAL = "INSERT INTO alert_signals (kind, scope, detail, at) VALUES (?, ?, ?, ?)"
+PURGE_SIGNALS = "DELETE FROM alert_signals WHERE at < ?"
+# A row back: this caller moved the alert to firing (at most once per window, whoever asks).
+FIRE_ALERT = """
+    INSERT INTO alert_states (name, firing, fired_at, changed_at) VALUES (:name, 1, :now, :now)
+    ON CONFLICT (name) DO UPDATE SET
+        firing = 1,
+        fired_at = :now,
+        changed_at = CASE WHEN alert_states.firing = 1 THEN alert_states.changed_at ELSE :now END
+    WHERE alert_states.fired_at IS NULL OR alert_states.fired_at <= :now - :window
+    RETURNING changed_at
+"""
+RECOVER_ALERT = """
+    UPDATE alert_states SET firing = 0, changed_at = :now WHERE name = :name AND firing = 1
+    RETURNING changed_at
+"""
+UNFIRE_ALERT = "UPDATE alert_states SET firing = 0, fired_at = NULL WHERE name = ?"
+
+
+def alert_facts(
+    conn: sqlite3.Connection,
+    kind: str,
+    scope: Mapping[str, str | None],
+    since: float,
+    limit: int,
+) -> tuple[int, tuple[str, ...]]:
+    if kind in ("dead", "failing"):
+        count, first = (COUNT_DEAD, FIRST_DEAD) if kind == "dead" else (COUNT_FAILED, FIRST_FAILED)
+        args: dict[str, Any] = {
+            "rule": scope.get("rule"),
+            "destination": scope.get("destination"),
+            "since": since,
+        }
+    else:
+        count, first = COUNT_SIGNALS, FIRST_SIGNALS
+        args = {"kind": kind, "scope": scope.get("scope"), "since": since}
+    total = int(conn.execute(count, args).fetchone()[0])
+    errors = tuple(str(row[0]) for row in conn.execute(first, {**args, "limit": limit}) if row[0])
+    return total, errors
+
+
+def add_signal(
+    conn: sqlite3.Connection,
+    kind: str,
+    scope: str | None,
+    detail: str | None,
+    at: float,
+    keep: float,
+) -> None:
+    conn.execute(ADD_SIGNAL, (kind, scope, detail, at))
+    conn.execute(PURGE_SIGNALS, (at - keep,))
+
+
+def fire_alert(conn: sqlite3.Connection, name: str, now: float, window: float) -> bool | None:
+    """None: not now (fired within the window); True: newly firing; False: still firing."""
+    row = conn.execute(FIRE_ALERT, {"name": name, "now": now, "window": window}).fetchone()
+    return None if row is None else row[0] == now
+
+
+def recover_alert(conn: sqlite3.Connection, name: str, now: float) -> bool:
+    return conn.execute(RECOVER_ALERT, {"name": name, "now": now}).fetchone() is not None
+
+
+def unfire_alert(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute(UNFIRE_ALERT, (name,))
 
 
 def purge(conn: sqlite3.Connection, before: float, dedupe_before: float) -> int:

@@ -35,6 +35,7 @@ from router.destinations import Destination
 from router.exceptions import StoreGone, StoreUnavailable
 from router.store import sql_sqlite as sql
 from router.store.base import (
+    SIGNAL_KEEP,
     AcceptResult,
     AttemptResult,
     IncomingRecord,
@@ -466,6 +467,25 @@ class SQLiteStore(Store):
         if count:
             self._work_added.set()
         return count
+
+    async def _alert_facts(
+        self, kind: str, where: Mapping[str, str | None], since: float, errors: int
+    ) -> tuple[int, tuple[str, ...]]:
+        return await self._read(lambda conn: sql.alert_facts(conn, kind, where, since, errors))
+
+    async def _add_signal(
+        self, kind: str, scope: str | None, detail: str | None, at: float
+    ) -> None:
+        await self._write(lambda conn: sql.add_signal(conn, kind, scope, detail, at, SIGNAL_KEEP))
+
+    async def fire_alert(self, name: str, *, now: float, window: float) -> bool | None:
+        return await self._write(lambda conn: sql.fire_alert(conn, name, now, window))
+
+    async def recover_alert(self, name: str, *, now: float) -> bool:
+        return await self._write(lambda conn: sql.recover_alert(conn, name, now))
+
+    async def unfire_alert(self, name: str) -> None:
+        await self._write(lambda conn: sql.unfire_alert(conn, name))
 
     async def stats(self, *, now: float) -> QueueStats:
         return await self._read(lambda conn: sql.stats(conn, now))

@@ -86,6 +86,8 @@ LAYOUT: dict[str, set[str]] = {
         "probe_until",
     },
     "pauses": {"kind", "target", "since"},
+    "alert_signals": {"kind", "scope", "detail", "at"},
+    "alert_states": {"name", "firing", "fired_at", "changed_at"},
 }
 
 
