@@ -6,9 +6,13 @@ ROUTER_ALERT_INTERVAL seconds, and at once after a signal:
 - "dead" counts the jobs that died within the window, "failing" the failed attempts (retried
   or dead), of the alert's rule or destination when it names one: both are read from the store,
   so every replica sees the same counts;
-- "circuit_open" and "reload_refused" count signals: any component calls `Alerts.signal(kind,
-  scope, detail)` when such a thing happens (the reload path when it refuses a rule set); the
-  signal is written to the store, where every replica's alerts count it.
+- "circuit_open" counts the destinations whose circuit (router.circuit) is open now, from the
+  store, so every replica sees them and the alert recovers when the circuit closes; the
+  worker's circuit transitions reach `Alerts.circuit_changed`, which records an opening as a
+  signal (the sentence its notification quotes) and checks the alerts at once;
+- "reload_refused" counts signals: any component calls `Alerts.signal(kind, scope, detail)`
+  when such a thing happens (the reload path when it refuses a rule set); the signal is written
+  to the store, where every replica's alerts count it.
 
 When the count reaches the threshold, the alert fires: its action (email, http or log) is
 rendered with `alert` (what happened: the counts, the first errors, a link to the console when
@@ -34,6 +38,7 @@ from urllib.parse import urlencode
 
 from router.actions.base import Deliverer
 from router.actions.registry import render
+from router.circuit import OPEN, Transition
 from router.exceptions import DeliveryFailed, RenderError, StoreUnavailable
 from router.rules import Alert
 from router.sandbox import EnvSecrets
@@ -86,6 +91,19 @@ class Alerts:
         Callable from any thread; returns at once (the store write happens in `run`)."""
         with self._lock:
             self._signals.append((kind, scope, detail, self.clock()))
+        self._poke()
+
+    def circuit_changed(self, change: Transition) -> None:
+        """A circuit transition (the worker's `on_transition`): an opening is a signal; a
+        closing only makes the alerts look again now (the open circuits are counted from the
+        store), so its alert says it recovered without waiting for the next interval."""
+        if change.new == OPEN:
+            self.signal("circuit_open", change.destination, change.detail)
+        else:
+            self._poke()
+
+    def _poke(self) -> None:
+        with self._lock:
             loop, wake = self._loop, self._wake
         if loop is not None and wake is not None and not loop.is_closed():
             with contextlib.suppress(RuntimeError):  # the loop just stopped

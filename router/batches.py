@@ -10,6 +10,14 @@ attempt time, so they meet again in one batch. A 4xx, or a template that fails o
 splits it in halves, each tried at once, until the one bad record is alone: that job dies with
 the answer, and every other record is delivered. One bad record never kills the others.
 
+A batch is a delivery to its destination, under the delivery controls (router.store.controls):
+its jobs are claimed as any job is, so a paused rule or destination holds them, and an open
+circuit lets one probe job through; each record's job takes its slot of the destination's rate
+and concurrency when claimed, and the batch goes out no earlier than the send time of its last
+record, so the destination never sees more requests than its limits allow. A batch's answer is
+one outcome for the destination's circuit; while this worker has seen enough failures in a row
+there to open it, batches waiting for a slot go back to the store unsent (no attempt spent).
+
 A destination is sent at most ROUTER_PER_HOST_CONCURRENCY batches at once (beside its single
 jobs, which have slots of their own in the worker). A destination whose batches hold
 BATCHES_IN_HAND times `max_records` jobs in this process is left out of claims until one is
@@ -108,11 +116,14 @@ class BatchHooks:
 
     action_of: Callable[[Mapping[str, Any]], Action]  # the compiled action of a job's spec
     render: Callable[[Action, Sequence[Job], str], Awaitable[dict[str, Any]]]  # in its thread
-    deliver: Callable[[Action, Mapping[str, Any], str], Awaitable[int | None]]
+    deliver: Callable[[Action, Mapping[str, Any], str, str], Awaitable[int | None]]  # + dest
     finish: Callable[..., None]  # (job, action, outcome, started, *, status, error, next_at)
     decide: Callable[[Job, Action, RetryLater], Decision]  # the job's own retry policy
     changed: Callable[[], None]  # room was made: claim again
     per_host: int
+    # The destination's circuit is opening (this worker saw it fail): send nothing there.
+    held_back: Callable[[str], bool] = lambda destination: False
+    give_back: Callable[[Sequence[Job]], Awaitable[None]] | None = None  # unsent, to the store
     clock: Callable[[], float] = time.time
 
 
@@ -183,6 +194,10 @@ class Batcher:
         slots = self._slots.setdefault(batch.destination, asyncio.Semaphore(self.hooks.per_host))
         try:
             async with slots:
+                if self.hooks.held_back(batch.destination) and self.hooks.give_back:
+                    await self.hooks.give_back(batch.jobs)  # they wait for the circuit there
+                    return
+                await self._pace(batch.jobs)
                 await self._attempt(batch.action, batch.jobs, of=len(batch.jobs))
         finally:
             self._held[batch.destination] -= len(batch.jobs)
@@ -190,6 +205,13 @@ class Batcher:
                 del self._held[batch.destination]
                 self._limit.pop(batch.destination, None)
             self.hooks.changed()
+
+    async def _pace(self, jobs: Sequence[Job]) -> None:
+        """Wait for the send time of the batch's last record (a rate-limited destination's
+        slots, given at claim): the request then uses slots that all came due."""
+        times = [job.not_before for job in jobs if job.not_before is not None]
+        if times:
+            await asyncio.sleep(max(0.0, max(times) - self.hooks.clock()))
 
     async def _attempt(self, action: Action, jobs: Sequence[Job], *, of: int) -> None:
         """Send `jobs` as one request; on a 4xx or a render error, split them in halves."""
@@ -215,7 +237,7 @@ class Batcher:
             self._finish(action, jobs, Outcome.SHADOW, started)
             return
         try:
-            status = await hooks.deliver(action, rendered, identity)
+            status = await hooks.deliver(action, rendered, identity, jobs[0].destination)
         except GiveUp as exc:
             code = exc.status_code
             if code is not None and 400 <= code < 500 and len(jobs) > 1:
@@ -282,15 +304,21 @@ class Batcher:
                 job, action, outcome, started, status=status, error=error, next_at=next_at
             )
 
-    def release_open(self) -> list[Job]:
-        """Stop gathering: the jobs of batches not sent yet, to hand back to the store."""
+    def release_open(self, destination: str | None = None) -> list[Job]:
+        """Stop gathering (for `destination`, or for all): the jobs of batches not sent yet,
+        to hand back to the store."""
         jobs: list[Job] = []
-        for batch in self._open.values():
+        for key, batch in list(self._open.items()):
+            if destination is not None and batch.destination != destination:
+                continue
             if batch.timer is not None:
                 batch.timer.cancel()
             jobs.extend(batch.jobs)
             self._held[batch.destination] -= len(batch.jobs)
-        self._open.clear()
+            if self._held[batch.destination] <= 0:
+                del self._held[batch.destination]
+                self._limit.pop(batch.destination, None)
+            del self._open[key]
         return jobs
 
     def flush(self) -> None:

@@ -37,7 +37,7 @@ from router.app import (
     create_app,
     create_worker_app,
 )
-from router.circuit import CircuitPolicy
+from router.circuit import CircuitPolicy, Transition, log_and_count
 from router.connections import ConnectionGuard, ConnectionLimits, connection_limits
 from router.engine import Engine
 from router.exceptions import StartupError, StoreUnavailable
@@ -175,7 +175,17 @@ async def declare_destinations(engine: Engine) -> None:
         log.warning("cannot declare the destinations' limits in the store now: %s", exc)
 
 
-def build_worker(settings: Settings, store: Store, metrics: Metrics) -> Worker:
+def build_worker(
+    settings: Settings, store: Store, metrics: Metrics, alerts: Alerts | None = None
+) -> Worker:
+    """The worker; its circuit transitions are logged and counted, and reach `alerts`."""
+    logged = log_and_count(metrics)
+
+    def on_transition(change: Transition) -> None:
+        logged(change)
+        if alerts is not None:
+            alerts.circuit_changed(change)
+
     return Worker(
         store,
         build_deliverers(settings),
@@ -190,11 +200,16 @@ def build_worker(settings: Settings, store: Store, metrics: Metrics) -> Worker:
         render_limits=RenderLimits.from_settings(settings),
         metrics=metrics,
         circuit=CircuitPolicy.from_settings(settings),
+        on_transition=on_transition,
     )
 
 
-def build_alerts(settings: Settings, store: Store, engine: Engine) -> Alerts:
-    """The alerts of the serving rules (they follow reloads), with deliverers of their own."""
+def build_alerts(settings: Settings, store: Store, engine: Engine | None) -> Alerts:
+    """The alerts of the serving rules (they follow reloads), with deliverers of their own.
+    Without an engine (`router worker`), none are checked: only the signals of its circuits
+    are written to the store, for the alerts of `router serve` to count."""
+    if engine is None:
+        return Alerts(store, {}, alerts=tuple, secrets={}, interval=settings.alert_interval)
     return Alerts(
         store,
         build_deliverers(settings),
@@ -283,7 +298,7 @@ def _serve(settings: Settings, *, worker: bool, migrate: bool) -> None:
             tasks.append(
                 asyncio.create_task(
                     _guard(
-                        run_worker_until(build_worker(settings, store, metrics), stop),
+                        run_worker_until(build_worker(settings, store, metrics, alerts), stop),
                         "worker",
                         fail,
                     )
@@ -443,10 +458,11 @@ def _run_worker(settings: Settings, *, migrate: bool) -> None:
     async def work(stop: asyncio.Event, fail: Callable[[str], None]) -> None:
         log.info("worker started (store %s)", settings.store_url.split("://", 1)[0])
         try:
+            alerts = build_alerts(settings, store, None)
+            worker = build_worker(settings, store, metrics, alerts)
             await asyncio.gather(
-                _guard(
-                    run_worker_until(build_worker(settings, store, metrics), stop), "worker", fail
-                ),
+                _guard(run_worker_until(worker, stop), "worker", fail),
+                _guard(alerts.run(stop), "alert signals", fail),
                 _guard(purge_loop(store, settings, stop), "purge", fail),
             )
         finally:

@@ -177,6 +177,8 @@ class Worker:
                 finish=self._finish,
                 decide=self._decide,
                 changed=self._batch_sent,
+                held_back=self._failing,
+                give_back=self._give_back,
                 per_host=self.limits.per_host,
                 clock=clock,
             )
@@ -442,11 +444,11 @@ class Worker:
             deliverer = self.deliverers[action.type]
             timeout = action.timeout
             status = await deliverer.deliver(prepared.rendered, job_id=job.id, timeout=timeout)
-            self._answered(job, True)
+            self._answered(job.destination, True)
             self._finish(job, action, Outcome.DONE, started, status=status)
         except DeliveryFailed as failure:
             # An answer that blames the request (a 400) still says the destination is up.
-            self._answered(job, not counts_against(failure))
+            self._answered(job.destination, not counts_against(failure))
             self._failed(job, action, started, failure)
         except asyncio.CancelledError:
             raise
@@ -486,10 +488,11 @@ class Worker:
             self._renderer, self._render, job, prepared.action, started, fetched
         )
 
-    def _answered(self, job: Job, ok: bool) -> None:
-        """Count an attempt's outcome towards its destination's circuit (router.circuit)."""
-        outcomes = self._outcomes.get(job.destination, Outcomes())
-        self._outcomes[job.destination] = outcomes.then(ok)
+    def _answered(self, destination: str, ok: bool) -> None:
+        """Count an attempt's outcome (a job's, or a whole batch's: one request, one outcome)
+        towards its destination's circuit (router.circuit)."""
+        outcomes = self._outcomes.get(destination, Outcomes())
+        self._outcomes[destination] = outcomes.then(ok)
 
     async def _report(self) -> None:
         """Hand the outcomes since the last report to the store's circuits; act on and pass on
@@ -526,14 +529,16 @@ class Worker:
 
     async def _hand_back(self, destination: str) -> None:
         """Give the jobs queued here for `destination` back to the store (its circuit opened:
-        they wait there, without spending attempts, until a probe closes it)."""
+        they wait there, without spending attempts, until a probe closes it); so are the jobs
+        of its batches still being gathered."""
+        taken = self._batches.release_open(destination)
         host = self._hosts.get(destination)
-        if host is None or not host.waiting:
-            return
-        taken = self._take_waiting(host)
-        if host.active == 0:
-            del self._hosts[destination]
-        await self._give_back(taken)
+        if host is not None and host.waiting:
+            taken += self._take_waiting(host)
+            if host.active == 0:
+                del self._hosts[destination]
+        if taken:
+            await self._give_back(taken)
 
     def _take_waiting(self, host: _HostState) -> list[Job]:
         """Take the jobs queued for a destination out of this worker's hands."""
@@ -544,7 +549,9 @@ class Worker:
             self._held.pop(job.id, None)
         return taken
 
-    async def _give_back(self, jobs: list[Job]) -> None:
+    async def _give_back(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            self._held.pop(job.id, None)
         with contextlib.suppress(StoreUnavailable):  # else their leases expire
             await self.store.release(
                 [(job.id, job.lease_token) for job in jobs], next_at=self.clock()
@@ -568,10 +575,17 @@ class Worker:
         return await loop.run_in_executor(self._renderer, call)
 
     async def _deliver_batch(
-        self, action: Action, rendered: Mapping[str, Any], identity: str
+        self, action: Action, rendered: Mapping[str, Any], identity: str, destination: str
     ) -> int | None:
+        """Send a rendered batch: one request, so one outcome for its destination's circuit."""
         deliverer = self.deliverers[action.type]
-        return await deliverer.deliver(rendered, job_id=identity, timeout=action.timeout)
+        try:
+            status = await deliverer.deliver(rendered, job_id=identity, timeout=action.timeout)
+        except DeliveryFailed as failure:
+            self._answered(destination, not counts_against(failure))
+            raise
+        self._answered(destination, True)
+        return status
 
     def _batch_sent(self) -> None:
         self._batches_sent += 1

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from typing import Any
-from urllib.parse import urlsplit
 
 from router.actions.registry import compile_action
 from router.checks import KeyPath, kind_of
+from router.destinations import DestinationProblem, pause_target
 from router.rulefiles.schema import Context
 from router.rules import ALERT_WHEN, Alert, Location
 from router.templating import ALERT_NAMES, scoped
@@ -33,21 +33,16 @@ SCOPES: dict[str, tuple[str, ...]] = {
 
 
 def destination_key(text: str) -> str | None:
-    """A destination as jobs name it: `https://crm.example.com/` -> `crm.example.com:443`,
-    `crm.example.com:8443` as it is, `smtp`, `log` and `actito` as they are; None if unreadable."""
-    text = text.strip()
-    if "://" in text:
-        try:
-            parts = urlsplit(text)
-            port = parts.port or {"http": 80, "https": 443}.get(parts.scheme.lower())
-        except ValueError:
-            return None
-        if not parts.hostname or port is None:
-            return None
-        return f"{parts.hostname}:{port}"
-    if not text or any(c in text for c in "/ ?#@"):
+    """A destination as jobs name it (router.destinations): `https://crm.example.com/` ->
+    `crm.example.com:443`, the host (every destination on it); a URL with a path, as in a
+    `[[destination]]` table, -> `crm.example.com:443/api/` (it and the keys below it);
+    `host:port`, `smtp`, `log` and `actito` as they are. None if unreadable."""
+    try:
+        key = pause_target(text)
+    except DestinationProblem:
         return None
-    return text.lower()
+    host, slash, path = key.partition("/")
+    return host if slash and not path else key
 
 
 def read_alert(

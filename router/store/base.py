@@ -13,8 +13,8 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from router.circuit import CircuitPolicy, Outcomes, Transition
-from router.destinations import Destination
+from router.circuit import OPEN, CircuitPolicy, Outcomes, Transition
+from router.destinations import Destination, under
 
 Record = dict[str, Any]
 
@@ -403,13 +403,33 @@ class Store(abc.ABC):
     ) -> AlertFacts:
         """For an alert of `kind` (ALERT_KINDS): "dead" counts jobs that died at `since` or
         later, "failing" failed attempts (retried or dead) since then, both of `rule` and
-        `destination` when given; any other kind counts the signals of that kind (of `scope`
-        when given). With the first `errors` errors (or signal details), oldest first."""
+        `destination` (and the destinations below it) when given; "circuit_open" the circuits
+        open now (of `scope` and below it), so a closing circuit recovers its alert; any other
+        kind counts the signals of that kind (of `scope` when given). With the first `errors`
+        errors (or signal details), oldest first."""
         if kind not in ALERT_KINDS:
             raise ValueError(f"unknown alert kind {kind!r}")
+        if kind == "circuit_open":
+            return await self._open_circuits(scope, since, max(errors, 0))
         where = {"rule": rule, "destination": destination, "scope": scope}
         count, first = await self._alert_facts(kind, where, since, max(errors, 0))
         return AlertFacts(count, first)
+
+    async def _open_circuits(self, scope: str | None, since: float, errors: int) -> AlertFacts:
+        """The circuits open now under `scope`, each quoted by the signal of its opening
+        within the window (or plainly, when it opened before the window or elsewhere)."""
+        states = await self.circuits()
+        opened = sorted(
+            key
+            for key, state in states.items()
+            if state == OPEN and (scope is None or under(key, scope))
+        )
+        details: list[str] = []
+        for key in opened[:errors]:
+            where = {"rule": None, "destination": None, "scope": key}
+            _count, first = await self._alert_facts("circuit_open", where, since, 1)
+            details.append(first[0] if first else f"circuit of {key} is open")
+        return AlertFacts(len(opened), tuple(details))
 
     async def add_signal(
         self, *, kind: str, scope: str | None, detail: str | None, at: float

@@ -595,7 +595,10 @@ def _columns(rows_: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
 
 
 # -- alerts ($1 since, $2 rule or NULL, $3 destination or NULL; FIRST_*: $4 limit)
-_ALERT_SCOPE = "($2::text IS NULL OR j.rule = $2) AND ($3::text IS NULL OR j.destination = $3)"
+# A destination scope covers the jobs of its key and of every key below it (router.destinations).
+_ALERT_SCOPE = "($2::text IS NULL OR j.rule = $2) AND ($3::text IS NULL OR " + (
+    controls.UNDER.format(dest="j.destination", target="$3::text") + ")"
+)
 COUNT_DEAD = f"""
 SELECT count(*) FROM jobs j
 WHERE j.status = 'dead' AND j.updated_at >= $1 AND {_ALERT_SCOPE}

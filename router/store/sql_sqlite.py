@@ -643,8 +643,9 @@ def replay_dead(conn: sqlite3.Connection, rule: str | None, now: float) -> int:
 
 
 # -- alerts
-_SCOPE = (
-    "(:rule IS NULL OR j.rule = :rule) AND (:destination IS NULL OR j.destination = :destination)"
+# A destination scope covers the jobs of its key and of every key below it (router.destinations).
+_SCOPE = "(:rule IS NULL OR j.rule = :rule) AND (:destination IS NULL OR " + (
+    controls.UNDER.format(dest="j.destination", target=":destination") + ")"
 )
 COUNT_DEAD = f"""
     SELECT count(*) FROM jobs j

@@ -15,6 +15,7 @@ from typing import Any
 from router.actions.registry import build_deliverers
 from router.alerts import Alerts
 from router.app import ReloadStatus
+from router.circuit import CircuitPolicy, Outcomes
 from router.engine import Engine
 from router.matching import RuleSet
 from router.reload import Reloader
@@ -231,7 +232,7 @@ body = "{{{{ alert.errors | join(' | ') }}}}"
     assert f"{tmp_path / 'rules' / 'a.toml'}:15: rule[1].name: is missing" in body, body
 
 
-def test_circuit_open_is_signalled_through_the_one_entry_point(
+def test_circuit_open_fires_while_a_circuit_is_open_and_recovers_when_it_closes(
     tmp_path: Path, store_url: str
 ) -> None:
     with HttpSink() as hook:
@@ -244,11 +245,13 @@ destination = "{destination}"
 [alert.action]
 type = "http"
 url = "{hook.url("/" + name)}"
-body = "{{{{ alert.destination }}}}: {{{{ alert.errors | first }}}}"
+body = "{{{{ alert.state }}}} {{{{ alert.count }}}}: {{{{ alert.errors | first | default('-') }}}}"
 """
             for name, destination in (("crm", "https://crm.example.com/"), ("shop", "shop:8443"))
         )
         ruleset = rules(tmp_path, text)
+        policy = CircuitPolicy(failures=2)
+        key = "crm.example.com:443/api/"  # a declared destination on the alert's host
 
         async def scenario() -> None:
             store = open_store(store_url)
@@ -256,21 +259,27 @@ body = "{{{{ alert.destination }}}}: {{{{ alert.errors | first }}}}"
             alerts = alerts_for(store, ruleset)
             await started(alerts)
             try:
-                # What the circuit breaker calls when it opens (from any thread).
-                thread = threading.Thread(
-                    target=alerts.signal,
-                    args=("circuit_open", "crm.example.com:443", "5 failures in a row"),
-                )
+                failed = {key: Outcomes(False, 2)}
+                (opened,) = await store.report_outcomes(failed, policy=policy, now=time.time())
+                # What the worker's on_transition calls (from any thread).
+                thread = threading.Thread(target=alerts.circuit_changed, args=(opened,))
                 thread.start()
                 thread.join()
+                await alerts.check()
+                await alerts.check()  # still open: not again within the window
+                answered = {key: Outcomes(True, 0)}
+                (closed_,) = await store.report_outcomes(answered, policy=policy, now=time.time())
+                alerts.circuit_changed(closed_)
                 await alerts.check()
             finally:
                 await closed(alerts)
                 await store.close()
 
         asyncio.run(scenario())
-    assert [(r.path, r.body) for r in hook.requests] == [
-        ("/crm", b"crm.example.com:443: 5 failures in a row")
+    detail = f"circuit of {key} opened after 2 failures in a row"
+    assert [(r.path, r.body.decode()[: 10 + len(detail)]) for r in hook.requests] == [
+        ("/crm", f"firing 1: {detail}"),
+        ("/crm", "recovered 0: -"),
     ]
 
 
