@@ -12,11 +12,12 @@ the answer, and every other record is delivered. One bad record never kills the 
 
 A batch is a delivery to its destination, under the delivery controls (router.store.controls):
 its jobs are claimed as any job is, so a paused rule or destination holds them, and an open
-circuit lets one probe job through; each record's job takes its slot of the destination's rate
-and concurrency when claimed, and the batch goes out no earlier than the send time of its last
-record, so the destination never sees more requests than its limits allow. A batch's answer is
-one outcome for the destination's circuit; while this worker has seen enough failures in a row
-there to open it, batches waiting for a slot go back to the store unsent (no attempt spent).
+circuit lets one probe job through (sent as a batch of one). Its records take no slot of the
+destination's rate or concurrency when claimed; each request does, when it is sent (a split
+half is a request of its own): one send time of the rate, and one of the concurrent requests
+until it is answered, shared by every worker of the deployment. A batch's answer is one
+outcome for the destination's circuit; while this worker has seen enough failures in a row
+there to open it, batches waiting to be sent go back to the store unsent (no attempt spent).
 
 A destination is sent at most ROUTER_PER_HOST_CONCURRENCY batches at once (beside its single
 jobs, which have slots of their own in the worker). A destination whose batches hold
@@ -27,16 +28,18 @@ sent, so a slow destination cannot pile up jobs here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from router.checks import Checker, KeyPath
-from router.exceptions import GiveUp, MissingSecret, RenderError, RetryLater
+from router.exceptions import GiveUp, MissingSecret, RenderError, RetryLater, StoreUnavailable
 from router.retry import Decision
 from router.rules import Action, Batch, spec_hash
 from router.store.base import Job, Mode, Outcome
@@ -49,6 +52,8 @@ MAX_RECORDS_RANGE = (1, 10_000)
 MAX_WAIT_RANGE = (0.0, 300.0)  # seconds
 BATCH_KEYS = ("max_records", "max_wait")
 BATCHES_IN_HAND = 2  # jobs held per destination, as a multiple of its largest max_records
+SLOT_POLL = 0.05  # seconds between two asks for a slot of a destination's concurrency
+DEFAULT_TIMEOUT = 10.0  # seconds a request may take when its action does not say
 
 _T = TypeVar("_T")
 
@@ -124,6 +129,10 @@ class BatchHooks:
     # The destination's circuit is opening (this worker saw it fail): send nothing there.
     held_back: Callable[[str], bool] = lambda destination: False
     give_back: Callable[[Sequence[Job]], Awaitable[None]] | None = None  # unsent, to the store
+    # A request's slot of its destination's limits: (destination, token, seconds it may take)
+    # -> its send time, or None while none is free; and giving it back. None: no limits.
+    take_slot: Callable[[str, str, float], Awaitable[float | None]] | None = None
+    free_slot: Callable[[str], Awaitable[None]] | None = None
     clock: Callable[[], float] = time.time
 
 
@@ -197,7 +206,6 @@ class Batcher:
                 if self.hooks.held_back(batch.destination) and self.hooks.give_back:
                     await self.hooks.give_back(batch.jobs)  # they wait for the circuit there
                     return
-                await self._pace(batch.jobs)
                 await self._attempt(batch.action, batch.jobs, of=len(batch.jobs))
         finally:
             self._held[batch.destination] -= len(batch.jobs)
@@ -206,12 +214,27 @@ class Batcher:
                 self._limit.pop(batch.destination, None)
             self.hooks.changed()
 
-    async def _pace(self, jobs: Sequence[Job]) -> None:
-        """Wait for the send time of the batch's last record (a rate-limited destination's
-        slots, given at claim): the request then uses slots that all came due."""
-        times = [job.not_before for job in jobs if job.not_before is not None]
-        if times:
-            await asyncio.sleep(max(0.0, max(times) - self.hooks.clock()))
+    async def _slot(self, destination: str, token: str, timeout: float) -> bool:
+        """Wait for a slot of `destination`'s limits, then for its send time. True when one
+        was taken (to be freed once answered)."""
+        take = self.hooks.take_slot
+        if take is None:
+            return False
+        while True:
+            try:
+                at = await take(destination, token, timeout)
+            except StoreUnavailable as exc:
+                log.warning("cannot take a slot of %s for a batch: %s", destination, exc)
+                at = None
+            if at is not None:
+                await asyncio.sleep(max(0.0, at - self.hooks.clock()))
+                return True
+            await asyncio.sleep(SLOT_POLL)
+
+    async def _free(self, token: str) -> None:
+        if self.hooks.free_slot is not None:
+            with contextlib.suppress(StoreUnavailable):  # else it ends with its lease
+                await self.hooks.free_slot(token)
 
     async def _attempt(self, action: Action, jobs: Sequence[Job], *, of: int) -> None:
         """Send `jobs` as one request; on a 4xx or a render error, split them in halves."""
@@ -236,15 +259,18 @@ class Batcher:
         if jobs[0].mode is Mode.SHADOW:
             self._finish(action, jobs, Outcome.SHADOW, started)
             return
+        token = uuid.uuid4().hex
+        held = await self._slot(jobs[0].destination, token, action.timeout or DEFAULT_TIMEOUT)
+        split = False
         try:
             status = await hooks.deliver(action, rendered, identity, jobs[0].destination)
         except GiveUp as exc:
             code = exc.status_code
             if code is not None and 400 <= code < 500 and len(jobs) > 1:
-                await self._split(action, jobs, of=of)
-                return
-            error = str(exc) if of == 1 else f"{exc} (sent alone, out of a batch of {of})"
-            self._finish(action, jobs, Outcome.DEAD, started, status=code, error=error)
+                split = True  # once this request's slot is free: its halves take their own
+            else:
+                error = str(exc) if of == 1 else f"{exc} (sent alone, out of a batch of {of})"
+                self._finish(action, jobs, Outcome.DEAD, started, status=code, error=error)
         except RetryLater as exc:
             self._retry(action, jobs, started, exc)
         except asyncio.CancelledError:
@@ -254,6 +280,11 @@ class Batcher:
             self._retry(action, jobs, started, RetryLater(f"internal error: {type(exc).__name__}"))
         else:
             self._finish(action, jobs, Outcome.DONE, started, status=status)
+        finally:
+            if held:
+                await self._free(token)
+        if split:
+            await self._split(action, jobs, of=of)
 
     async def _split(self, action: Action, jobs: Sequence[Job], *, of: int) -> None:
         middle = len(jobs) // 2

@@ -59,6 +59,7 @@ from router.retry import Decision, RetryPolicy
 from router.rules import Action, spec_hash
 from router.sandbox import EnvSecrets
 from router.store.base import AttemptResult, Job, Mode, Outcome, Store
+from router.store.controls import SLOT_MARGIN
 from router.template_limits import RenderLimits
 from router.templating import build_context
 
@@ -179,6 +180,8 @@ class Worker:
                 changed=self._batch_sent,
                 held_back=self._failing,
                 give_back=self._give_back,
+                take_slot=self._take_slot,
+                free_slot=self._free_slot,
                 per_host=self.limits.per_host,
                 clock=clock,
             )
@@ -586,6 +589,15 @@ class Worker:
             raise
         self._answered(destination, True)
         return status
+
+    async def _take_slot(self, destination: str, token: str, timeout: float) -> float | None:
+        """A batch request's slot of its destination's limits (router.store.controls)."""
+        now = self.clock()
+        until = now + timeout + SLOT_MARGIN
+        return await self.store.take_slot(destination, token=token, until=until, now=now)
+
+    async def _free_slot(self, token: str) -> None:
+        await self.store.free_slot(token)
 
     def _batch_sent(self) -> None:
         self._batches_sent += 1

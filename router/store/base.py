@@ -363,6 +363,19 @@ class Store(abc.ABC):
         (router.circuit.advance), each under its row's lock; returns the transitions made."""
 
     @abc.abstractmethod
+    async def take_slot(
+        self, destination: str, *, token: str, until: float, now: float
+    ) -> float | None:
+        """A batch request's slot at `destination` (router.store.controls): the time it may be
+        sent (one slot of the declared rate), and one of the declared concurrency, held as
+        `token` until `free_slot` or `until`. None while the concurrency is taken: ask again.
+        A destination without limits: `now`, and nothing is held."""
+
+    @abc.abstractmethod
+    async def free_slot(self, token: str) -> None:
+        """Give back a batch request's concurrency slot (it was answered)."""
+
+    @abc.abstractmethod
     async def circuits(self) -> dict[str, str]:
         """Each destination the store knows a circuit of (or limits for), with its state."""
 

@@ -13,6 +13,13 @@ single writer on SQLite), so two workers never both take the last slot:
   last one (`tat`, a GCRA's theoretical arrival time), no further than LOOKAHEAD ahead: the
   destination never sees more than its rate, however many workers share the store;
 - open circuit: one probe job when its time has come and no other probe is out.
+
+The jobs of a batch action (router.batches; its spec has a `batch` table, BATCHED) are claimed
+apart: an open circuit holds them as it holds any job, but they take no rate slot and count
+against no concurrency when claimed, since many of them go out in one request. The request
+takes one slot instead when it is sent (`Store.take_slot`, `slot`): one send time spaced as
+the rate allows, and one of the destination's concurrent requests, held in `batch_slots` until
+it is answered (or its lease ends).
 """
 
 from __future__ import annotations
@@ -52,6 +59,11 @@ HELD_BY_ORDER = """
         OR EXISTS (SELECT 1 FROM jobs AS b WHERE b.order_key = j.order_key
                    AND b.status = 'dead' AND b.seq < j.seq AND b.order_hold = {true})))
 """
+
+
+# A job `j` of a batch action. `{has_batch}` is the dialect's test of a spec `s` for its key.
+BATCHED = "EXISTS (SELECT 1 FROM specs AS s WHERE s.hash = j.spec AND {has_batch})"
+SLOT_MARGIN = 5.0  # seconds a batch request's concurrency slot outlives its timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +127,35 @@ def plan(row: Controlled, *, leased: int, limit: int, now: float) -> Plan:
         return Plan(0)
     count = min(count, int((now + LOOKAHEAD - start) / interval) + 1)
     return Plan(count, start, interval, probe)
+
+
+def plan_batched(row: Controlled, *, limit: int, now: float) -> Plan:
+    """How many jobs of batch actions a claim may take of `row`'s destination: what its
+    circuit allows (no rate or concurrency: their requests take slots when sent)."""
+    circuit = row.circuit
+    if circuit.state != OPEN:
+        return Plan(limit)
+    if circuit.probe_at is not None and circuit.probe_at > now:
+        return Plan(0)
+    if circuit.probe_until is not None and circuit.probe_until >= now:
+        return Plan(0)
+    return Plan(1, probe=True)
+
+
+def slot(
+    rate: float | None, concurrency: int | None, tat: float | None, busy: int, now: float
+) -> tuple[float | None, float | None]:
+    """A batch request's slot at a destination with these limits, `busy` of its requests in
+    flight: (its send time, the destination's next free send time), or (None, None) while
+    its concurrency is taken or its next send time is more than LOOKAHEAD away."""
+    if concurrency is not None and busy >= concurrency:
+        return None, None
+    if rate is None:
+        return now, None
+    start = max(tat or now, now)
+    if start > now + LOOKAHEAD:
+        return None, None
+    return start, start + 1.0 / rate
 
 
 def order(rows: Sequence[Controlled], exclude: Sequence[str], only: str | None) -> list[Controlled]:

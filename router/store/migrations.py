@@ -51,8 +51,9 @@ the `pauses` table: the state every worker of a deployment shares (router.store.
 
 The alerts step (6) adds what alerts read and write (router.alerts): `alert_signals`, what
 happened in some process (a refused reload, an opened circuit), and `alert_states`, each alert's
-state, which only one replica at a time moves, so only one fires; and the indexes that count
-dead jobs and failed attempts within a window.
+state, which only one replica at a time moves, so only one fires; the indexes that count dead
+jobs and failed attempts within a window; and `batch_slots`, the concurrency slots of the batch
+requests in flight (router.store.controls).
 """
 
 from __future__ import annotations
@@ -80,7 +81,7 @@ ADDITIVE: tuple[bool, ...] = (
     # 5: delivery controls: jobs.order_key and jobs.order_hold, the destinations and pauses
     # tables and their indexes. Additive: code without it delivers as it always did.
     True,
-    True,  # 6: alert_signals and alert_states, new tables; two partial indexes
+    True,  # 6: alert_signals, alert_states and batch_slots, new tables; their indexes
 )
 assert len(ADDITIVE) == SCHEMA_VERSION, "say of every step whether it is additive"
 

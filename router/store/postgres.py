@@ -323,17 +323,32 @@ class PostgresStore(Store):
                 if row.concurrency is not None:
                     leased = int(await conn.fetchval(sql.COUNT_LEASED, row.key, now))
                 plan = controls.plan(row, leased=leased, limit=limit - len(claimed), now=now)
-                if plan.count <= 0:
+                found = []
+                if plan.count > 0:
+                    found = await conn.fetch(
+                        sql.CLAIM_JOBS_OF, now, plan.count, token, until, [], row.key, False
+                    )
+                if found:
+                    probe_until = until if plan.probe else None
+                    tat = plan.tat_after(len(found))
+                    await conn.execute(sql.TAKE_SLOTS, row.key, tat, probe_until)
+                    times = plan.send_times(len(found))
+                    claimed += [
+                        replace(rows.job(r), not_before=at)
+                        for r, at in zip(found, times, strict=True)
+                    ]
+                    if plan.probe:
+                        continue  # the probe is out
+                # Batch actions' jobs: what the circuit allows; their requests take slots.
+                batches = controls.plan_batched(row, limit=limit - len(claimed), now=now)
+                if batches.count <= 0:
                     continue
-                found = await conn.fetch(sql.CLAIM_JOBS, now, plan.count, token, until, [], row.key)
-                if not found:
-                    continue
-                probe_until = until if plan.probe else None
-                await conn.execute(sql.TAKE_SLOTS, row.key, plan.tat_after(len(found)), probe_until)
-                times = plan.send_times(len(found))
-                claimed += [
-                    replace(rows.job(r), not_before=at) for r, at in zip(found, times, strict=True)
-                ]
+                found = await conn.fetch(
+                    sql.CLAIM_JOBS_OF, now, batches.count, token, until, [], row.key, True
+                )
+                if found and batches.probe:
+                    await conn.execute(sql.TAKE_SLOTS, row.key, None, until)
+                claimed += [rows.job(r) for r in found]
             skip = [*exclude, *(row.key for row in held)]
             if len(claimed) < limit and (only is None or only not in skip):
                 found = await conn.fetch(
@@ -476,6 +491,34 @@ class PostgresStore(Store):
         if changes:
             self._notify()
         return changes
+
+    async def take_slot(
+        self, destination: str, *, token: str, until: float, now: float
+    ) -> float | None:
+        async def work(conn: Connection) -> float | None:
+            row = await conn.fetchrow(sql.GET_LIMITS, destination)
+            if row is None or (row["rate"] is None and row["concurrency"] is None):
+                return now
+            await conn.execute(sql.DROP_OLD_SLOTS, destination, now)
+            busy = 0
+            if row["concurrency"] is not None:
+                busy = int(await conn.fetchval(sql.COUNT_LEASED, destination, now))
+            at, tat = controls.slot(row["rate"], row["concurrency"], row["tat"], busy, now)
+            if at is None:
+                return None
+            if row["concurrency"] is not None:
+                await conn.execute(sql.ADD_SLOT, token, destination, until)
+            if tat is not None:
+                await conn.execute(sql.TAKE_SLOTS, destination, tat, None)
+            return at
+
+        return await self._run(work, transaction=True)
+
+    async def free_slot(self, token: str) -> None:
+        async def work(conn: Connection) -> None:
+            await conn.execute(sql.FREE_SLOT, token)
+
+        await self._run(work, transaction=True)
 
     async def circuits(self) -> dict[str, str]:
         async def work(conn: Connection) -> list[asyncpg.Record]:

@@ -225,6 +225,12 @@ MIGRATIONS = Migrations[Step](
     );
     CREATE INDEX jobs_dead_at ON jobs (updated_at) WHERE status = 'dead';
     CREATE INDEX attempts_failed_at ON attempts (at) WHERE outcome IN ('retry', 'dead');
+    CREATE TABLE batch_slots (
+        token text PRIMARY KEY,
+        key text NOT NULL,
+        until double precision NOT NULL
+    );
+    CREATE INDEX batch_slots_key ON batch_slots (key, until);
     """,
     )
 )
@@ -344,15 +350,15 @@ ORDER BY j.n
 # destination or NULL. SKIP LOCKED: concurrent claimers pass over the rows another claimer is
 # taking instead of waiting for them (and then taking them twice). Paused jobs and jobs held
 # back by their order key are passed over (router.store.controls).
-CLAIM_JOBS = f"""
+_CLAIM = """
 WITH due AS (
     SELECT id FROM jobs AS j
     WHERE status = 'pending' AND next_at <= $1::float8
       AND (lease_until IS NULL OR lease_until < $1::float8)
       AND destination <> ALL($5::text[])
       AND ($6::text IS NULL OR destination = $6::text)
-      AND NOT {controls.HELD_BY_ORDER.format(true="true")}
-      AND NOT {controls.PAUSED}
+      AND NOT {held}
+      AND NOT {paused}{batched}
     ORDER BY next_at, seq
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -361,23 +367,43 @@ WITH due AS (
     FROM due WHERE jobs.id = due.id
     RETURNING jobs.*
 )
-SELECT {rows.JOB_COLUMNS}
+SELECT {columns}
 FROM claimed AS j
 JOIN events AS e ON e.id = j.event
 JOIN specs AS s ON s.hash = j.spec
 ORDER BY j.next_at, j.seq
 """
+_BATCHED = controls.BATCHED.format(has_batch="(s.spec -> 'batch') IS NOT NULL")
+_HELD = controls.HELD_BY_ORDER.format(true="true")
+CLAIM_JOBS = _CLAIM.format(held=_HELD, paused=controls.PAUSED, batched="", columns=rows.JOB_COLUMNS)
+# CLAIM_JOBS of one controlled destination: $7 true for its batch actions' jobs, false for the
+# others.
+CLAIM_JOBS_OF = _CLAIM.format(
+    held=_HELD,
+    paused=controls.PAUSED,
+    batched=f"\n      AND {_BATCHED} = $7::bool",
+    columns=rows.JOB_COLUMNS,
+)
 
 # The controlled destinations, locked for this claim's transaction ($1 none).
 SELECT_CONTROLLED = f"""
 SELECT {controls.CONTROLLED_COLUMNS} FROM destinations WHERE {controls.CONTROLLED_WHERE}
 ORDER BY key FOR UPDATE
 """
-# $1 destination, $2 now.
-COUNT_LEASED = """
-SELECT count(*) FROM jobs
-WHERE destination = $1 AND lease_token IS NOT NULL AND lease_until >= $2::float8
+# $1 destination, $2 now. Its requests in flight: single jobs leased, batch requests' slots.
+COUNT_LEASED = f"""
+SELECT (SELECT count(*) FROM jobs AS j
+        WHERE destination = $1 AND lease_token IS NOT NULL AND lease_until >= $2::float8
+          AND NOT {_BATCHED})
+     + (SELECT count(*) FROM batch_slots WHERE key = $1 AND until >= $2::float8)
 """
+# $1 destination. Its row locked for a batch request's slot.
+GET_LIMITS = "SELECT rate, concurrency, tat FROM destinations WHERE key = $1 FOR UPDATE"
+# $1 destination, $2 now.
+DROP_OLD_SLOTS = "DELETE FROM batch_slots WHERE key = $1 AND until < $2::float8"
+# $1 token, $2 destination, $3 until.
+ADD_SLOT = "INSERT INTO batch_slots (token, key, until) VALUES ($1, $2, $3::float8)"
+FREE_SLOT = "DELETE FROM batch_slots WHERE token = $1"
 # $1 destination, $2 its next free send time or NULL, $3 a probe's lease end or NULL.
 TAKE_SLOTS = """
 UPDATE destinations SET tat = coalesce($2::float8, tat),

@@ -225,6 +225,13 @@ MIGRATIONS = Migrations[tuple[str, ...]](
             )""",
             "CREATE INDEX jobs_dead_at ON jobs (updated_at) WHERE status = 'dead'",
             "CREATE INDEX attempts_failed_at ON attempts (at) WHERE outcome IN ('retry', 'dead')",
+            # A batch request's slot of its destination's concurrency (router.store.controls).
+            """CREATE TABLE batch_slots (
+                token TEXT PRIMARY KEY,
+                key TEXT NOT NULL,
+                until REAL NOT NULL
+            ) WITHOUT ROWID""",
+            "CREATE INDEX batch_slots_key ON batch_slots (key, until)",
         ),
     )
 )
@@ -256,23 +263,37 @@ INSERT_JOB = """
 # -- claim
 # `seq` is the rowid, the last column of every index entry: jobs_due yields this order as is.
 # Paused jobs and jobs held back by their order key are passed over (router.store.controls).
-SELECT_DUE = f"""
+_DUE = """
     SELECT id FROM jobs AS j
     WHERE status = 'pending' AND next_at <= :now AND (lease_until IS NULL OR lease_until < :now)
       AND destination NOT IN (SELECT value FROM json_each(:exclude))
       AND (:only IS NULL OR destination = :only)
-      AND NOT {controls.HELD_BY_ORDER.format(true=1)}
-      AND NOT {controls.PAUSED}
+      AND NOT {held}
+      AND NOT {paused}{batched}
     ORDER BY next_at, seq
     LIMIT :limit
 """
+_BATCHED = controls.BATCHED.format(has_batch="json_extract(s.spec, '$.batch') IS NOT NULL")
+_HELD = controls.HELD_BY_ORDER.format(true=1)
+SELECT_DUE = _DUE.format(held=_HELD, paused=controls.PAUSED, batched="")
+# Of one controlled destination: its single jobs, or its batch actions' jobs (:batched 0 or 1).
+SELECT_DUE_OF = _DUE.format(
+    held=_HELD, paused=controls.PAUSED, batched=f"\n      AND {_BATCHED} = :batched"
+)
 SELECT_CONTROLLED = (
     f"SELECT {controls.CONTROLLED_COLUMNS} FROM destinations WHERE {controls.CONTROLLED_WHERE}"
 )
-COUNT_LEASED = """
-    SELECT count(*) FROM jobs
-    WHERE destination = ? AND lease_token IS NOT NULL AND lease_until >= ?
+# A destination's requests in flight: its single jobs leased, and its batch requests' slots.
+COUNT_LEASED = f"""
+    SELECT (SELECT count(*) FROM jobs AS j
+            WHERE destination = :key AND lease_token IS NOT NULL AND lease_until >= :now
+              AND NOT {_BATCHED})
+         + (SELECT count(*) FROM batch_slots WHERE key = :key AND until >= :now)
 """
+GET_LIMITS = "SELECT rate, concurrency, tat FROM destinations WHERE key = ?"
+DROP_OLD_SLOTS = "DELETE FROM batch_slots WHERE key = ? AND until < ?"
+ADD_SLOT = "INSERT INTO batch_slots (token, key, until) VALUES (?, ?, ?)"
+FREE_SLOT = "DELETE FROM batch_slots WHERE token = ?"
 TAKE_SLOTS = "UPDATE destinations SET tat = coalesce(:tat, tat) WHERE key = :key"
 TAKE_PROBE = "UPDATE destinations SET probe_until = :until WHERE key = :key"
 LEASE_JOB = "UPDATE jobs SET lease_token = ?, lease_until = ? WHERE id = ?"
@@ -533,18 +554,26 @@ def claim(
             break
         leased = 0
         if row.concurrency is not None:
-            leased = conn.execute(COUNT_LEASED, (row.key, now)).fetchone()[0]
+            leased = conn.execute(COUNT_LEASED, {"key": row.key, "now": now}).fetchone()[0]
         plan = controls.plan(row, leased=leased, limit=limit - len(claimed), now=now)
-        if plan.count <= 0:
+        jobs: list[Job] = []
+        if plan.count > 0:
+            jobs = _claim_due(conn, token, plan.count, until, now, (), row.key, batched=False)
+        if jobs:
+            if plan.probe:
+                conn.execute(TAKE_PROBE, {"until": until, "key": row.key})
+            conn.execute(TAKE_SLOTS, {"tat": plan.tat_after(len(jobs)), "key": row.key})
+            times = plan.send_times(len(jobs))
+            claimed += [replace(job, not_before=at) for job, at in zip(jobs, times, strict=True)]
+            if plan.probe:
+                continue  # the probe is out
+        batches = controls.plan_batched(row, limit=limit - len(claimed), now=now)
+        if batches.count <= 0:
             continue
-        jobs = _claim_due(conn, token, plan.count, until, now, (), row.key)
-        if not jobs:
-            continue
-        if plan.probe:
+        jobs = _claim_due(conn, token, batches.count, until, now, (), row.key, batched=True)
+        if jobs and batches.probe:
             conn.execute(TAKE_PROBE, {"until": until, "key": row.key})
-        conn.execute(TAKE_SLOTS, {"tat": plan.tat_after(len(jobs)), "key": row.key})
-        times = plan.send_times(len(jobs))
-        claimed += [replace(job, not_before=at) for job, at in zip(jobs, times, strict=True)]
+        claimed += jobs
     skip = [*exclude, *(row.key for row in held)]
     if len(claimed) < limit and (only is None or only not in skip):
         claimed += _claim_due(conn, token, limit - len(claimed), until, now, skip, only)
@@ -559,9 +588,14 @@ def _claim_due(
     now: float,
     exclude: Sequence[str],
     only: str | None,
+    *,
+    batched: bool | None = None,
 ) -> list[Job]:
     params = {"now": now, "limit": limit, "exclude": json.dumps(list(exclude)), "only": only}
-    due = [row[0] for row in conn.execute(SELECT_DUE, params)]
+    if batched is None:
+        due = [row[0] for row in conn.execute(SELECT_DUE, params)]
+    else:
+        due = [row[0] for row in conn.execute(SELECT_DUE_OF, {**params, "batched": int(batched)})]
     if not due:
         return []
     conn.executemany(LEASE_JOB, [(token, until, job_id) for job_id in due])
@@ -594,6 +628,31 @@ def replay(conn: sqlite3.Connection, job_ids: Sequence[str], now: float) -> Coll
 
 def discard(conn: sqlite3.Connection, job_ids: Sequence[str], now: float) -> Collection[str]:
     return {i for i in job_ids if conn.execute(DISCARD_JOB, {"id": i, "now": now}).rowcount}
+
+
+def take_slot(
+    conn: sqlite3.Connection, key: str, token: str, until: float, now: float
+) -> float | None:
+    row = conn.execute(GET_LIMITS, (key,)).fetchone()
+    if row is None or (row[0] is None and row[1] is None):
+        return now
+    rate, concurrency, tat = row
+    conn.execute(DROP_OLD_SLOTS, (key, now))
+    busy = 0
+    if concurrency is not None:
+        busy = conn.execute(COUNT_LEASED, {"key": key, "now": now}).fetchone()[0]
+    at, next_tat = controls.slot(rate, concurrency, tat, busy, now)
+    if at is None:
+        return None
+    if concurrency is not None:
+        conn.execute(ADD_SLOT, (token, key, until))
+    if next_tat is not None:
+        conn.execute(TAKE_SLOTS, {"tat": next_tat, "key": key})
+    return at
+
+
+def free_slot(conn: sqlite3.Connection, token: str) -> None:
+    conn.execute(FREE_SLOT, (token,))
 
 
 def declare(conn: sqlite3.Connection, destinations: Sequence[Destination]) -> None:

@@ -509,6 +509,14 @@ class SQLiteStore(Store):
             self._work_added.set()
         return changes
 
+    async def take_slot(
+        self, destination: str, *, token: str, until: float, now: float
+    ) -> float | None:
+        return await self._write(lambda conn: sql.take_slot(conn, destination, token, until, now))
+
+    async def free_slot(self, token: str) -> None:
+        await self._write(lambda conn: sql.free_slot(conn, token))
+
     async def circuits(self) -> dict[str, str]:
         return await self._read(sql.circuits)
 

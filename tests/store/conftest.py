@@ -88,6 +88,7 @@ LAYOUT: dict[str, set[str]] = {
     "pauses": {"kind", "target", "since"},
     "alert_signals": {"kind", "scope", "detail", "at"},
     "alert_states": {"name", "firing", "fired_at", "changed_at"},
+    "batch_slots": {"token", "key", "until"},
 }
 
 
