@@ -340,6 +340,8 @@ RENEW_LEASE = """
 CLEAR_LEASES = (
     "UPDATE jobs SET lease_token = NULL, lease_until = NULL WHERE lease_token IS NOT NULL"
 )
+# A probe out with those leases is gone with them: the next probe may go at its time.
+CLEAR_PROBES = "UPDATE destinations SET probe_until = NULL WHERE probe_until IS NOT NULL"
 
 # -- replay
 _REPLAY_SET = """

@@ -260,6 +260,7 @@ class _Writer(threading.Thread):
                 # Leases belong to this process, which can record nothing any more: a worker on
                 # the copy takes the jobs at once (those in flight here may arrive twice).
                 target.execute(sql.CLEAR_LEASES)
+                target.execute(sql.CLEAR_PROBES)
                 target.commit()
         except (sqlite3.Error, OSError) as exc:
             saved = f"its content could not be saved ({exc})"
