@@ -342,6 +342,8 @@ CLEAR_LEASES = (
 )
 # A probe out with those leases is gone with them: the next probe may go at its time.
 CLEAR_PROBES = "UPDATE destinations SET probe_until = NULL WHERE probe_until IS NOT NULL"
+# So are the concurrency slots of its batch requests.
+CLEAR_BATCH_SLOTS = "DELETE FROM batch_slots"
 
 # -- replay
 _REPLAY_SET = """

@@ -261,6 +261,7 @@ class _Writer(threading.Thread):
                 # the copy takes the jobs at once (those in flight here may arrive twice).
                 target.execute(sql.CLEAR_LEASES)
                 target.execute(sql.CLEAR_PROBES)
+                target.execute(sql.CLEAR_BATCH_SLOTS)
                 target.commit()
         except (sqlite3.Error, OSError) as exc:
             saved = f"its content could not be saved ({exc})"
