@@ -73,6 +73,18 @@ class Metrics:
         self.oldest_pending_age = Gauge(
             "router_oldest_pending_age_seconds", "Age of the oldest pending job.", registry=r
         )
+        self.circuit_open = Gauge(
+            "router_circuit_open",
+            "1 while a destination's circuit is open (its jobs wait; one probe at a time).",
+            ["destination"],
+            registry=r,
+        )
+        self.circuit_transitions = Counter(
+            "router_circuit_transitions",
+            "Circuit transitions this process made, by destination and new state.",
+            ["destination", "state"],
+            registry=r,
+        )
         self.reloads = Counter(
             "router_rule_reloads", "Rule reloads by result (ok, invalid).", ["result"], registry=r
         )

@@ -99,6 +99,17 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         60.0, gt=0, description="How long a claimed job is reserved before another worker may."
     )
+    circuit_failures: int = Field(
+        5,
+        ge=0,
+        description="Failures in a row that open a destination's circuit (0: never open one).",
+    )
+    circuit_probe_delay: float = Field(
+        10.0, gt=0, description="Seconds from a circuit opening to its first probe."
+    )
+    circuit_probe_max_delay: float = Field(
+        600.0, gt=0, description="Longest interval between two probes of an open circuit."
+    )
     retention: float = Field(
         7 * 86400.0, gt=0, description="Seconds done jobs and event records are kept."
     )
@@ -155,6 +166,19 @@ class Settings(BaseSettings):
     )
     actito_push_type: Literal["ONE_BY_ONE", "BULK"] = Field(
         "ONE_BY_ONE", description="How the subscriptions `router actito apply` writes push events."
+    )
+    alert_interval: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="Seconds between two checks of the [[alert]] tables (a signal, such as a "
+        "refused reload, checks them at once).",
+    )
+    console_url: str | None = Field(
+        None,
+        description="Base URL of the router's console (its /console address as users reach "
+        "it, e.g. https://router.example.com/console); alerts link to what they are about "
+        "under it.",
     )
     console_tokens: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list,

@@ -20,7 +20,7 @@ import contextlib
 import difflib
 import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +41,12 @@ CONTEXT_NAMES: frozenset[str] = frozenset(
     {"record", "data", "rule", "secrets", "now", "delivery_id"}
 )
 _NAMES_IN_ORDER = "record, data, rule, secrets, now, delivery_id"
+# What the templates of a batch action see instead (router.batches): the list of records.
+BATCH_NAMES: frozenset[str] = frozenset({"records", "rule", "secrets", "now", "delivery_id"})
+# What the templates of an alert's action see (router.alerts).
+ALERT_NAMES: frozenset[str] = frozenset({"alert", "secrets", "now"})
+# The names the templates being compiled may use (see `scoped`); None: CONTEXT_NAMES.
+_SCOPE: ContextVar[frozenset[str] | None] = ContextVar("scope", default=None)
 # Names an action's `enrich` key adds, each the name of what it fetches when the job is
 # delivered (router.actions.base.ENRICHMENTS lists the same).
 ENRICHMENT_NAMES: frozenset[str] = frozenset({"profile"})
@@ -154,7 +160,10 @@ def _reason(exc: Exception) -> str:
 # must be a load error. Shallower ones cannot reach those limits and compile on first render.
 _COMPILE_AT_LOAD = 12
 CACHE_SIZE = 20_000  # compiled templates kept by source, so a reload recompiles only changes
-_CACHE: dict[tuple[str, bool, frozenset[str]], Template | TemplateProblem] = {}
+# Keyed by source, url or not, the enrichments and the scope in force (each decides which names
+# a template may use).
+_Key = tuple[str, bool, frozenset[str], frozenset[str] | None]
+_CACHE: dict[_Key, Template | TemplateProblem] = {}
 _CACHE_LOCK = threading.Lock()
 
 
@@ -175,7 +184,7 @@ def compile_url_template(source: str) -> Template:
 
 
 def _cached(source: str, *, url: bool) -> Template:
-    key = (source, url, _ENRICHED.get())
+    key = (source, url, _ENRICHED.get(), _SCOPE.get())
     found = _CACHE.get(key)
     if found is None:
         found = _checked(source, url=url)
@@ -208,7 +217,7 @@ def _compile(source: str, *, url: bool) -> Template:
     tracker = NameTracker(ENV)
     tracker.visit(ast)
     names = frozenset(tracker.undeclared_identifiers)
-    unknown = sorted(names - CONTEXT_NAMES - _ENRICHED.get())
+    unknown = sorted(names - (_SCOPE.get() or CONTEXT_NAMES) - _ENRICHED.get())
     if unknown:
         raise TemplateProblem(_unknown_name(unknown[0]), _first_line(ast, unknown[0]))
     template = Template(source=source, names=names, secrets=secrets, ast=ast, url=url)
@@ -264,10 +273,11 @@ _REFUSED_TAGS: tuple[tuple[tuple[type[nodes.Node], ...], str], ...] = (
 )
 
 
-def _keys(source: str) -> Iterator[tuple[str, bool, frozenset[str]]]:
+def _keys(source: str) -> Iterator[_Key]:
     for url in (False, True):
         for enrichments in (frozenset(), ENRICHMENT_NAMES):
-            yield source, url, enrichments
+            for scope in (None, BATCH_NAMES, ALERT_NAMES):
+                yield source, url, enrichments, scope
 
 
 def _check_nodes(ast: nodes.Template) -> int:
@@ -317,7 +327,31 @@ def enriched(names: Collection[str]) -> Iterator[None]:
         _ENRICHED.reset(token)
 
 
+@contextlib.contextmanager
+def scoped(names: frozenset[str]) -> Iterator[None]:
+    """Templates compiled inside this block see `names` (BATCH_NAMES, ALERT_NAMES) instead of
+    CONTEXT_NAMES."""
+    token = _SCOPE.set(names)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
 def _unknown_name(name: str) -> str:
+    scope = _SCOPE.get()
+    if scope is BATCH_NAMES and name in ("record", "data"):
+        return (
+            f"name '{name}' is not available in a batch action's templates; they see records, "
+            "the list of records: {% for r in records %}{{ r.data... }}{% endfor %}"
+        )
+    if scope is ALERT_NAMES:
+        return f"name '{name}' is not available in an alert's templates; use alert, secrets, now"
+    if name == "records" and scope is None:
+        return (
+            "name 'records' is available only to a batch action; add batch = "
+            '{ max_records = 500, max_wait = "2s" } to the action, or use record and data'
+        )
     if name in ENRICHMENT_NAMES:
         return (
             f"name '{name}' is available only to an action that fetches it; add "
@@ -385,6 +419,23 @@ class Placeholder(dict[str, Any]):
 
     def __str__(self) -> str:
         return f"<{self.path}>"
+
+
+def build_batch_context(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    rule: str,
+    delivery_id: str,
+    secrets: Mapping[str, str],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The names a batch action's templates see (BATCH_NAMES): `records` instead of `record`
+    and `data`; otherwise as build_context."""
+    context = build_context({}, rule=rule, delivery_id=delivery_id, secrets=secrets, now=now)
+    for name in ("record", "data", *ENRICHMENT_NAMES):
+        context.pop(name, None)
+    context["records"] = list(records)
+    return context
 
 
 def build_context(

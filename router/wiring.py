@@ -31,6 +31,7 @@ from starlette.types import ASGIApp
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from router.actions.registry import build_deliverers, enrichments_of
+from router.alerts import Alerts
 from router.app import (
     ErrorBoundary,
     IntakeConfig,
@@ -39,6 +40,7 @@ from router.app import (
     create_app,
     create_worker_app,
 )
+from router.circuit import CircuitPolicy, Transition, log_and_count
 from router.connections import ConnectionGuard, ConnectionLimits, connection_limits
 from router.console.app import PREFIXES as CONSOLE_PREFIXES
 from router.console.app import console_routes
@@ -169,7 +171,26 @@ def preflight_store(settings: Settings, *, migrate: bool) -> None:
         raise StartupError(f"cannot open the store: {exc}") from exc
 
 
-def build_worker(settings: Settings, store: Store, metrics: Metrics) -> Worker:
+async def declare_destinations(engine: Engine) -> None:
+    """Write the serving rules' [[destination]] limits to the store, where every worker of the
+    deployment reads them. A store that cannot take them now keeps the last ones declared."""
+    try:
+        await engine.declare_destinations()
+    except StoreUnavailable as exc:
+        log.warning("cannot declare the destinations' limits in the store now: %s", exc)
+
+
+def build_worker(
+    settings: Settings, store: Store, metrics: Metrics, alerts: Alerts | None = None
+) -> Worker:
+    """The worker; its circuit transitions are logged and counted, and reach `alerts`."""
+    logged = log_and_count(metrics)
+
+    def on_transition(change: Transition) -> None:
+        logged(change)
+        if alerts is not None:
+            alerts.circuit_changed(change)
+
     return Worker(
         store,
         build_deliverers(settings),
@@ -183,6 +204,25 @@ def build_worker(settings: Settings, store: Store, metrics: Metrics) -> Worker:
         ),
         render_limits=RenderLimits.from_settings(settings),
         metrics=metrics,
+        circuit=CircuitPolicy.from_settings(settings),
+        on_transition=on_transition,
+    )
+
+
+def build_alerts(settings: Settings, store: Store, engine: Engine | None) -> Alerts:
+    """The alerts of the serving rules (they follow reloads), with deliverers of their own.
+    Without an engine (`router worker`), none are checked: only the signals of its circuits
+    are written to the store, for the alerts of `router serve` to count."""
+    if engine is None:
+        return Alerts(store, {}, alerts=tuple, secrets={}, interval=settings.alert_interval)
+    return Alerts(
+        store,
+        build_deliverers(settings),
+        alerts=lambda: engine.ruleset.alerts,
+        secrets=secret_values(),
+        console_url=settings.console_url,
+        interval=settings.alert_interval,
+        render_limits=RenderLimits.from_settings(settings),
     )
 
 
@@ -247,17 +287,24 @@ def _serve(settings: Settings, *, worker: bool, migrate: bool) -> None:
             log.info("stopped by a signal before serving")
             yield  # uvicorn sees the signal and stops without serving
             return
+        await declare_destinations(engine)
         tasks: list[asyncio.Task[None]] = []
+        alerts = build_alerts(settings, store, engine)
+        tasks.append(asyncio.create_task(_guard(alerts.run(stop), "alerts", fail)))
         if settings.reload:
             reloader = Reloader(
-                settings.rules_dir, engine, status, secrets=lambda: secret_values().keys()
+                settings.rules_dir,
+                engine,
+                status,
+                secrets=lambda: secret_values().keys(),
+                on_refused=lambda detail: alerts.signal("reload_refused", None, detail),
             )
             tasks.append(asyncio.create_task(_guard(reloader.watch(stop), "rule watcher", fail)))
         if worker:
             tasks.append(
                 asyncio.create_task(
                     _guard(
-                        run_worker_until(build_worker(settings, store, metrics), stop),
+                        run_worker_until(build_worker(settings, store, metrics, alerts), stop),
                         "worker",
                         fail,
                     )
@@ -420,10 +467,11 @@ def _run_worker(settings: Settings, *, migrate: bool) -> None:
     async def work(stop: asyncio.Event, fail: Callable[[str], None]) -> None:
         log.info("worker started (store %s)", settings.store_url.split("://", 1)[0])
         try:
+            alerts = build_alerts(settings, store, None)
+            worker = build_worker(settings, store, metrics, alerts)
             await asyncio.gather(
-                _guard(
-                    run_worker_until(build_worker(settings, store, metrics), stop), "worker", fail
-                ),
+                _guard(run_worker_until(worker, stop), "worker", fail),
+                _guard(alerts.run(stop), "alert signals", fail),
                 _guard(purge_loop(store, settings, stop), "purge", fail),
             )
         finally:
