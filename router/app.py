@@ -11,16 +11,17 @@ import contextlib
 import hmac
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from router.engine import Engine
@@ -63,7 +64,9 @@ def create_app(
     status: ReloadStatus,
     *,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+    extra: Sequence[BaseRoute] = (),
 ) -> Starlette:
+    """The intake and the operations endpoints, and `extra` routes (the console's)."""
     metrics = engine.metrics
 
     def reject(reason: str, status_code: int, message: str) -> JSONResponse:
@@ -126,9 +129,9 @@ def create_app(
             "push accepted",
             extra={"event_id": event_id, "records": len(records)},
         )
-        return JSONResponse(
-            {"accepted": result.accepted, "duplicates": result.duplicates}, status_code=202
-        )
+        # JSONResponse's own text (compact), written by orjson: a few µs less on every push.
+        body = orjson.dumps({"accepted": result.accepted, "duplicates": result.duplicates})
+        return Response(body, status_code=202, media_type="application/json")
 
     def describe() -> dict[str, Any]:
         return {
@@ -147,6 +150,7 @@ def create_app(
         # its body.
         *(Route(path, intake, methods=["POST"]) for path in sorted(INTAKE_PATHS)),
         *operations_routes(engine.store, metrics, describe, engine.clock),
+        *extra,
     ]
     return starlette_app(routes, lifespan)
 
@@ -156,10 +160,13 @@ def create_worker_app(
     metrics: Metrics,
     *,
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
+    extra: Sequence[BaseRoute] = (),
 ) -> Starlette:
-    """Health, readiness and metrics of a `router worker` (it has no intake)."""
+    """Health, readiness and metrics of a `router worker` (it has no intake), and `extra`
+    routes (the console's)."""
     return starlette_app(
-        operations_routes(store, metrics, lambda: {"role": "worker"}, time.time), lifespan
+        [*operations_routes(store, metrics, lambda: {"role": "worker"}, time.time), *extra],
+        lifespan,
     )
 
 
@@ -221,7 +228,7 @@ def operations_routes(
 
 
 def starlette_app(
-    routes: list[Route],
+    routes: Sequence[BaseRoute],
     lifespan: Callable[[Starlette], AbstractAsyncContextManager[None]] | None = None,
 ) -> Starlette:
     """A Starlette application serving `routes`, whose errors are JSON bodies: HTTP errors with
@@ -239,7 +246,7 @@ def starlette_app(
         return _internal_error_response()
 
     return Starlette(
-        routes=routes,
+        routes=list(routes),
         exception_handlers={HTTPException: http_error, Exception: internal_error},
         lifespan=lifespan,
     )
@@ -302,18 +309,25 @@ async def _read_body(request: Request, limit: int) -> bytes:
 class PortSplit:
     """The intake and the operations endpoints on two ports of one server: requests to the
     `ops_port` reach everything but the webhook (health, readiness with its detail, metrics),
-    requests to any other port the webhook only. Everything else is a JSON 404, so the public
-    port tells an outsider nothing about the router's state or rules."""
+    requests to any other port the webhook only, and the paths under `public_prefixes` (the
+    console, which asks for its own token). Everything else is a JSON 404, so the public port
+    tells an outsider nothing about the router's state or rules."""
 
-    def __init__(self, app: ASGIApp, ops_port: int) -> None:
+    def __init__(self, app: ASGIApp, ops_port: int, public_prefixes: Sequence[str] = ()) -> None:
         self.app = app
         self.ops_port = ops_port
+        self.public_prefixes = tuple(public_prefixes)
+
+    def _public(self, path: str) -> bool:
+        if path in INTAKE_PATHS:
+            return True
+        return any(path == p or path.startswith(p + "/") for p in self.public_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             server = scope.get("server")
             on_ops_port = server is not None and server[1] == self.ops_port
-            if on_ops_port == (scope["path"] in INTAKE_PATHS):
+            if on_ops_port == self._public(scope["path"]):
                 response = JSONResponse({"error": "Not Found"}, status_code=404)
                 await response(scope, receive, send)
                 return

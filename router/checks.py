@@ -10,6 +10,7 @@ a problem becomes is the subclass's business: a diagnostic with file and line in
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Callable, Collection, Mapping
 from typing import Any, Literal
 
@@ -17,6 +18,9 @@ from router.templating import Template, TemplateProblem, compile_template
 
 KeyPath = tuple[str | int, ...]
 Severity = Literal["error", "warning"]
+
+_DURATION = re.compile(r"^(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
 
 class Checker:
@@ -109,6 +113,26 @@ class Checker:
             self.report(path, f"{value} is out of range; use {what} from {low:g} to {high:g}")
             return None
         return value
+
+    def duration(self, path: KeyPath, value: Any, bounds: tuple[float, float]) -> float | None:
+        """A duration written `"2s"`, `"500ms"`, `"15m"`, `"1h"` or `"1d"` (or a number of
+        seconds), within `bounds` seconds."""
+        if isinstance(value, str):
+            found = _DURATION.match(value.strip().lower())
+            if found is None:
+                self.report(path, f"'{value}' is not a duration; write one such as 2s, 15m or 1h")
+                return None
+            seconds = float(found[1]) * _UNIT_SECONDS[found[2]]
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            seconds = float(value)
+        else:
+            self.report(path, f'must be a duration such as "2s" or "15m", not {kind_of(value)}')
+            return None
+        low, high = bounds
+        if not low <= seconds <= high:
+            self.report(path, f"{value} is out of range; use {low:g} s to {high:g} s")
+            return None
+        return seconds
 
     def choice(self, path: KeyPath, value: str, known: Collection[str], what: str) -> None:
         close = closest(value, known)

@@ -1,5 +1,9 @@
 """Conditions: JMESPath expressions compiled once at load and evaluated on records. Pure.
 
+A condition is parsed by the jmespath library and compiled to Python closures
+(router.jmespath_compiled) that give exactly the library's results; explain takes the parsed
+tree apart with the library's interpreter.
+
 A condition holds when its result is truthy in JMESPath's sense (false, null, "", [] and {} are
 false; 0 and the string "false" are true). An evaluation error (a function given a value of the
 wrong type, e.g. ends_with on null) means it does not hold. Unknown functions and wrong numbers
@@ -8,6 +12,7 @@ of arguments, which jmespath reports only when searching, are compile errors her
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
@@ -18,6 +23,8 @@ from jmespath.functions import Functions
 from jmespath.lexer import Lexer
 from jmespath.visitor import Options, TreeInterpreter
 
+from router.jmespath_compiled import compile_tree
+
 if TYPE_CHECKING:
     from jmespath.visitor import _TreeNode
 
@@ -25,6 +32,7 @@ if TYPE_CHECKING:
 _INTERPRETER = TreeInterpreter(Options())
 _FUNCTIONS: Mapping[str, Any] = Functions().FUNCTION_TABLE
 _LITERAL_NAMES = ("null", "true", "false")
+CACHE_SIZE = 20_000  # compiled conditions kept by source, so a reload recompiles only changes
 _NUMBER = re.compile(r"-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
 
@@ -39,17 +47,18 @@ class ConditionProblem(ValueError):
 class Condition:
     """A compiled JMESPath condition (immutable); equal when the sources are equal."""
 
-    __slots__ = ("_parsed", "source")
+    __slots__ = ("_evaluate", "_parsed", "source")
 
     def __init__(self, source: str, parsed: _TreeNode) -> None:
         self.source = source
         self._parsed = parsed
+        self._evaluate = compile_tree(parsed)  # the interpreter's results, as closures
 
     def holds(self, record: Mapping[str, Any]) -> bool:
         """JMESPath truthiness of the result; an evaluation error (a function given a value of
         the wrong type, e.g. ends_with on null) means the condition does not hold."""
         try:
-            return truthy(_INTERPRETER.visit(self._parsed, record))
+            return truthy(self._evaluate(record))
         except jmespath_errors.JMESPathError:
             return False
 
@@ -61,7 +70,7 @@ class Condition:
     def value(self, record: Mapping[str, Any]) -> Any:
         """The raw result (for explain); ConditionProblem when evaluation fails."""
         try:
-            return _INTERPRETER.visit(self._parsed, record)
+            return self._evaluate(record)
         except jmespath_errors.JMESPathError as exc:
             raise ConditionProblem(" ".join(str(exc).split())) from None
 
@@ -91,7 +100,23 @@ def truthy(value: Any) -> bool:
 
 def compile_condition(source: str) -> Condition:
     """Compile a JMESPath condition; ConditionProblem (with the 1-based column) on a syntax
-    error, an unknown function or a wrong number of arguments."""
+    error, an unknown function or a wrong number of arguments. Conditions (and problems) are
+    kept by source: compiling the same text again is a lookup."""
+    found = _compiled(source)
+    if isinstance(found, ConditionProblem):
+        raise ConditionProblem(found.message)
+    return found
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _compiled(source: str) -> Condition | ConditionProblem:
+    try:
+        return _compile(source)
+    except ConditionProblem as problem:
+        return problem
+
+
+def _compile(source: str) -> Condition:
     if not source.strip():
         raise ConditionProblem("the condition is empty; write a JMESPath expression")
     try:
@@ -137,6 +162,11 @@ def condition_warnings(source: str) -> list[str]:
     """Warnings for bare `null`, `true`, `false`: in JMESPath they are field names (almost
     always null), the literals are written with backticks. Quoted identifiers ("null") and
     names after a dot (data.true) are meant as field names and are not reported."""
+    return list(_warnings(source))
+
+
+@functools.lru_cache(maxsize=CACHE_SIZE)
+def _warnings(source: str) -> tuple[str, ...]:
     warnings: list[str] = []
     previous = ""
     try:
@@ -154,5 +184,5 @@ def condition_warnings(source: str) -> list[str]:
                     warnings.append(message)
             previous = token["type"]
     except jmespath_errors.JMESPathError:
-        return []  # compile_condition reports the syntax error
-    return warnings
+        return ()  # compile_condition reports the syntax error
+    return tuple(warnings)

@@ -18,6 +18,7 @@ from router.actions.registry import destination_of
 from router.events import Record, dedupe_key
 from router.matching import RuleSet
 from router.metrics import Metrics
+from router.ordering import order_key
 from router.store.base import AcceptResult, IncomingRecord, Mode, NewJob, Store
 
 log = logging.getLogger("router.engine")
@@ -39,7 +40,8 @@ class _Serving:
     @classmethod
     def of(cls, ruleset: RuleSet) -> _Serving:
         actions = [action for rule in ruleset.rules for action in rule.actions]
-        return cls(ruleset, {id(action): destination_of(action) for action in actions})
+        declared = ruleset.destinations
+        return cls(ruleset, {id(action): destination_of(action, declared) for action in actions})
 
 
 class Engine:
@@ -68,6 +70,11 @@ class Engine:
         self._serving = _Serving.of(ruleset)
         self.metrics.set_ruleset(ruleset.version)
 
+    async def declare_destinations(self) -> None:
+        """Write the serving rule set's [[destination]] tables to the store, where every
+        worker's claims read their limits (router.store.controls)."""
+        await self.store.declare_destinations(self._serving.ruleset.destinations)
+
     async def accept(self, records: Sequence[Record]) -> AcceptResult:
         """Match every record and store it with its jobs; durable when this returns."""
         serving = self._serving  # one reference read: the whole push sees one rule set
@@ -87,6 +94,10 @@ class Engine:
                     spec=action.spec,
                     destination=destinations[id(action)],
                     mode=Mode.SHADOW if rule.shadow else Mode.LIVE,
+                    order_key=None
+                    if action.order_by is None
+                    else order_key(action, rule.name, index, record),
+                    order_hold=action.order_by is not None and action.on_dead == "hold",
                 )
                 for rule in rules
                 for index, action in enumerate(rule.actions)
@@ -118,10 +129,14 @@ class Engine:
         m = self.metrics
         m.records_received.inc(result.accepted)
         m.records_duplicate.inc(result.duplicates)
+        unmatched = 0
+        matches = m.rule_match
         for position, item in enumerate(incoming):
             if position in result.repeated:
                 continue  # routed when it first came
             if not item.matched:
-                m.records_unmatched.inc()
+                unmatched += 1
             for name, mode in zip(item.matched, modes[position], strict=True):
-                m.rule_matches.labels(rule=name, mode=mode).inc()
+                matches(name, mode).inc()
+        if unmatched:
+            m.records_unmatched.inc(unmatched)

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from router.conditions import Condition
+from router.destinations import Destination
 from router.explain import Miss, why_not
-from router.rules import Match, Rule
+from router.rules import Alert, Match, Rule
 
 # Exact-match criteria in the order explain reports them; `fields` and `condition` follow.
 _KEYS = ("tableType", "tableId", "operation", "eventType")
@@ -145,7 +146,9 @@ class RuleSet:
     rules: tuple[Rule, ...]  # enabled and disabled, in file-name then file order
     version: str  # content hash of the files it was built from
     secrets: frozenset[str]  # names referenced as secrets.NAME by any template
+    alerts: tuple[Alert, ...] = ()  # the [[alert]] tables (router.alerts)
     matcher: Matcher = field(init=False, repr=False, compare=False)
+    destinations: tuple[Destination, ...] = ()  # the [[destination]] tables (router.destinations)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "matcher", Matcher(self.rules))

@@ -3,6 +3,8 @@ several apps side by side."""
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -71,6 +73,18 @@ class Metrics:
         self.oldest_pending_age = Gauge(
             "router_oldest_pending_age_seconds", "Age of the oldest pending job.", registry=r
         )
+        self.circuit_open = Gauge(
+            "router_circuit_open",
+            "1 while a destination's circuit is open (its jobs wait; one probe at a time).",
+            ["destination"],
+            registry=r,
+        )
+        self.circuit_transitions = Counter(
+            "router_circuit_transitions",
+            "Circuit transitions this process made, by destination and new state.",
+            ["destination", "state"],
+            registry=r,
+        )
         self.reloads = Counter(
             "router_rule_reloads", "Rule reloads by result (ok, invalid).", ["result"], registry=r
         )
@@ -85,6 +99,19 @@ class Metrics:
             "1 if the last reload attempt succeeded, else 0.",
             registry=r,
         )
+
+        # The child series of rule_matches by (rule, mode): labels() costs a lock and a few
+        # conversions on every push; the children are kept (a series is never removed).
+        self._rule_match_children: dict[tuple[str, str], Any] = {}
+
+    def rule_match(self, rule: str, mode: str) -> Any:
+        """rule_matches.labels(rule=rule, mode=mode), kept."""
+        key = (rule, mode)
+        child = self._rule_match_children.get(key)
+        if child is None:
+            child = self.rule_matches.labels(rule=rule, mode=mode)
+            self._rule_match_children[key] = child
+        return child
 
     def set_ruleset(self, version: str) -> None:
         self.ruleset_info.clear()

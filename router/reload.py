@@ -17,6 +17,7 @@ import watchfiles
 
 from router.app import ReloadStatus
 from router.engine import Engine
+from router.exceptions import StoreUnavailable
 from router.rulefiles.loader import load
 
 log = logging.getLogger("router.reload")
@@ -34,12 +35,14 @@ class Reloader:
         *,
         secrets: Callable[[], Collection[str]],
         clock: Callable[[], float] = time.time,
+        on_refused: Callable[[str], None] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.engine = engine
         self.status = status
         self.secrets = secrets
         self.clock = clock
+        self.on_refused = on_refused  # told each newly refused set's first error (alerts)
 
     def reload(self) -> bool:
         """Load the directory now; swap in the new set if it is valid and differs.
@@ -60,6 +63,9 @@ class Reloader:
                 "\n  ".join(errors),
                 extra={"version": self.engine.ruleset.version},
             )
+            if self.on_refused is not None:
+                first = errors[0] if errors else "?"
+                self.on_refused(f"{len(errors)} error(s), the first: {first}")
             return False
         if result.ruleset.version == self.engine.ruleset.version:
             if not self.status.ok:  # a broken edit was reverted
@@ -94,6 +100,14 @@ class Reloader:
         )
         async for _changes in watcher:
             try:
-                await asyncio.to_thread(self.reload)
+                if await asyncio.to_thread(self.reload):
+                    await self.declare()
             except Exception:  # a reload must never take the server down
                 log.exception("rule reload crashed; the previous rules keep serving")
+
+    async def declare(self) -> None:
+        """Write the new rules' [[destination]] limits to the store, for every worker."""
+        try:
+            await self.engine.declare_destinations()
+        except StoreUnavailable as exc:
+            log.warning("cannot declare the destinations' limits in the store now: %s", exc)

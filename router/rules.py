@@ -19,6 +19,7 @@ from router.retry import RetryOverride
 
 if TYPE_CHECKING:
     from router.conditions import Condition
+    from router.templating import Template
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,12 +53,49 @@ class Action:
     spec: Mapping[str, Any]
     retry: RetryOverride = field(default_factory=RetryOverride)
     timeout: float | None = None  # seconds one attempt may take; None: the deliverer's default
+    # Ordering (router.ordering): jobs with the same rendered key are delivered in the order
+    # their records were accepted. `on_dead`: "continue" lets later jobs go when one dies,
+    # "hold" keeps them waiting until it is replayed or discarded.
+    order_by: Template | None = None
+    on_dead: str = "continue"
+    batch: Batch | None = None  # set: one request for many records (router.batches)
+
+
+@dataclass(frozen=True, slots=True)
+class Batch:
+    """An action's `batch` table: its jobs go out together, up to `max_records` records in one
+    request, once that many are due or the first of them has waited `max_wait` seconds."""
+
+    max_records: int
+    max_wait: float
 
 
 def spec_hash(spec: Mapping[str, Any]) -> str:
     """Stable identity of an action spec (what a delivery job stores)."""
     canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+
+ON_DEAD = ("continue", "hold")
+
+
+ALERT_WHEN = ("dead", "failing", "circuit_open", "reload_refused")
+
+
+@dataclass(frozen=True, slots=True)
+class Alert:
+    """An `[[alert]]` table (router.alerts): when `threshold` or more of `when` happen within
+    `window` seconds (of `rule` or `destination` when given), its action tells someone, at
+    most once per window, and again when it recovers."""
+
+    name: str
+    when: str  # one of ALERT_WHEN
+    rule: str | None
+    destination: str | None  # as jobs name it: host:port, "smtp", "log", ...
+    threshold: int
+    window: float
+    action: Action
+    location: Location
 
 
 MODES = ("live", "shadow")  # a shadow rule matches and renders, and sends nothing

@@ -7,11 +7,12 @@ import os
 from typing import Annotated, Literal
 
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SECRET_PREFIX = "ROUTER_SECRET_"
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+MIN_CONSOLE_TOKEN = 16  # characters: a console token opens replay to whoever holds it
 
 
 class Settings(BaseSettings):
@@ -98,6 +99,17 @@ class Settings(BaseSettings):
     lease_seconds: float = Field(
         60.0, gt=0, description="How long a claimed job is reserved before another worker may."
     )
+    circuit_failures: int = Field(
+        5,
+        ge=0,
+        description="Failures in a row that open a destination's circuit (0: never open one).",
+    )
+    circuit_probe_delay: float = Field(
+        10.0, gt=0, description="Seconds from a circuit opening to its first probe."
+    )
+    circuit_probe_max_delay: float = Field(
+        600.0, gt=0, description="Longest interval between two probes of an open circuit."
+    )
     retention: float = Field(
         7 * 86400.0, gt=0, description="Seconds done jobs and event records are kept."
     )
@@ -155,6 +167,37 @@ class Settings(BaseSettings):
     actito_push_type: Literal["ONE_BY_ONE", "BULK"] = Field(
         "ONE_BY_ONE", description="How the subscriptions `router actito apply` writes push events."
     )
+    alert_interval: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="Seconds between two checks of the [[alert]] tables (a signal, such as a "
+        "refused reload, checks them at once).",
+    )
+    console_url: str | None = Field(
+        None,
+        description="Base URL of the router's console (its /console address as users reach "
+        "it, e.g. https://router.example.com/console); alerts link to what they are about "
+        "under it.",
+    )
+    console_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Tokens of the web console (/console) and its API (/api/v1), comma-separated "
+        "(several at once for rotation); unset: no console. Never a webhook secret.",
+    )
+    console_viewer_tokens: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list,
+        description="Read-only console tokens, comma-separated: they see everything and "
+        "change nothing (no replay).",
+    )
+    console_secure_cookie: bool = Field(
+        False,
+        description="Mark the console's session cookie Secure even when a request arrives over "
+        "plain HTTP (behind a proxy that ends TLS); it is whenever the request came over HTTPS.",
+    )
+    console_session_hours: float = Field(
+        12.0, gt=0, le=720, description="Hours a console login lasts."
+    )
     log_format: Literal["auto", "json", "text"] = Field(
         "auto", description="auto: JSON lines unless stdout is a terminal."
     )
@@ -162,7 +205,7 @@ class Settings(BaseSettings):
         "info", description="Lowest level logged."
     )
 
-    @field_validator("webhook_secrets", mode="before")
+    @field_validator("webhook_secrets", "console_tokens", "console_viewer_tokens", mode="before")
     @classmethod
     def _split_secrets(cls, value: object) -> object:
         if isinstance(value, str):
@@ -191,6 +234,25 @@ class Settings(BaseSettings):
         if not value.startswith(("https://", "http://")):
             raise ValueError("must start with https:// (e.g. https://api.actito.com)")
         return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _check_console_tokens(self) -> Settings:
+        webhook = {secret.get_secret_value() for secret in self.webhook_secrets}
+        console = [
+            t.get_secret_value() for t in (*self.console_tokens, *self.console_viewer_tokens)
+        ]
+        if webhook.intersection(console):
+            raise ValueError(
+                "a console token is also a webhook secret; give the console tokens of its own "
+                "(ROUTER_CONSOLE_TOKENS, ROUTER_CONSOLE_VIEWER_TOKENS)"
+            )
+        short = [t for t in console if len(t) < MIN_CONSOLE_TOKEN]
+        if short:
+            raise ValueError(
+                f"console tokens must be at least {MIN_CONSOLE_TOKEN} characters long; make "
+                "them with e.g. `openssl rand -hex 24`"
+            )
+        return self
 
     @property
     def loopback_only(self) -> bool:

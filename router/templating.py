@@ -17,10 +17,10 @@ method (items, keys, values, get), needs the item form: `data["etl.executionStat
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import difflib
+import threading
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -41,6 +41,12 @@ CONTEXT_NAMES: frozenset[str] = frozenset(
     {"record", "data", "rule", "secrets", "now", "delivery_id"}
 )
 _NAMES_IN_ORDER = "record, data, rule, secrets, now, delivery_id"
+# What the templates of a batch action see instead (router.batches): the list of records.
+BATCH_NAMES: frozenset[str] = frozenset({"records", "rule", "secrets", "now", "delivery_id"})
+# What the templates of an alert's action see (router.alerts).
+ALERT_NAMES: frozenset[str] = frozenset({"alert", "secrets", "now"})
+# The names the templates being compiled may use (see `scoped`); None: CONTEXT_NAMES.
+_SCOPE: ContextVar[frozenset[str] | None] = ContextVar("scope", default=None)
 # Names an action's `enrich` key adds, each the name of what it fetches when the job is
 # delivered (router.actions.base.ENRICHMENTS lists the same).
 ENRICHMENT_NAMES: frozenset[str] = frozenset({"profile"})
@@ -67,12 +73,24 @@ class TemplateProblem(ValueError):
 @dataclass(frozen=True, slots=True)
 class Template:
     """A compiled template (immutable). `names`: the context names it uses; `secrets`: the NAME
-    of each `secrets.NAME` it reads."""
+    of each `secrets.NAME` it reads; `ast`: its checked syntax tree (read it, never change it).
+
+    The Python code of a template is generated when it first renders (see `_COMPILE_AT_LOAD`):
+    loading a rule set only parses and checks its templates."""
 
     source: str
     names: frozenset[str]
     secrets: frozenset[str]
-    _compiled: jinja2.Template = field(repr=False, compare=False)
+    ast: nodes.Template = field(repr=False, compare=False)
+    url: bool = field(default=False, repr=False, compare=False)  # values marked (router.urls)
+    _code: list[jinja2.Template] = field(default_factory=list, repr=False, compare=False)
+
+    @property
+    def _compiled(self) -> jinja2.Template:
+        code = self._code
+        if not code:  # two threads may both compile it: the same result, one kept
+            code.append(_generate(self.source, url=self.url))
+        return code[0]
 
     def render(self, context: Mapping[str, Any], *, where: str | None = None) -> str:
         """Render with `context` (see build_context), under the limits of the enclosing
@@ -81,8 +99,9 @@ class Template:
         TemplateLimitExceeded when a limit was reached."""
         prefix = f"template for {where}" if where else "template"
         try:
+            compiled = self._compiled  # its first render makes the code: not on the budget
             with limits.rendering() as budget:
-                return self._render(context, budget)
+                return self._render(compiled, context, budget)
         except MissingSecret as exc:
             raise MissingSecret(f"{prefix}: {exc}") from None
         except TemplateLimitExceeded as exc:  # its message holds nothing of the template's data
@@ -96,13 +115,13 @@ class Template:
                 reason = _reason(exc)
             raise RenderError(f"{prefix}: {reason}") from None
 
-    def _render(self, context: Mapping[str, Any], budget: Budget) -> str:
+    def _render(self, compiled: jinja2.Template, context: Mapping[str, Any], budget: Budget) -> str:
         # Through the generator, so output is counted as it comes instead of joined at the end.
         limit = budget.limits.max_bytes
         chunks: list[str] = []
         size = 0
         deadline = budget.deadline
-        for chunk in self._compiled.generate(context):
+        for chunk in compiled.generate(context):
             if time.monotonic() > deadline:
                 budget.tick()
             size += len(chunk)
@@ -136,48 +155,104 @@ def _reason(exc: Exception) -> str:
     return f"{type(exc).__name__}: {text}"
 
 
+# Templates whose syntax tree is deeper than this are turned into Python code at load: Python
+# refuses code nested too deeply (about 20 nested loops, or 200 nested parentheses), and that
+# must be a load error. Shallower ones cannot reach those limits and compile on first render.
+_COMPILE_AT_LOAD = 12
+CACHE_SIZE = 20_000  # compiled templates kept by source, so a reload recompiles only changes
+# Keyed by source, url or not, the enrichments and the scope in force (each decides which names
+# a template may use).
+_Key = tuple[str, bool, frozenset[str], frozenset[str] | None]
+_CACHE: dict[_Key, Template | TemplateProblem] = {}
+_CACHE_LOCK = threading.Lock()
+
+
 def compile_template(source: str) -> Template:
-    """Parse and compile `source`; raise TemplateProblem for syntax errors, unknown filters or
+    """Parse and check `source`; raise TemplateProblem for syntax errors, unknown filters or
     tests, names outside CONTEXT_NAMES, a non-literal use of `secrets`, tags that are not
     available (include, import, extends, macro, call, block, autoescape, recursive loops) and
-    templates nested deeper than Python can compile. Nothing of the template is evaluated."""
-    try:
-        return _compile(source)
-    except TemplateProblem:
-        raise
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateProblem(_one_sentence(exc), exc.lineno) from None
-    except (RecursionError, SyntaxError):
-        raise TemplateProblem("the template nests too deeply; simplify it") from None
-    except ValueError:  # the lexer converts numbers; Python refuses one of over 4300 digits
-        raise TemplateProblem("a number in the template has too many digits") from None
-
-
-def _compile(source: str) -> Template:
-    ast = ENV.parse(source)
-    _check_nodes(ast)
-    secrets = _secret_names(source)
-    tracker = NameTracker(ENV)
-    tracker.visit(ast)
-    names = frozenset(tracker.undeclared_identifiers)
-    unknown = sorted(names - CONTEXT_NAMES - _ENRICHED.get())
-    if unknown:
-        raise TemplateProblem(_unknown_name(unknown[0]), _first_line(ast, unknown[0]))
-    compiled = ENV.from_string(ast)
-    return Template(source=source, names=names, secrets=secrets, _compiled=compiled)
+    templates nested deeper than Python can compile. Nothing of the template is evaluated.
+    Templates (and problems) are kept by source: compiling the same text again is a lookup."""
+    return _cached(source, url=False)
 
 
 def compile_url_template(source: str) -> Template:
     """compile_template for an http action's url: each value is marked so that the http action
     can percent-encode it for where it stands (see router.urls). Also a TemplateProblem: a
     value from the event where the literal text shows the scheme, host, port or user info."""
-    template = compile_template(source)
+    return _cached(source, url=True)
+
+
+def _cached(source: str, *, url: bool) -> Template:
+    key = (source, url, _ENRICHED.get(), _SCOPE.get())
+    found = _CACHE.get(key)
+    if found is None:
+        found = _checked(source, url=url)
+        with _CACHE_LOCK:
+            if len(_CACHE) >= CACHE_SIZE:
+                _CACHE.clear()  # a rule set larger than the cache: start over
+            _CACHE[key] = found
+    if isinstance(found, TemplateProblem):
+        raise TemplateProblem(found.message, found.lineno)
+    return found
+
+
+def _checked(source: str, *, url: bool) -> Template | TemplateProblem:
+    try:
+        return _compile(source, url=url)
+    except TemplateProblem as problem:
+        return problem
+    except jinja2.TemplateSyntaxError as exc:
+        return TemplateProblem(_one_sentence(exc), exc.lineno)
+    except (RecursionError, SyntaxError):
+        return TemplateProblem("the template nests too deeply; simplify it")
+    except ValueError:  # the lexer converts numbers; Python refuses one of over 4300 digits
+        return TemplateProblem("a number in the template has too many digits")
+
+
+def _compile(source: str, *, url: bool) -> Template:
+    ast = ENV.parse(source)
+    depth = _check_nodes(ast)
+    secrets = _secret_names(source) if "secrets" in source else frozenset()
+    tracker = NameTracker(ENV)
+    tracker.visit(ast)
+    names = frozenset(tracker.undeclared_identifiers)
+    unknown = sorted(names - (_SCOPE.get() or CONTEXT_NAMES) - _ENRICHED.get())
+    if unknown:
+        raise TemplateProblem(_unknown_name(unknown[0]), _first_line(ast, unknown[0]))
+    template = Template(source=source, names=names, secrets=secrets, ast=ast, url=url)
+    if depth > _COMPILE_AT_LOAD:
+        plain = _generate(source, url=False)
+        template._code.append(_generate(source, url=True) if url else plain)
+    if url:
+        try:
+            urls.check_values(ast)
+        except urls.UrlProblem as problem:
+            raise TemplateProblem(problem.message, problem.lineno) from None
+    return template
+
+
+def _marked(source: str) -> nodes.Template:
     ast = ENV.parse(source)
     try:
         urls.mark_values(ast)
     except urls.UrlProblem as problem:
         raise TemplateProblem(problem.message, problem.lineno) from None
-    return dataclasses.replace(template, _compiled=ENV.from_string(ast))
+    return ast
+
+
+def _generate(source: str, *, url: bool) -> jinja2.Template:
+    """The template's Python code (it was checked when it was compiled)."""
+    return ENV.from_string(_marked(source) if url else ENV.parse(source))
+
+
+def syntax_tree(source: str) -> nodes.Template:
+    """The syntax tree of a template (the compiled one's when it is at hand; never change it)."""
+    for key in _keys(source):
+        found = _CACHE.get(key)
+        if isinstance(found, Template):
+            return found.ast
+    return ENV.parse(source)
 
 
 def _one_sentence(exc: jinja2.TemplateSyntaxError) -> str:
@@ -198,20 +273,39 @@ _REFUSED_TAGS: tuple[tuple[tuple[type[nodes.Node], ...], str], ...] = (
 )
 
 
-def _check_nodes(ast: nodes.Template) -> None:
+def _keys(source: str) -> Iterator[_Key]:
+    for url in (False, True):
+        for enrichments in (frozenset(), ENRICHMENT_NAMES):
+            for scope in (None, BATCH_NAMES, ALERT_NAMES):
+                yield source, url, enrichments, scope
+
+
+def _check_nodes(ast: nodes.Template) -> int:
+    """Refuse what templates may not use; return the depth of the tree."""
     # Jinja defers unknown filters inside `if` blocks to render time; we want them all at load.
-    for node in ast.find_all(nodes.Node):
-        if isinstance(node, nodes.Filter):
-            _check_known("filter", node.name, ENV.filters, node.lineno)
-        elif isinstance(node, nodes.Test):
-            _check_known("test", node.name, ENV.tests, node.lineno)
-        elif isinstance(node, nodes.For) and node.recursive:
-            raise TemplateProblem("recursive loops are not available in templates", node.lineno)
-        elif isinstance(node, nodes.Name) and node.name == "self":
-            raise TemplateProblem(_unknown_name("self"), node.lineno)
-        for kinds, message in _REFUSED_TAGS:
-            if isinstance(node, kinds):
-                raise TemplateProblem(message, node.lineno)
+    depth = 0
+    stack: list[tuple[nodes.Node, int]] = [(ast, 1)]
+    while stack:
+        node, level = stack.pop()
+        depth = max(depth, level)
+        _check_node(node)  # in the order of the text, as find_all goes
+        children = list(node.iter_child_nodes())
+        stack.extend((child, level + 1) for child in reversed(children))
+    return depth
+
+
+def _check_node(node: nodes.Node) -> None:
+    if isinstance(node, nodes.Filter):
+        _check_known("filter", node.name, ENV.filters, node.lineno)
+    elif isinstance(node, nodes.Test):
+        _check_known("test", node.name, ENV.tests, node.lineno)
+    elif isinstance(node, nodes.For) and node.recursive:
+        raise TemplateProblem("recursive loops are not available in templates", node.lineno)
+    elif isinstance(node, nodes.Name) and node.name == "self":
+        raise TemplateProblem(_unknown_name("self"), node.lineno)
+    for kinds, message in _REFUSED_TAGS:
+        if isinstance(node, kinds):
+            raise TemplateProblem(message, node.lineno)
 
 
 def _check_known(kind: str, name: str, known: Mapping[str, Any], lineno: int) -> None:
@@ -233,7 +327,31 @@ def enriched(names: Collection[str]) -> Iterator[None]:
         _ENRICHED.reset(token)
 
 
+@contextlib.contextmanager
+def scoped(names: frozenset[str]) -> Iterator[None]:
+    """Templates compiled inside this block see `names` (BATCH_NAMES, ALERT_NAMES) instead of
+    CONTEXT_NAMES."""
+    token = _SCOPE.set(names)
+    try:
+        yield
+    finally:
+        _SCOPE.reset(token)
+
+
 def _unknown_name(name: str) -> str:
+    scope = _SCOPE.get()
+    if scope is BATCH_NAMES and name in ("record", "data"):
+        return (
+            f"name '{name}' is not available in a batch action's templates; they see records, "
+            "the list of records: {% for r in records %}{{ r.data... }}{% endfor %}"
+        )
+    if scope is ALERT_NAMES:
+        return f"name '{name}' is not available in an alert's templates; use alert, secrets, now"
+    if name == "records" and scope is None:
+        return (
+            "name 'records' is available only to a batch action; add batch = "
+            '{ max_records = 500, max_wait = "2s" } to the action, or use record and data'
+        )
     if name in ENRICHMENT_NAMES:
         return (
             f"name '{name}' is available only to an action that fetches it; add "
@@ -301,6 +419,23 @@ class Placeholder(dict[str, Any]):
 
     def __str__(self) -> str:
         return f"<{self.path}>"
+
+
+def build_batch_context(
+    records: Sequence[Mapping[str, Any]],
+    *,
+    rule: str,
+    delivery_id: str,
+    secrets: Mapping[str, str],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The names a batch action's templates see (BATCH_NAMES): `records` instead of `record`
+    and `data`; otherwise as build_context."""
+    context = build_context({}, rule=rule, delivery_id=delivery_id, secrets=secrets, now=now)
+    for name in ("record", "data", *ENRICHMENT_NAMES):
+        context.pop(name, None)
+    context["records"] = list(records)
+    return context
 
 
 def build_context(

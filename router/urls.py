@@ -80,22 +80,29 @@ def mark_values(ast: nodes.Template) -> None:
     the marker filter. Raises UrlProblem when the template's literal start shows a value that
     is not trusted where the scheme, host, port or user info stand, or when a value ends in
     `urlencode` (it would be encoded twice)."""
-    _check_start(ast)
+    check_values(ast)
     for output in ast.find_all(nodes.Output):
         for index, child in enumerate(output.nodes):
             if isinstance(child, nodes.TemplateData):
                 child.data = child.data.translate(_STRIP)
                 continue
+            flag = nodes.Const(_is_trusted(child), lineno=child.lineno)
+            output.nodes[index] = nodes.Filter(
+                child, VALUE_FILTER, [flag], [], None, None, lineno=child.lineno
+            )
+
+
+def check_values(ast: nodes.Template) -> None:
+    """The UrlProblem `mark_values` would raise on `ast`, without changing it."""
+    _check_start(ast)
+    for output in ast.find_all(nodes.Output):
+        for child in output.nodes:
             if isinstance(child, nodes.Filter) and child.name == "urlencode":
                 raise UrlProblem(
                     "values are percent-encoded by the router; remove the urlencode filter, "
                     "which would encode them twice",
                     child.lineno,
                 )
-            flag = nodes.Const(_is_trusted(child), lineno=child.lineno)
-            output.nodes[index] = nodes.Filter(
-                child, VALUE_FILTER, [flag], [], None, None, lineno=child.lineno
-            )
 
 
 def _is_trusted(node: nodes.Expr) -> bool:

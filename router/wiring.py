@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import math
 import signal
@@ -21,13 +22,16 @@ import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from types import FrameType
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
 from router.actions.registry import build_deliverers, enrichments_of
+from router.alerts import Alerts
 from router.app import (
     ErrorBoundary,
     IntakeConfig,
@@ -36,7 +40,10 @@ from router.app import (
     create_app,
     create_worker_app,
 )
+from router.circuit import CircuitPolicy, Transition, log_and_count
 from router.connections import ConnectionGuard, ConnectionLimits, connection_limits
+from router.console.app import PREFIXES as CONSOLE_PREFIXES
+from router.console.app import console_routes
 from router.engine import Engine
 from router.exceptions import StartupError, StoreUnavailable
 from router.matching import RuleSet
@@ -52,7 +59,7 @@ from router.worker import Worker, WorkerLimits
 
 log = logging.getLogger("router.wiring")
 
-PURGE_EVERY = 3600.0  # seconds between retention purges
+PURGE_EVERY = 3600.0  # seconds between retention purges (a quarter of a shorter retention)
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -164,7 +171,26 @@ def preflight_store(settings: Settings, *, migrate: bool) -> None:
         raise StartupError(f"cannot open the store: {exc}") from exc
 
 
-def build_worker(settings: Settings, store: Store, metrics: Metrics) -> Worker:
+async def declare_destinations(engine: Engine) -> None:
+    """Write the serving rules' [[destination]] limits to the store, where every worker of the
+    deployment reads them. A store that cannot take them now keeps the last ones declared."""
+    try:
+        await engine.declare_destinations()
+    except StoreUnavailable as exc:
+        log.warning("cannot declare the destinations' limits in the store now: %s", exc)
+
+
+def build_worker(
+    settings: Settings, store: Store, metrics: Metrics, alerts: Alerts | None = None
+) -> Worker:
+    """The worker; its circuit transitions are logged and counted, and reach `alerts`."""
+    logged = log_and_count(metrics)
+
+    def on_transition(change: Transition) -> None:
+        logged(change)
+        if alerts is not None:
+            alerts.circuit_changed(change)
+
     return Worker(
         store,
         build_deliverers(settings),
@@ -178,6 +204,25 @@ def build_worker(settings: Settings, store: Store, metrics: Metrics) -> Worker:
         ),
         render_limits=RenderLimits.from_settings(settings),
         metrics=metrics,
+        circuit=CircuitPolicy.from_settings(settings),
+        on_transition=on_transition,
+    )
+
+
+def build_alerts(settings: Settings, store: Store, engine: Engine | None) -> Alerts:
+    """The alerts of the serving rules (they follow reloads), with deliverers of their own.
+    Without an engine (`router worker`), none are checked: only the signals of its circuits
+    are written to the store, for the alerts of `router serve` to count."""
+    if engine is None:
+        return Alerts(store, {}, alerts=tuple, secrets={}, interval=settings.alert_interval)
+    return Alerts(
+        store,
+        build_deliverers(settings),
+        alerts=lambda: engine.ruleset.alerts,
+        secrets=secret_values(),
+        console_url=settings.console_url,
+        interval=settings.alert_interval,
+        render_limits=RenderLimits.from_settings(settings),
     )
 
 
@@ -204,7 +249,8 @@ async def purge_loop(store: Store, settings: Settings, stop: asyncio.Event) -> N
         except StoreUnavailable as exc:
             log.warning("retention purge skipped: %s", exc)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), PURGE_EVERY)
+            # A retention shorter than the period would let the store hold several of it.
+            await asyncio.wait_for(stop.wait(), min(PURGE_EVERY, settings.retention / 4))
 
 
 def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> None:
@@ -241,17 +287,24 @@ def _serve(settings: Settings, *, worker: bool, migrate: bool) -> None:
             log.info("stopped by a signal before serving")
             yield  # uvicorn sees the signal and stops without serving
             return
+        await declare_destinations(engine)
         tasks: list[asyncio.Task[None]] = []
+        alerts = build_alerts(settings, store, engine)
+        tasks.append(asyncio.create_task(_guard(alerts.run(stop), "alerts", fail)))
         if settings.reload:
             reloader = Reloader(
-                settings.rules_dir, engine, status, secrets=lambda: secret_values().keys()
+                settings.rules_dir,
+                engine,
+                status,
+                secrets=lambda: secret_values().keys(),
+                on_refused=lambda detail: alerts.signal("reload_refused", None, detail),
             )
             tasks.append(asyncio.create_task(_guard(reloader.watch(stop), "rule watcher", fail)))
         if worker:
             tasks.append(
                 asyncio.create_task(
                     _guard(
-                        run_worker_until(build_worker(settings, store, metrics), stop),
+                        run_worker_until(build_worker(settings, store, metrics, alerts), stop),
                         "worker",
                         fail,
                     )
@@ -283,10 +336,13 @@ def _serve(settings: Settings, *, worker: bool, migrate: bool) -> None:
         max_body_bytes=settings.max_body_bytes,
         max_records=settings.max_records,
     )
-    app: ASGIApp = create_app(engine, config, status, lifespan=lifespan)
+    console = console_routes(
+        settings, store, lambda: engine.ruleset, lambda: dataclasses.asdict(status)
+    )
+    app: ASGIApp = create_app(engine, config, status, lifespan=lifespan, extra=console)
     ports = [settings.port]
     if settings.ops_port:
-        app = PortSplit(app, settings.ops_port)
+        app = PortSplit(app, settings.ops_port, CONSOLE_PREFIXES if console else ())
         ports.append(settings.ops_port)
     server = build_server(
         app,
@@ -411,10 +467,11 @@ def _run_worker(settings: Settings, *, migrate: bool) -> None:
     async def work(stop: asyncio.Event, fail: Callable[[str], None]) -> None:
         log.info("worker started (store %s)", settings.store_url.split("://", 1)[0])
         try:
+            alerts = build_alerts(settings, store, None)
+            worker = build_worker(settings, store, metrics, alerts)
             await asyncio.gather(
-                _guard(
-                    run_worker_until(build_worker(settings, store, metrics), stop), "worker", fail
-                ),
+                _guard(run_worker_until(worker, stop), "worker", fail),
+                _guard(alerts.run(stop), "alert signals", fail),
                 _guard(purge_loop(store, settings, stop), "purge", fail),
             )
         finally:
@@ -458,7 +515,9 @@ def _run_worker(settings: Settings, *, migrate: bool) -> None:
             await task
 
     server = build_server(
-        create_worker_app(store, metrics, lifespan=lifespan),
+        create_worker_app(
+            store, metrics, lifespan=lifespan, extra=_worker_console(settings, store)
+        ),
         settings.host,
         settings.worker_port,
         connection_limits(settings, delivering=True),
@@ -466,6 +525,23 @@ def _run_worker(settings: Settings, *, migrate: bool) -> None:
         drain_timeout=settings.drain_timeout,
     )
     _run(server)
+
+
+def _worker_console(settings: Settings, store: Store) -> list[BaseRoute]:
+    """The console of a `router worker`: its rules are read once, at start, for the rules page,
+    explain and try; a worker whose rules do not load still shows records and jobs."""
+    if not settings.console_tokens and not settings.console_viewer_tokens:
+        return []
+    loaded: dict[str, Any] = {"at": time.time()}
+    ruleset: RuleSet | None = None
+    try:
+        ruleset = load_rules(settings.rules_dir, secrets=secret_values().keys())
+    except (RuleSetInvalid, OSError) as exc:
+        loaded.update(ok=False, errors=[str(exc)])
+        log.warning("the console of this worker shows no rules: %s", exc)
+    else:
+        loaded.update(ok=True, version=ruleset.version, errors=[])
+    return console_routes(settings, store, lambda: ruleset, lambda: loaded)
 
 
 async def _guard(work: Awaitable[None], name: str, on_failure: Callable[[str], None]) -> None:

@@ -18,22 +18,35 @@ profile) is fetched on the event loop, under the fetching client's own limits, a
 action renders in the render thread with it. Such jobs count against the API they fetch from
 (router.actions.registry.destination_of), so waiting for it holds that one destination's
 slots, never the whole worker.
+
+The jobs of a batch action go to the Batcher (router.batches) as they are claimed: it sends
+them many records to a request, and records each job as this worker records any other.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections import defaultdict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from router.actions.base import Deliverer, Enricher
 from router.actions.registry import enrichments_of, parse_action, render
+from router.batches import Batcher, BatchHooks, render_batch
+from router.circuit import (
+    OPEN,
+    CircuitPolicy,
+    OnTransition,
+    Outcomes,
+    counts_against,
+    log_and_count,
+)
 from router.exceptions import (
     DeliveryFailed,
     MissingSecret,
@@ -42,10 +55,11 @@ from router.exceptions import (
     StoreUnavailable,
 )
 from router.metrics import Metrics
-from router.retry import RetryPolicy
+from router.retry import Decision, RetryPolicy
 from router.rules import Action, spec_hash
 from router.sandbox import EnvSecrets
 from router.store.base import AttemptResult, Job, Mode, Outcome, Store
+from router.store.controls import SLOT_MARGIN
 from router.template_limits import RenderLimits
 from router.templating import build_context
 
@@ -123,6 +137,8 @@ class Worker:
         limits: WorkerLimits | None = None,
         render_limits: RenderLimits | None = None,
         metrics: Metrics | None = None,
+        circuit: CircuitPolicy | None = None,
+        on_transition: OnTransition | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -132,7 +148,11 @@ class Worker:
         self.limits = limits or WorkerLimits()
         self.render_limits = render_limits or RenderLimits()
         self.metrics = metrics or Metrics()
+        self.circuit = circuit or CircuitPolicy()
+        # Where circuit transitions go (router.circuit): logs and metrics unless told otherwise.
+        self.on_transition = on_transition or log_and_count(self.metrics)
         self.clock = clock
+        self._outcomes: dict[str, Outcomes] = {}  # per destination, since the last report
         self._hosts: defaultdict[str, _HostState] = defaultdict(_HostState)
         self._active = 0
         self._waiting = 0
@@ -150,11 +170,29 @@ class Worker:
         self._enrichers: dict[str, Enricher] = {
             name: enricher for d in deliverers.values() for name, enricher in d.enrichers().items()
         }
+        self._batches = Batcher(
+            BatchHooks(
+                action_of=self._action,
+                render=self._render_batch,
+                deliver=self._deliver_batch,
+                finish=self._finish,
+                decide=self._decide,
+                changed=self._batch_sent,
+                held_back=self._failing,
+                give_back=self._give_back,
+                take_slot=self._take_slot,
+                free_slot=self._free_slot,
+                per_host=self.limits.per_host,
+                clock=clock,
+            )
+        )
+        self._batches_sent = 0  # batches finished: each may have made room for a claim
         self.delivered = 0  # attempts finished (any outcome), for tests and logs
 
     async def run(self, stop: asyncio.Event, *, drain: bool = False) -> None:
         """Work until `stop` is set (or, with drain=True, until nothing is due or in flight),
         then let in-flight deliveries finish within the grace period."""
+        self._look = True  # a run starts by looking, whatever the last one found
         renewing = asyncio.create_task(self._renew_leases())
         self._renderer = ThreadPoolExecutor(RENDER_THREADS, thread_name_prefix="router-render")
         try:
@@ -169,8 +207,17 @@ class Worker:
                     continue
                 if claimed:
                     continue
-                if drain and self._active == 0 and self._waiting == 0 and not self._results:
-                    break
+                # Recording may make jobs due (the next of an order key), and a batch sent
+                # makes room at its destination: drained only once every result is recorded,
+                # a claim after that found nothing, and every gathered batch went out.
+                idle = self._active == 0 and self._waiting == 0 and self._flushing is None
+                if drain and idle and not self._results:
+                    if self._look:  # a claim may find more: look before waiting
+                        continue
+                    if not self._batches.held:
+                        break
+                    if not self._batches.busy():  # else a batch being sent makes room first
+                        self._batches.flush()  # nothing more is due: send what is gathered
                 self._wake.clear()
                 await _first_of(self._new_work(), self._wake.wait(), stop.wait())
         finally:
@@ -218,13 +265,18 @@ class Worker:
             return 0  # wait for a few more slots: one claim for several, not one each
         limit = min(room, CLAIM_BATCH)
         busy = [key for key, host in self._hosts.items() if host.active >= self.limits.per_host]
+        busy += [key for key in self._outcomes if self._failing(key)]
+        busy += self._batches.busy()
+        sent = self._batches_sent
         jobs = await self.store.claim(
             limit=limit,
             lease=self.limits.lease,
             now=self.clock(),
             exclude=[*busy, *self._backlogged],
         )
-        self._look = len(jobs) == limit  # a full batch: there may be more
+        # A full claim: there may be more; so may there be if a batch was sent meanwhile (its
+        # destination, left out of this claim, has room again).
+        self._look = len(jobs) == limit or self._batches_sent != sent
         await self._admit(jobs)
         return len(jobs)
 
@@ -260,7 +312,7 @@ class Worker:
         for job in jobs:
             self._held[job.id] = job.lease_token
         loop = asyncio.get_running_loop()
-        pending = jobs
+        pending = self._batches.take(jobs)  # batch actions' jobs go out in batches
         while pending:
             rendered, pending = await loop.run_in_executor(
                 self._renderer, self._render_some, pending
@@ -389,11 +441,17 @@ class Worker:
                     self._unrenderable(ready)
                     return
                 prepared = ready
+            if job.not_before is not None:  # a rate-limited destination's slot (the store's)
+                await asyncio.sleep(max(0.0, job.not_before - self.clock()))
+                started = self.clock()
             deliverer = self.deliverers[action.type]
             timeout = action.timeout
             status = await deliverer.deliver(prepared.rendered, job_id=job.id, timeout=timeout)
+            self._answered(job.destination, True)
             self._finish(job, action, Outcome.DONE, started, status=status)
         except DeliveryFailed as failure:
+            # An answer that blames the request (a 400) still says the destination is up.
+            self._answered(job.destination, not counts_against(failure))
             self._failed(job, action, started, failure)
         except asyncio.CancelledError:
             raise
@@ -404,6 +462,10 @@ class Worker:
             self._active -= 1
             host = self._hosts[prepared.host]
             host.active -= 1
+            if host.waiting and self._failing(prepared.host):
+                # Enough failures in a row here to open its circuit: send no more of what is
+                # queued while the store's circuit catches up (they wait there).
+                self._track(asyncio.create_task(self._give_back(self._take_waiting(host))))
             if host.waiting:
                 self._waiting -= 1
                 self._start(host.waiting.popleft())
@@ -429,11 +491,129 @@ class Worker:
             self._renderer, self._render, job, prepared.action, started, fetched
         )
 
-    def _failed(self, job: Job, action: Action, started: float, failure: DeliveryFailed) -> None:
-        now = self.clock()
-        decision = self.policy.with_override(action.retry).decide(
-            attempts=job.attempts + 1, budget_since=job.budget_since, now=now, failure=failure
+    def _answered(self, destination: str, ok: bool) -> None:
+        """Count an attempt's outcome (a job's, or a whole batch's: one request, one outcome)
+        towards its destination's circuit (router.circuit)."""
+        outcomes = self._outcomes.get(destination, Outcomes())
+        self._outcomes[destination] = outcomes.then(ok)
+
+    async def _report(self) -> None:
+        """Hand the outcomes since the last report to the store's circuits; act on and pass on
+        the transitions they made. Kept for the next report when the store is unavailable."""
+        outcomes, self._outcomes = self._outcomes, {}
+        try:
+            changes = await self.store.report_outcomes(
+                outcomes, policy=self.circuit, now=self.clock()
+            )
+        except StoreUnavailable as exc:
+            for key, earlier in outcomes.items():
+                later = self._outcomes.get(key)
+                self._outcomes[key] = earlier if later is None else earlier.followed_by(later)
+            log.warning("cannot report outcomes to the circuits: %s", exc)
+            return
+        for change in changes:
+            if change.new == OPEN:
+                await self._hand_back(change.destination)
+            try:
+                self.on_transition(change)
+            except Exception:  # whatever listens must not stop deliveries
+                log.exception("a circuit transition listener failed")
+
+    def _failing(self, destination: str) -> bool:
+        """Whether this worker saw enough failures in a row at `destination`, not reported yet,
+        to open its circuit."""
+        outcomes = self._outcomes.get(destination)
+        threshold = self.circuit.failures
+        return outcomes is not None and 0 < threshold <= outcomes.trailing_failures
+
+    def _track(self, task: asyncio.Task[None]) -> None:
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _hand_back(self, destination: str) -> None:
+        """Give the jobs queued here for `destination` back to the store (its circuit opened:
+        they wait there, without spending attempts, until a probe closes it); so are the jobs
+        of its batches still being gathered."""
+        taken = self._batches.release_open(destination)
+        host = self._hosts.get(destination)
+        if host is not None and host.waiting:
+            taken += self._take_waiting(host)
+            if host.active == 0:
+                del self._hosts[destination]
+        if taken:
+            await self._give_back(taken)
+
+    def _take_waiting(self, host: _HostState) -> list[Job]:
+        """Take the jobs queued for a destination out of this worker's hands."""
+        taken = [prepared.job for prepared in host.waiting]
+        host.waiting.clear()
+        self._waiting -= len(taken)
+        for job in taken:
+            self._held.pop(job.id, None)
+        return taken
+
+    async def _give_back(self, jobs: Sequence[Job]) -> None:
+        for job in jobs:
+            self._held.pop(job.id, None)
+        with contextlib.suppress(StoreUnavailable):  # else their leases expire
+            await self.store.release(
+                [(job.id, job.lease_token) for job in jobs], next_at=self.clock()
+            )
+
+    async def _render_batch(
+        self, action: Action, jobs: Sequence[Job], identity: str
+    ) -> dict[str, Any]:
+        """Render a batch of `jobs` in the render thread (raises what rendering raises)."""
+        loop = asyncio.get_running_loop()
+        call = functools.partial(
+            render_batch,
+            action,
+            [job.record for job in jobs],
+            rule=jobs[0].rule,
+            delivery_id=identity,
+            secrets=self.secrets,
+            limits=self.render_limits,
+            render=render,
         )
+        return await loop.run_in_executor(self._renderer, call)
+
+    async def _deliver_batch(
+        self, action: Action, rendered: Mapping[str, Any], identity: str, destination: str
+    ) -> int | None:
+        """Send a rendered batch: one request, so one outcome for its destination's circuit."""
+        deliverer = self.deliverers[action.type]
+        try:
+            status = await deliverer.deliver(rendered, job_id=identity, timeout=action.timeout)
+        except DeliveryFailed as failure:
+            self._answered(destination, not counts_against(failure))
+            raise
+        self._answered(destination, True)
+        return status
+
+    async def _take_slot(self, destination: str, token: str, timeout: float) -> float | None:
+        """A batch request's slot of its destination's limits (router.store.controls)."""
+        now = self.clock()
+        until = now + timeout + SLOT_MARGIN
+        return await self.store.take_slot(destination, token=token, until=until, now=now)
+
+    async def _free_slot(self, token: str) -> None:
+        await self.store.free_slot(token)
+
+    def _batch_sent(self) -> None:
+        self._batches_sent += 1
+        self._look = True  # its destination may have been left out of claims
+        self._wake.set()
+
+    def _decide(self, job: Job, action: Action, failure: DeliveryFailed) -> Decision:
+        return self.policy.with_override(action.retry).decide(
+            attempts=job.attempts + 1,
+            budget_since=job.budget_since,
+            now=self.clock(),
+            failure=failure,
+        )
+
+    def _failed(self, job: Job, action: Action, started: float, failure: DeliveryFailed) -> None:
+        decision = self._decide(job, action, failure)
         if decision.retry_at is None:
             error = (
                 f"{failure}; {decision.reason}" if isinstance(failure, RetryLater) else str(failure)
@@ -442,8 +622,6 @@ class Worker:
                 job, action, Outcome.DEAD, started, status=failure.status_code, error=error
             )
         else:
-            if self._next_retry is None or decision.retry_at < self._next_retry:
-                self._next_retry = decision.retry_at
             self._finish(
                 job,
                 action,
@@ -467,6 +645,8 @@ class Worker:
     ) -> None:
         now = self.clock()
         self._held.pop(job.id, None)
+        if next_at is not None and (self._next_retry is None or next_at < self._next_retry):
+            self._next_retry = next_at
         self._results.append(
             AttemptResult(
                 job_id=job.id,
@@ -511,10 +691,11 @@ class Worker:
     async def _flush(self) -> None:
         """Record finished attempts in batches: one store call for all that finished meanwhile."""
         try:
-            while self._results:
+            while self._results or self._outcomes:
                 batch, self._results = self._results, []
                 try:
-                    await self.store.record(batch, now=self.clock())
+                    if batch:
+                        await self.store.record(batch, now=self.clock())
                 except StoreUnavailable as exc:
                     # Put them back; the next finished delivery (or shutdown) tries again. If
                     # that never succeeds the leases expire and the jobs are delivered again:
@@ -522,13 +703,22 @@ class Worker:
                     self._results[:0] = batch
                     log.warning("cannot record %d attempt(s): %s", len(batch), exc)
                     return
+                self._look = True  # what was recorded may let ordered jobs go
+                if self._outcomes:
+                    await self._report()
+                    if self._outcomes:  # the store is unavailable: the next flush tries again
+                        return
         finally:
             self._flushing = None
             self._wake.set()  # a draining run may now see that nothing is left
 
     async def _shutdown(self) -> None:
-        # Jobs waiting for a saturated host have not started: hand them back now.
+        # Jobs waiting for a saturated host, or for their batch to fill, have not started:
+        # hand them back now.
         waiting = [p.job for host in self._hosts.values() for p in host.waiting]
+        waiting += self._batches.release_open()
+        for job in waiting:
+            self._held.pop(job.id, None)
         for host in self._hosts.values():
             host.waiting.clear()
         self._waiting = 0
@@ -537,8 +727,9 @@ class Worker:
                 await self.store.release(
                     [(job.id, job.lease_token) for job in waiting], next_at=self.clock()
                 )
-        if self._tasks:
-            _done, pending = await asyncio.wait(set(self._tasks), timeout=self.limits.drain_grace)
+        if self._tasks or self._batches.tasks:
+            running = {*self._tasks, *self._batches.tasks}
+            _done, pending = await asyncio.wait(running, timeout=self.limits.drain_grace)
             for task in pending:  # their leases expire and another claim retries them
                 task.cancel()
         if self._flushing is not None:

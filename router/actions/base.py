@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 from router.checks import Checker, KeyPath, kind_of
 from router.retry import RetryOverride
-from router.rules import Action
+from router.rules import ON_DEAD, Action
 
 if TYPE_CHECKING:
     from router.settings import Settings
@@ -69,7 +69,21 @@ ENRICH_KEY = Key(
     '`["profile"]`: fetch the record\'s ACTITO profile when the job is delivered, for the '
     "templates (`profile.attributes.NAME`, ...).",
 )
-COMMON_KEYS = (TYPE_KEY, RETRY_KEY, ENRICH_KEY)
+ORDER_BY_KEY = Key(
+    "order_by",
+    "template",
+    "Deliver the jobs whose key renders the same (`{{ data.profileId }}`) one at a time, in "
+    "the order their records were accepted.",
+    template=True,
+)
+ON_DEAD_KEY = Key(
+    "on_dead",
+    "string",
+    'With `order_by`: when a job dies, `"continue"` lets the later jobs of its key go; '
+    '`"hold"` keeps them waiting until it is replayed or discarded.',
+    default="continue",
+)
+COMMON_KEYS = (TYPE_KEY, RETRY_KEY, ENRICH_KEY, ORDER_BY_KEY, ON_DEAD_KEY)
 
 
 class Enricher(Protocol):
@@ -201,6 +215,22 @@ def compile_retry(checker: Checker, path: KeyPath, value: Any) -> RetryOverride:
         max_attempts=None if attempts is None else int(attempts),
         max_age=None if age is None else float(age),
     )
+
+
+def compile_order(checker: Checker, path: KeyPath, table: Mapping[str, Any]) -> dict[str, Any]:
+    """An action's `order_by` and `on_dead`, as Action fields (absent: not ordered). The key
+    sees the record (`record`, `data`, `rule`), never a secret: it is not sent anywhere."""
+    order_by = None
+    if table.get("order_by") is not None:
+        order_by = checker.template((*path, "order_by"), table["order_by"])
+        if order_by is not None and order_by.secrets:
+            checker.report((*path, "order_by"), "may not read secrets: it is not sent anywhere")
+    on_dead = checker.text((*path, "on_dead"), table.get("on_dead", "continue"))
+    if on_dead is not None and on_dead not in ON_DEAD:
+        checker.choice((*path, "on_dead"), on_dead, ON_DEAD, "on_dead")
+    elif "on_dead" in table and "order_by" not in table:
+        checker.report((*path, "on_dead"), "only applies with order_by; add order_by or remove it")
+    return {"order_by": order_by, "on_dead": on_dead or "continue"}
 
 
 def compile_enrich(checker: Checker, path: KeyPath, value: Any) -> tuple[str, ...]:

@@ -2,7 +2,9 @@
 
 Its table: `url` (a template; event values are percent-encoded where they stand, router.urls),
 `method`, `headers` (templates; each rendered value one line, router.actions.headers), `body`
-(a template; without one, the record's `data` is sent as JSON) and `timeout`. Its jobs count
+(a template; without one, the record's `data` is sent as JSON), `timeout`, and `batch`: many
+records in one request (router.batches), whose templates see `records` instead of `record` and
+`data` (without a body, the list of the records' `data` is sent as JSON). Its jobs count
 against the URL's host:port, so a slow host never holds up another.
 
 Outcomes of an attempt: 2xx is delivered (the status is returned). 408, 429 and 5xx, connection
@@ -37,12 +39,13 @@ from yarl import URL
 
 from router.actions.base import ActionType, Deliverer, Key
 from router.actions.headers import header_problem
+from router.batches import compile_batch
 from router.checks import Checker, KeyPath, kind_of
 from router.exceptions import GiveUp, RenderError, RetryLater
 from router.retry import RetryOverride, parse_retry_after
-from router.rules import Action, spec_hash
+from router.rules import Action, Batch, spec_hash
 from router.sandbox import PlaceholderSecrets, tojson
-from router.templating import Template, compile_url_template
+from router.templating import BATCH_NAMES, Template, compile_url_template, scoped
 from router.urls import UrlProblem, build, check
 
 if TYPE_CHECKING:
@@ -73,6 +76,13 @@ BODY_KEY = Key(
 )
 TIMEOUT_KEY = Key(
     "timeout", "number", "Seconds one attempt may take.", default=10.0, bounds=(0.1, 300.0)
+)
+BATCH_KEY = Key(
+    "batch",
+    "table",
+    '`{ max_records = 500, max_wait = "2s" }`: send up to max_records records in one request, '
+    "once that many are due or the first has waited max_wait; the templates then see "
+    "`records` (the list) instead of `record` and `data`.",
 )
 
 
@@ -262,7 +272,7 @@ def _outcome(status: int, where: str, retry_after: str | None) -> int:
 class HttpType(ActionType):
     name = "http"
     summary = "Send an HTTP request (a CRM, a shop, a chat or any REST API)."
-    keys = (URL_KEY, METHOD_KEY, HEADERS_KEY, BODY_KEY, TIMEOUT_KEY)
+    keys = (URL_KEY, METHOD_KEY, HEADERS_KEY, BODY_KEY, TIMEOUT_KEY, BATCH_KEY)
     rendered = ("method", "url", "headers", "body")
 
     deliverer = HttpDeliverer
@@ -273,6 +283,23 @@ class HttpType(ActionType):
 
     def compile(
         self, checker: Checker, path: KeyPath, raw: dict[str, Any], retry: RetryOverride
+    ) -> Action | None:
+        if "batch" not in raw:
+            return self._compile(checker, path, raw, retry, None)
+        batch = compile_batch(checker, (*path, "batch"), raw["batch"])
+        if "enrich" in raw:
+            checker.report((*path, "enrich"), "is not available to a batch action; remove one")
+        with scoped(BATCH_NAMES):  # its templates see `records`, not `record` and `data`
+            action = self._compile(checker, path, raw, retry, batch)
+        return action if batch is not None else None
+
+    def _compile(
+        self,
+        checker: Checker,
+        path: KeyPath,
+        raw: dict[str, Any],
+        retry: RetryOverride,
+        batch: Batch | None,
     ) -> Action | None:
         method = checker.text((*path, "method"), raw.get("method", METHOD_KEY.default))
         if method is not None and method.upper() not in METHODS:
@@ -311,6 +338,7 @@ class HttpType(ActionType):
             body=body,
             timeout=float(timeout),
             retry=retry,
+            batch=batch,
         )
 
     def render(self, action: HttpAction, context: Mapping[str, Any]) -> dict[str, Any]:
@@ -323,7 +351,9 @@ class HttpType(ActionType):
             if problem is not None:
                 raise RenderError(f"template for headers.{name}: {problem}")
             headers[name] = value
-        if action.body is None:
+        if action.body is None and action.batch is not None:
+            body = tojson([record.get("data") for record in context.get("records", ())])
+        elif action.body is None:
             body = tojson(context.get("data"))
         else:
             body = action.body.render(context, where="body")

@@ -6,7 +6,8 @@ run, the worker, the CLI and the docs read. A type is one module (router.actions
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+import dataclasses
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from router.actions.actito import ActitoType
@@ -16,12 +17,14 @@ from router.actions.base import (
     Deliverer,
     Key,
     compile_enrich,
+    compile_order,
     compile_retry,
 )
 from router.actions.email import EmailType
 from router.actions.http import HttpType
 from router.actions.log import LogType
 from router.checks import Checker, KeyPath, Problems, kind_of
+from router.destinations import Destination, resolve
 from router.rules import Action
 from router.templating import enriched
 
@@ -69,10 +72,13 @@ def compile_action(checker: Checker, path: KeyPath, value: Any) -> Action | None
             checker.report((*path, key), _unknown_key(key, known, checker))
     retry = compile_retry(checker, (*path, "retry"), value.get("retry"))
     fetched = compile_enrich(checker, (*path, "enrich"), value.get("enrich"))
+    order = compile_order(checker, path, value)
     raw = copy.deepcopy(value)  # the spec jobs store: nothing may change it afterwards
     with enriched(fetched):  # its templates may read what it fetches, and only that
         action = action_type.compile(checker, path, raw, retry)
-    return action if checker.errors == before else None
+    if checker.errors != before or action is None:
+        return None
+    return dataclasses.replace(action, **order) if order["order_by"] is not None else action
 
 
 def enrichments_of(action: Action) -> tuple[str, ...]:
@@ -103,15 +109,20 @@ def render(action: Action, context: Mapping[str, Any]) -> dict[str, Any]:
     return of(action).render(action, context)
 
 
-def destination_of(action: Action) -> str:
-    """The destination a job of `action` counts against (see ActionType.destination). An action
-    with `enrich` counts against the API it fetches from: that API's limits set the pace of its
-    jobs (100 ACTITO calls a minute), so all of them together may hold no more of a worker
-    than one destination may, whatever their own destinations."""
+def destination_of(action: Action, declared: Sequence[Destination] = ()) -> str:
+    """The destination a job of `action` counts against (see ActionType.destination), or the
+    `declared` destination ([[destination]]) its URL falls under. An action with `enrich`
+    counts against the API it fetches from: that API's limits set the pace of its jobs (100
+    ACTITO calls a minute), so all of them together may hold no more of a worker than one
+    destination may, whatever their own destinations."""
     fetched = enrichments_of(action)
     if fetched:
         return FETCHED_FROM[fetched[0]]
-    return of(action).destination(action)
+    key = of(action).destination(action)
+    url = action.spec.get("url")
+    if declared and isinstance(url, str):
+        return resolve(url, key, declared)
+    return key
 
 
 def build_deliverers(settings: Settings) -> dict[str, Deliverer]:

@@ -276,6 +276,7 @@ def _dry_run(
         for entry, (path, _) in zip(document["records"], records, strict=True)
     ]
     failed = any("error" in a for entry in document["records"] for a in entry["actions"])
+    failed = failed or any("error" in batch for batch in document["batches"])
     if args.format == "json":
         for entry in document["records"]:
             for miss in entry.get("not_matched", ()):
@@ -297,6 +298,11 @@ def _print_dry_run(document: dict[str, Any], records: Sequence[Record]) -> None:
         print(f"    matched: {', '.join(entry['matched']) or '(no rule)'}")
         matches += len(entry["matched"])
         for action in entry["actions"]:
+            if "batch" in action:  # rendered once for its batch, printed below
+                print(
+                    f"    -> {action['rule']} action {action['action']}: in batch {action['batch']}"
+                )
+                continue
             actions += 1
             errors += "error" in action
             _print_action(action)
@@ -305,6 +311,12 @@ def _print_dry_run(document: dict[str, Any], records: Sequence[Record]) -> None:
                 print(f"    not matched: {miss['rule']}: {miss['reason']}")
                 for line in miss["lines"]:
                     print(f"      {line}")
+    for batch in document["batches"]:
+        actions += 1
+        errors += "error" in batch
+        shown = ", ".join(str(index) for index in batch["records"])
+        print(f"  batch {batch['batch']}: {plural(len(batch['records']), 'record')} ({shown})")
+        _print_action(batch)
     rendered = f"{plural(actions - errors, 'action')} rendered"
     failed = f", {errors} could not be rendered" if errors else ""
     counted = f"{plural(len(records), 'record')}, {plural(matches, 'match', 'matches')}"

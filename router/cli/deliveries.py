@@ -1,4 +1,5 @@
-"""`router deliveries list|show|replay`: inspect delivery jobs and replay dead ones."""
+"""`router deliveries list|show|replay|discard|pause|resume`: inspect delivery jobs, replay dead
+ones, release the key a dead ordered job holds, and pause and resume deliveries."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from router.cli.common import Formatter, Sub, add_store_option, load_settings
+from router.destinations import DestinationProblem, pause_target, under
 from router.exceptions import CommandError, StoreUnavailable
 from router.settings import Settings
 from router.store import open_store
-from router.store.base import JobDetail, JobSummary, Status, Store
+from router.store.base import JobDetail, JobSummary, Pause, Status, Store
 
 _T = TypeVar("_T")
 
@@ -27,6 +29,12 @@ examples:
   router deliveries show 3f6c0c1e9d2a4b7f8e5d1a2b3c4d5e6f
   router deliveries replay 3f6c0c1e9d2a4b7f8e5d1a2b3c4d5e6f
   router deliveries replay --all-dead --rule crm-new-subscriber
+  router deliveries discard 3f6c0c1e9d2a4b7f8e5d1a2b3c4d5e6f   # let its key's later jobs go
+  router deliveries pause --rule crm-new-subscriber
+  router deliveries pause --destination https://crm.example.com/
+  router deliveries pause --destination crm.example.com:443
+  router deliveries resume --destination crm.example.com:443
+  router deliveries pauses                          # what is paused, and the circuits
 """
 
 
@@ -51,9 +59,10 @@ def _add_deliveries(sub: Sub[argparse.ArgumentParser]) -> None:
     )
     listing.add_argument(
         "--status",
-        choices=[s.value for s in Status],
-        help="pending (waiting or retrying), done (delivered), dead (gave up) or shadow (a "
-        "shadow rule's: rendered and recorded, never sent)",
+        choices=[*(s.value for s in Status), PAUSED],
+        help="pending (waiting or retrying), paused (pending, of a paused rule or "
+        "destination), done (delivered), dead (gave up) or shadow (a shadow rule's: rendered "
+        "and recorded, never sent)",
     )
     listing.add_argument("--rule", metavar="NAME", help="only jobs of this rule")
     listing.add_argument(
@@ -89,6 +98,54 @@ def _add_deliveries(sub: Sub[argparse.ArgumentParser]) -> None:
     _add_common(replay)
     replay.set_defaults(func=_run_replay)
 
+    discard = actions.add_parser(
+        "discard",
+        help="let the later jobs of a dead ordered job's key go",
+        description='A dead job of an action with order_by and on_dead = "hold" keeps the '
+        "later jobs of its key waiting. Discarding it lets them go; the job itself stays "
+        "dead, kept for inspection (and may still be replayed).",
+        epilog=_DELIVERIES_EPILOG,
+        formatter_class=Formatter,
+    )
+    discard.add_argument("ids", nargs="+", metavar="ID", help="the dead jobs to discard")
+    _add_common(discard)
+    discard.set_defaults(func=_run_discard)
+
+    for name, verb in (("pause", "hold"), ("resume", "deliver again")):
+        control = actions.add_parser(
+            name,
+            help=f"{verb} the jobs of a rule or a destination",
+            description="Pause: the jobs of the rule or destination are held in the store "
+            "(never attempted; their retry budget and max age are not spent) by every worker, "
+            "across restarts. Resume: they go again, with the paused time given back."
+            if name == "pause"
+            else "Deliver the jobs of a paused rule or destination again; the time they were "
+            "paused is given back to their retry budget and max age.",
+            epilog=_DELIVERIES_EPILOG,
+            formatter_class=Formatter,
+        )
+        target = control.add_mutually_exclusive_group(required=True)
+        target.add_argument("--rule", metavar="NAME", help="the rule's jobs")
+        target.add_argument(
+            "--destination",
+            metavar="URL",
+            help="a destination's jobs: its URL as in [[destination]], or host:port (every "
+            "destination on that host)",
+        )
+        _add_common(control)
+        control.set_defaults(func=_run_pause if name == "pause" else _run_resume)
+
+    pauses = actions.add_parser(
+        "pauses",
+        help="what is paused, and the destinations' circuits",
+        description="List the pauses in force (rule or destination, since when) and every "
+        "destination the store keeps a circuit for, with its state (closed or open).",
+        epilog=_DELIVERIES_EPILOG,
+        formatter_class=Formatter,
+    )
+    _add_common(pauses)
+    pauses.set_defaults(func=_run_pauses)
+
 
 def _add_common(parser: argparse.ArgumentParser) -> None:
     add_store_option(parser)
@@ -97,16 +154,27 @@ def _add_common(parser: argparse.ArgumentParser) -> None:
     )
 
 
+PAUSED = "paused"  # what `list` shows for a pending job of a paused rule or destination
+
+
 def _run_list(args: argparse.Namespace) -> int:
     settings = load_settings(store_url=args.store)
-    status = Status(args.status) if args.status else None
-    jobs = _run(
-        _with_store(
-            settings, lambda s: s.list_jobs(status=status, rule=args.rule, limit=args.limit)
-        )
-    )
+    paused_only = args.status == PAUSED
+    status = Status.PENDING if paused_only else Status(args.status) if args.status else None
+
+    async def work(store: Store) -> tuple[list[JobSummary], list[Pause]]:
+        # Paused jobs are pending ones: with --status paused, look further than the limit.
+        limit = args.limit * 20 if paused_only else args.limit
+        return await store.list_jobs(
+            status=status, rule=args.rule, limit=limit
+        ), await store.pauses()
+
+    jobs, pauses = _run(_with_store(settings, work))
+    shown = {job.id: _shown_status(job, pauses) for job in jobs}
+    if paused_only:
+        jobs = [job for job in jobs if shown[job.id] == PAUSED][: args.limit]
     if args.format == "json":
-        print(json.dumps([_summary_dict(job) for job in jobs], indent=2))
+        print(json.dumps([_summary_dict(job, shown[job.id]) for job in jobs], indent=2))
         return 0
     if not jobs:
         print("no delivery jobs")
@@ -114,7 +182,7 @@ def _run_list(args: argparse.Namespace) -> int:
     rows = [
         (
             job.id,
-            job.status.value,
+            shown[job.id],
             job.rule,
             f"{job.action_type}[{job.action_index}]",
             str(job.attempts),
@@ -156,6 +224,103 @@ def _run_show(args: argparse.Namespace) -> int:
             f"  #{attempt.number} {_when(attempt.at)}  {attempt.outcome.value:<5} {code!s:>4}  "
             f"{attempt.duration * 1000:.0f} ms  {attempt.error or ''}"
         )
+    return 0
+
+
+def _shown_status(job: JobSummary, pauses: Sequence[Pause]) -> str:
+    if job.status is Status.PENDING and any(
+        (p.kind == "rule" and p.target == job.rule)
+        or (p.kind == "destination" and under(job.destination, p.target))
+        for p in pauses
+    ):
+        return PAUSED
+    return job.status.value
+
+
+def _pause_target(args: argparse.Namespace) -> tuple[str, str]:
+    if args.rule is not None:
+        if not args.rule.strip():
+            raise CommandError("--rule needs a rule name")
+        return "rule", args.rule
+    try:
+        return "destination", pause_target(args.destination)
+    except DestinationProblem as problem:
+        raise CommandError(str(problem)) from None
+
+
+def _run_pause(args: argparse.Namespace) -> int:
+    kind, target = _pause_target(args)
+    settings = load_settings(store_url=args.store)
+    now = time.time()
+    paused = _run(_with_store(settings, lambda s: s.pause(kind, target, now=now)))
+    if args.format == "json":
+        print(json.dumps({"kind": kind, "target": target, "paused": paused}))
+    elif paused:
+        print(f"paused {kind} {target}: its jobs are held until `router deliveries resume`")
+    else:
+        print(f"{kind} {target} was already paused")
+    return 0
+
+
+def _run_resume(args: argparse.Namespace) -> int:
+    kind, target = _pause_target(args)
+    settings = load_settings(store_url=args.store)
+    now = time.time()
+    credited = _run(_with_store(settings, lambda s: s.resume(kind, target, now=now)))
+    if args.format == "json":
+        print(json.dumps({"kind": kind, "target": target, "resumed": credited is not None}))
+        return 0 if credited is not None else 1
+    if credited is None:
+        print(f"{kind} {target} is not paused", file=sys.stderr)
+        return 1
+    print(f"resumed {kind} {target}: {credited} pending job(s) go again")
+    return 0
+
+
+def _run_pauses(args: argparse.Namespace) -> int:
+    settings = load_settings(store_url=args.store)
+
+    async def work(store: Store) -> tuple[list[Pause], dict[str, str]]:
+        return await store.pauses(), await store.circuits()
+
+    pauses, circuits = _run(_with_store(settings, work))
+    if args.format == "json":
+        print(
+            json.dumps(
+                {
+                    "pauses": [
+                        {"kind": p.kind, "target": p.target, "since": p.since} for p in pauses
+                    ],
+                    "circuits": circuits,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    if pauses:
+        _table(("PAUSED", "TARGET", "SINCE"), [(p.kind, p.target, _when(p.since)) for p in pauses])
+    else:
+        print("nothing is paused")
+    if circuits:
+        print()
+        _table(("DESTINATION", "CIRCUIT"), sorted(circuits.items()))
+    return 0
+
+
+def _run_discard(args: argparse.Namespace) -> int:
+    settings = load_settings(store_url=args.store)
+    now = time.time()
+    discarded = _run(_with_store(settings, lambda s: s.discard(args.ids, now=now)))
+    if args.format == "json":
+        print(json.dumps({"discarded": len(discarded), "ids": discarded}))
+    else:
+        print(f"discarded {len(discarded)} dead job(s): the later jobs of their keys go")
+    skipped = [job_id for job_id in args.ids if job_id not in discarded]
+    if skipped:
+        print(
+            f"not dead and holding (or unknown), left alone: {', '.join(skipped)}", file=sys.stderr
+        )
+        return 1
     return 0
 
 
@@ -225,10 +390,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
         )
 
 
-def _summary_dict(job: JobSummary) -> dict[str, Any]:
+def _summary_dict(job: JobSummary, shown: str | None = None) -> dict[str, Any]:
     return {
         "id": job.id,
-        "status": job.status.value,
+        "status": shown or job.status.value,
         "rule": job.rule,
         "action_index": job.action_index,
         "action_type": job.action_type,

@@ -1,18 +1,21 @@
 """Dry runs and rule tests: what a rule set *would* do with some records, sending nothing.
 
 Pure logic for `router test`: no printing, no I/O. `dry_run` renders every matching rule's
-actions for a list of records; `run_tests` checks a rule set's `[[test]]` tables. Both render
+actions for a list of records; `run_tests` checks a rule set's `[[test]]` tables. A batch
+action (router.batches) renders once for the records it would send together: those of the
+dry run (or of a test's event) that its rule matches, max_records at a time. Both render
 with placeholder secrets (`<secret NAME>`), so no secret value can reach a report.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from router.actions import registry
+from router.batches import chunks
 from router.events import Record, normalise
 from router.exceptions import NotAnEvent, RenderError
 from router.explain import Miss
@@ -21,27 +24,43 @@ from router.rulefiles.ruletests import ExpectedAction, RuleTest
 from router.rules import Location, Rule
 from router.sandbox import PlaceholderSecrets
 from router.template_limits import RenderLimits
-from router.templating import build_context
+from router.templating import build_batch_context, build_context
 
 # What `delivery_id` renders as when nothing is delivered.
 DRY_RUN_DELIVERY_ID = "dry-run"
 
 
 def render(
-    rule: Rule, index: int, record: Record, *, now: datetime, limits: RenderLimits | None = None
+    rule: Rule,
+    index: int,
+    record: Record,
+    *,
+    now: datetime,
+    limits: RenderLimits | None = None,
+    batch: Sequence[Record] | None = None,
 ) -> dict[str, Any]:
     """One action of `rule` rendered for `record` under `limits` (default: RenderLimits()):
     {"rule", "action", "type", ...rendered keys}, or {"rule", "action", "type", "error"} when a
-    template fails on this record or goes over a limit."""
+    template fails on this record or goes over a limit. A batch action renders for `batch`,
+    the records sent with this one (default: this one alone)."""
     action = rule.actions[index]
     head: dict[str, Any] = {"rule": rule.name, "action": index, "type": action.type}
-    context = build_context(
-        record,
-        rule=rule.name,
-        delivery_id=DRY_RUN_DELIVERY_ID,
-        secrets=PlaceholderSecrets(),
-        now=now,
-    )
+    if action.batch is not None:
+        context = build_batch_context(
+            batch or [record],
+            rule=rule.name,
+            delivery_id=DRY_RUN_DELIVERY_ID,
+            secrets=PlaceholderSecrets(),
+            now=now,
+        )
+    else:
+        context = build_context(
+            record,
+            rule=rule.name,
+            delivery_id=DRY_RUN_DELIVERY_ID,
+            secrets=PlaceholderSecrets(),
+            now=now,
+        )
     try:
         with (limits or RenderLimits()).applied():
             rendered = registry.render(action, context)
@@ -51,6 +70,31 @@ def render(
         if rendered.get(key) is None:
             rendered.pop(key, None)
     return {**head, **rendered}
+
+
+def batches_of(
+    rule: Rule, index: int, records: Sequence[Record], matched: Sequence[set[str]]
+) -> Iterator[list[int]]:
+    """The positions in `records` of each batch that action `index` of `rule` (a batch action)
+    would send: the records it matches, in order, max_records at a time."""
+    batch = rule.actions[index].batch
+    assert batch is not None
+    mine = [position for position, names in enumerate(matched) if rule.name in names]
+    for chunk in chunks(mine, batch.max_records):
+        yield list(chunk)
+
+
+def batch_for(
+    rule: Rule, index: int, records: Sequence[Record], matched: Sequence[set[str]], position: int
+) -> list[Record] | None:
+    """The records that go out with `records[position]` in one request of action `index` of
+    `rule` (None when that action is not a batch action, or the rule does not match it)."""
+    if rule.actions[index].batch is None:
+        return None
+    for chunk in batches_of(rule, index, records, matched):
+        if position in chunk:
+            return [records[i] for i in chunk]
+    return None
 
 
 def dry_run(
@@ -71,17 +115,38 @@ def dry_run(
     moment = now or datetime.now(UTC)
     order = {rule.name: position for position, rule in enumerate(ruleset.rules)}
     documents: list[dict[str, Any]] = []
+    matches = [{rule.name for rule in ruleset.matcher.match(record)} for record in records]
+    batches: list[dict[str, Any]] = []
+    in_batch: dict[tuple[str, int, int], int] = {}  # (rule, action, record) -> its batch
+    for rule in ruleset.rules:
+        for position, action in enumerate(rule.actions):
+            if action.batch is None:
+                continue
+            for chunk in batches_of(rule, position, records, matches):
+                together = [records[i] for i in chunk]
+                rendered = render(
+                    rule, position, together[0], now=moment, limits=limits, batch=together
+                )
+                for i in chunk:
+                    in_batch[(rule.name, position, i)] = len(batches)
+                batches.append({"batch": len(batches), "records": chunk, **rendered})
     for index, record in enumerate(records):
-        matched = sorted(ruleset.matcher.match(record), key=lambda rule: order[rule.name])
+        matched = sorted(
+            (r for r in ruleset.rules if r.name in matches[index]), key=lambda r: order[r.name]
+        )
+        actions: list[dict[str, Any]] = []
+        for rule in matched:
+            for position, action in enumerate(rule.actions):
+                if action.batch is None:
+                    actions.append(render(rule, position, record, now=moment, limits=limits))
+                else:
+                    head = {"rule": rule.name, "action": position, "type": action.type}
+                    actions.append({**head, "batch": in_batch[(rule.name, position, index)]})
         document: dict[str, Any] = {
             "index": index,
             "event_id": record.get("id"),
             "matched": [rule.name for rule in matched],
-            "actions": [
-                render(rule, position, record, now=moment, limits=limits)
-                for rule in matched
-                for position in range(len(rule.actions))
-            ],
+            "actions": actions,
         }
         if explain:
             names = set(document["matched"])
@@ -90,7 +155,7 @@ def dry_run(
                 _not_matched(rule.name, miss) for rule, miss in misses if rule.name not in names
             ]
         documents.append(document)
-    return {"records": documents}
+    return {"records": documents, "batches": batches}
 
 
 def _not_matched(name: str, miss: Miss | None) -> dict[str, Any]:
@@ -259,7 +324,9 @@ def _check_action(
     if expected.rule not in matched[expected.record]:
         return [fail("the rule does not match this record, so its action is never rendered")]
 
-    rendered = render(rule, expected.action, records[expected.record], now=now, limits=limits)
+    together = batch_for(rule, expected.action, records, matched, expected.record)
+    record = records[expected.record]
+    rendered = render(rule, expected.action, record, now=now, limits=limits, batch=together)
     if "error" in rendered:
         return [fail(f"the action cannot be rendered: {rendered['error']}")]
     failures: list[Failure] = []

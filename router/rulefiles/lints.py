@@ -19,6 +19,7 @@ compiled (router.conditions); `{{ id }}` and friends, where templates are (route
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -28,12 +29,12 @@ from jmespath import exceptions as jmespath_errors
 
 from router.actions.registry import keys_of
 from router.checks import KeyPath
-from router.conditions import evaluate, truthy
+from router.conditions import Condition, evaluate, truthy
 from router.events import STANDARD_KEYS
 from router.explain import Node, unparse
 from router.rulefiles.schema import Context
 from router.rules import Rule
-from router.sandbox import ENV
+from router.templating import syntax_tree
 
 # Keys a record has besides `data` (STANDARD_KEYS and the envelope's links).
 ENVELOPE_KEYS = frozenset({*STANDARD_KEYS, "data", "_links"})
@@ -52,27 +53,42 @@ def lint_rule(context: Context, path: KeyPath, rule: Rule) -> None:
     condition = rule.match.condition
     if condition is not None:
         at = (*path, "match", "condition")
-        tree: Node = condition.parsed
-        for message in (
-            *_negated_paths(tree),
-            *_missing_field_comparisons(tree, rule),
-            *_words(tree, condition.source),
-            *_dotted_paths(tree),
-        ):
+        negated, words, dotted = _condition_findings(condition)
+        missing = _missing_field_comparisons(condition, rule.match.fields)
+        for message in (*negated, *missing, *words, *dotted):
             context.report(at, message, severity="warning")
     partial = rule.match.operation is not None and bool(rule.match.operation & PARTIAL_OPERATIONS)
     carried = _carried_keys(rule)
     for index, action in enumerate(rule.actions):
         for key, source in _templates(action.type, action.spec):
             at = (*path, "action", index, *key)
-            ast = ENV.parse(source)
-            for message in _template_dotted_paths(ast):
+            dotted_paths, unguarded = _template_findings(source)
+            for message in dotted_paths:
                 context.report(at, message, severity="warning")
             if partial and rule.match.operation is not None:
                 operation = sorted(rule.match.operation & PARTIAL_OPERATIONS)[0]
-                for name in _unguarded_reads(ast):
+                for name in unguarded:
                     if name not in carried:
                         context.report(at, _partial_message(name, operation), severity="warning")
+
+
+# What depends on a condition's or a template's text only is found once per text: rule sets
+# repeat the same conditions and templates, and a reload meets them all again.
+FINDINGS_CACHE_SIZE = 20_000
+
+
+@functools.lru_cache(maxsize=FINDINGS_CACHE_SIZE)
+def _condition_findings(
+    condition: Condition,
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    tree, source = condition.parsed, condition.source
+    return tuple(_negated_paths(tree)), tuple(_words(tree, source)), tuple(_dotted_paths(tree))
+
+
+@functools.lru_cache(maxsize=FINDINGS_CACHE_SIZE)
+def _template_findings(source: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    ast = syntax_tree(source)
+    return tuple(_template_dotted_paths(ast)), tuple(_unguarded_reads(ast))
 
 
 # ---------------------------------------------------------------- conditions
@@ -119,12 +135,19 @@ def _conjuncts(node: Node) -> list[Node]:
     return [part for child in node["children"] for part in _conjuncts(child)]
 
 
-def _missing_field_comparisons(tree: Node, rule: Rule) -> Iterator[str]:
+@functools.lru_cache(maxsize=FINDINGS_CACHE_SIZE)
+def _missing_field_comparisons(
+    condition: Condition, fields: frozenset[str] | None
+) -> tuple[str, ...]:
+    return tuple(_missing_field_messages(condition.parsed, fields))
+
+
+def _missing_field_messages(tree: Node, fields: frozenset[str] | None) -> Iterator[str]:
     conjuncts = _conjuncts(tree)
     for node in _risky(tree):
         (path,) = _paths_in(node)
         guards = [c for c in conjuncts if node not in list(_record_scope(c))]
-        if _pinned(path, guards, rule):
+        if _pinned(path, guards, fields):
             continue
         part, key = unparse(node), path[1]
         shown = unparse({"type": "subexpression", "children": _fields(path)})
@@ -164,12 +187,12 @@ def _risky(node: Node) -> Iterator[Node]:
             yield from _risky(child)
 
 
-def _pinned(path: tuple[str, ...], guards: list[Node], rule: Rule) -> bool:
+def _pinned(path: tuple[str, ...], guards: list[Node], fields: frozenset[str] | None) -> bool:
     """Whether the rule makes sure a record carries `path`: `fields` names only its key, or
     another part of the condition that is false without it (or without a key of the same
     trigger family, or the subscription's link) must hold too."""
     key = path[1]
-    if rule.match.fields is not None and rule.match.fields == {key}:
+    if fields is not None and fields == {key}:
         return True
     family = key.split(".", 1)[0] if "." in key else None
     for guard in guards:
@@ -236,11 +259,19 @@ def _carried_keys(rule: Rule) -> frozenset[str]:
     if rule.match.fields is not None and len(rule.match.fields) == 1:
         carried |= rule.match.fields
     if rule.match.condition is not None:
-        for conjunct in _conjuncts(rule.match.condition.parsed):
-            paths = _paths_in(conjunct)
-            if len(paths) == 1 and not _holds_on_empty(conjunct):
-                carried.add(next(iter(paths))[1])
+        carried |= _required_keys(rule.match.condition)
     return frozenset(carried)
+
+
+@functools.lru_cache(maxsize=FINDINGS_CACHE_SIZE)
+def _required_keys(condition: Condition) -> frozenset[str]:
+    """Data keys the condition cannot hold without."""
+    required: set[str] = set()
+    for conjunct in _conjuncts(condition.parsed):
+        paths = _paths_in(conjunct)
+        if len(paths) == 1 and not _holds_on_empty(conjunct):
+            required.add(next(iter(paths))[1])
+    return frozenset(required)
 
 
 # ---------------------------------------------------------------- templates

@@ -5,12 +5,14 @@ decoded with tomllib and mapped to lines with router.rulefiles.positions. Every 
 every file before anything is returned, so a user sees all mistakes at once. This module finds
 and reads the files and assembles rules; router.rulefiles.schema checks a rule's match, each
 action's type checks its own table (router.actions), templates and conditions are compiled once;
-router.rulefiles.ruletests reads the `[[test]]` tables; router.rulefiles.lints warns about rules
-that are valid but almost certainly not what their author meant.
+router.rulefiles.ruletests reads the `[[test]]` tables; router.rulefiles.alerts the `[[alert]]`
+tables; router.rulefiles.lints warns about rules that are valid but almost certainly not what
+their author meant.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 import re
@@ -22,14 +24,17 @@ from typing import Any
 
 from router.actions.registry import compile_action
 from router.checks import KeyPath, kind_of
+from router.destinations import Destination
 from router.exceptions import RouterError
 from router.matching import RuleSet
+from router.rulefiles.alerts import read_alert
+from router.rulefiles.destinations import read_destination
 from router.rulefiles.diagnostics import Diagnostic
 from router.rulefiles.lints import lint_rule, toml_quote_hint
 from router.rulefiles.positions import positions
 from router.rulefiles.ruletests import RuleTest, TestReader
 from router.rulefiles.schema import Context, UnsetSecrets, compile_match
-from router.rules import MODES, Action, Location, Rule
+from router.rules import MODES, Action, Alert, Location, Rule
 
 __all__ = ["LoadResult", "RuleSetInvalid", "UnsetSecrets", "load", "load_rules"]
 
@@ -66,7 +71,15 @@ def load(
     they are diagnostics. `secrets` names the secrets that are set (None: do not check); a
     template of an enabled rule reading another one gets a diagnostic per `unset_secrets`."""
     loader = _Loader(None if secrets is None else frozenset(secrets), unset_secrets)
-    return loader.run(directory)
+    # A load allocates much and frees little until it ends: the cyclic collector would scan
+    # the growing heap again and again (about a fifth of a large load) and find nothing.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        return loader.run(directory)
+    finally:
+        if collecting:
+            gc.enable()
 
 
 def load_rules(
@@ -101,13 +114,19 @@ class _Loader:
         self.used_secrets: set[str] = set()
         self.digest = hashlib.sha256()  # the version: over (name, content) of every file
         self.complete = True  # every rule file was read, so an unknown rule name is a mistake
+        self.destinations: list[Destination] = []  # the [[destination]] tables
+        self.declared: dict[str, Location] = {}  # destination key -> where it is declared
 
     def run(self, directory: str | Path) -> LoadResult:
         files = self._discover(directory)
         documents = [doc for file in files if (doc := self._read(file)) is not None]
         for file, document, context in documents:
             context.rule, context.hidden = None, 0
-            allowed = ("test",) if file.name.startswith("tests/") else ("rule", "test")
+            allowed = (
+                ("test",)
+                if file.name.startswith("tests/")
+                else ("rule", "test", "destination", "alert")
+            )
             for key in document:
                 if key == "rule" and key not in allowed:
                     context.report((key,), "rules are not read from tests/; move it to a rule file")
@@ -119,6 +138,24 @@ class _Loader:
                 _array(context, document, "rule") if "rule" in allowed else ()
             ):
                 self._rule(context, ("rule", index), raw)
+            for index, raw in enumerate(
+                _array(context, document, "destination") if "destination" in allowed else ()
+            ):
+                found = read_destination(context, ("destination", index), raw, self.declared)
+                if found is not None:
+                    self.destinations.append(found)
+        alerts: dict[str, Alert] = {}
+        for file, document, context in documents:
+            if file.name.startswith("tests/"):
+                continue
+            for index, raw in enumerate(_array(context, document, "alert")):
+                alert = read_alert(context, ("alert", index), raw, self.defined, self.complete)
+                if alert is not None and alert.name in alerts:
+                    first = alerts[alert.name].location
+                    message = f"an alert named '{alert.name}' is already at {first}; name each"
+                    context.report(("alert", index), message)
+                elif alert is not None:
+                    alerts[alert.name] = alert
         tests = TestReader(self.defined, self.action_types, self.complete)
         for file, document, context in documents:
             for index, raw in enumerate(_array(context, document, "test")):
@@ -128,7 +165,13 @@ class _Loader:
         if any(d.severity == "error" for d in diagnostics):
             return LoadResult(None, diagnostics)
         version = self.digest.hexdigest()[:12]
-        ruleset = RuleSet(tuple(self.rules), version, frozenset(self.used_secrets))
+        ruleset = RuleSet(
+            tuple(self.rules),
+            version,
+            frozenset(self.used_secrets),
+            destinations=tuple(self.destinations),
+            alerts=tuple(alerts.values()),
+        )
         return LoadResult(ruleset, diagnostics, tuple(tests.tests))
 
     def _discover(self, directory: str | Path) -> list[_File]:

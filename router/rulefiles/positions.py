@@ -9,18 +9,21 @@ tomllib already accepted, so it never has to report syntax errors itself.
 
 from __future__ import annotations
 
+import re
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import tree_sitter_toml
-from tree_sitter import Language, Node, Parser
+from tree_sitter import Language, Node, Parser, Tree
 
 KeyPath = tuple[str | int, ...]
 
 _PARSER = Parser(Language(tree_sitter_toml.language()))
 _MULTILINE_OPENERS = ('"""', "'''")
+# A bare or dotted key of bare parts: `name`, `rule.match`, `a . b` (TOML allows the blanks).
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+(?:[ \t]*\.[ \t]*[A-Za-z0-9_-]+)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,17 +32,49 @@ class _Value:
     last_line: int
 
 
-@dataclass
 class Positions:
     """Lines of the keys of one document. Lookups fall back to the nearest enclosing key, so a
-    missing key is reported at the header of the table that lacks it."""
+    missing key is reported at the header of the table that lacks it.
 
-    keys: dict[KeyPath, int] = field(default_factory=dict)
-    values: dict[KeyPath, _Value] = field(default_factory=dict)
+    The line of each top-level `[[NAME]]` header (a rule's or a test's location) is read at
+    once; the map of every key is built on the first other lookup (a valid rule set needs
+    none)."""
+
+    def __init__(self, source: str) -> None:
+        self._tree = _PARSER.parse(source.encode("utf-8"))
+        self._headers: dict[KeyPath, int] = {}
+        counts: dict[str, int] = {}
+        for node in self._tree.root_node.named_children:
+            if node.type != "table_array_element":
+                continue
+            key_node = next((c for c in node.named_children if c.type.endswith("key")), None)
+            parts = _key_parts(key_node) if key_node is not None else []
+            if len(parts) == 1:
+                index = counts.get(parts[0], 0)
+                counts[parts[0]] = index + 1
+                self._headers[(parts[0], index)] = node.start_point.row + 1
+        self._map: _Map | None = None
+
+    @property
+    def keys(self) -> dict[KeyPath, int]:
+        return self._full().keys
+
+    @property
+    def values(self) -> dict[KeyPath, _Value]:
+        return self._full().values
+
+    def _full(self) -> _Map:
+        if self._map is None:
+            self._map = _walk_tree(self._tree)
+        return self._map
 
     def line(self, path: KeyPath) -> int:
+        header = self._headers.get(path)
+        if header is not None:
+            return header
+        keys = self.keys
         for end in range(len(path), 0, -1):
-            line = self.keys.get(path[:end])
+            line = keys.get(path[:end])
             if line is not None:
                 return line
         return 1
@@ -53,10 +88,19 @@ class Positions:
         return min(value.first_line + max(lineno, 1) - 1, value.last_line)
 
 
+@dataclass
+class _Map:
+    keys: dict[KeyPath, int] = field(default_factory=dict)
+    values: dict[KeyPath, _Value] = field(default_factory=dict)
+
+
 def positions(source: str) -> Positions:
     """Map every key of `source` (valid TOML) to its line."""
-    found = Positions()
-    tree = _PARSER.parse(source.encode("utf-8"))
+    return Positions(source)
+
+
+def _walk_tree(tree: Tree) -> _Map:
+    found = _Map()
     arrays: dict[KeyPath, int] = {}  # array-of-tables path -> elements so far
     for node in tree.root_node.named_children:
         if node.type not in ("table", "table_array_element"):
@@ -92,7 +136,7 @@ def _resolve(parts: list[str], arrays: dict[KeyPath, int]) -> KeyPath:
     return path
 
 
-def _pair(node: Node, table: KeyPath, found: Positions) -> None:
+def _pair(node: Node, table: KeyPath, found: _Map) -> None:
     key_node, value = node.named_children[0], node.named_children[-1]
     line = node.start_point.row + 1
     path = table
@@ -102,7 +146,7 @@ def _pair(node: Node, table: KeyPath, found: Positions) -> None:
     _value(value, path, found)
 
 
-def _value(node: Node, path: KeyPath, found: Positions) -> None:
+def _value(node: Node, path: KeyPath, found: _Map) -> None:
     if node.type == "inline_table":
         for child in node.named_children:
             if child.type == "pair":
@@ -122,8 +166,11 @@ def _value(node: Node, path: KeyPath, found: Positions) -> None:
 
 
 def _key_parts(node: Node) -> list[str]:
-    """The decoded parts of a bare, quoted or dotted key (tomllib does the unquoting)."""
+    """The decoded parts of a bare, quoted or dotted key (tomllib does the unquoting; keys of
+    bare parts only, the usual case, are split here)."""
     text = node.text.decode("utf-8") if node.text else ""
+    if _BARE_KEY.fullmatch(text):
+        return [part.strip(" \t") for part in text.split(".")]
     try:
         decoded: Any = tomllib.loads(f"{text} = 0")
     except tomllib.TOMLDecodeError:

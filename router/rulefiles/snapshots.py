@@ -25,10 +25,10 @@ import tomlkit
 from tomlkit.items import AoT, String, StringType, Table, Trivia
 
 from router.actions.registry import REGISTRY
-from router.events import normalise
+from router.events import Record, normalise
 from router.exceptions import NotAnEvent
-from router.matching import RuleSet
-from router.rulefiles.dryrun import TestOutcome, render
+from router.matching import Matcher, RuleSet
+from router.rulefiles.dryrun import TestOutcome, batch_for, render
 from router.rulefiles.ruletests import RuleTest
 from router.rules import Action, Rule
 from router.template_limits import RenderLimits
@@ -107,7 +107,7 @@ def _snapshot(
             rule = ruleset.rule(expected.rule)
             if rule is None or expected.record >= len(records) or not isinstance(existing, AoT):
                 continue
-            values = _values(rule, expected.action, records[expected.record], now, limits)
+            values = _values(rule, expected.action, records, expected.record, now, limits)
             if values is None:
                 continue
             target = existing[expected.index]
@@ -130,7 +130,7 @@ def _snapshot(
             if rule.name not in matched or rule.name not in _wanted(test, index):
                 continue
             for position in range(len(rule.actions)):
-                values = _values(rule, position, record, now, limits)
+                values = _values(rule, position, records, index, now, limits)
                 if values is None:
                     continue
                 new = tomlkit.table()
@@ -160,11 +160,23 @@ def _wanted(test: RuleTest, record: int) -> frozenset[str]:
 
 
 def _values(
-    rule: Rule, index: int, record: dict[str, Any], now: datetime, limits: RenderLimits | None
+    rule: Rule,
+    index: int,
+    records: Sequence[Record],
+    position: int,
+    now: datetime,
+    limits: RenderLimits | None,
 ) -> dict[str, Any] | None:
-    """The snapshot of one rendered action: the keys a `[[test.action]]` table checks, with
-    the values they have now; None when the action does not render."""
-    rendered = render(rule, index, record, now=now, limits=limits)
+    """The snapshot of one rendered action for `records[position]`: the keys a
+    `[[test.action]]` table checks, with the values they have now (a batch action's: those of
+    the batch the record goes out in); None when the action does not render."""
+    together = None
+    if rule.actions[index].batch is not None:
+        matcher = Matcher((rule,))
+        matched = [{r.name for r in matcher.match(record)} for record in records]
+        together = batch_for(rule, index, records, matched, position)
+    record = records[position]
+    rendered = render(rule, index, record, now=now, limits=limits, batch=together)
     if "error" in rendered:
         return None
     action = rule.actions[index]

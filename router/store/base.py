@@ -11,9 +11,13 @@ import abc
 import enum
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
+
+from router.circuit import OPEN, CircuitPolicy, Outcomes, Transition
+from router.destinations import Destination, under
 
 Record = dict[str, Any]
+Dialect = Literal["sqlite", "postgres"]  # the SQL a backend speaks
 
 
 def storable_text(value: str | None) -> str | None:
@@ -62,6 +66,10 @@ class NewJob:
     spec: Mapping[str, Any]  # the action's raw spec as loaded: the job is delivered with it
     destination: str  # key for per-destination concurrency (an HTTP host, "smtp", "log")
     mode: Mode = Mode.LIVE
+    # Ordering (router.ordering): a job waits while an earlier job of the same key is pending
+    # (or, when `order_hold`, dead until replayed or discarded). None: not ordered.
+    order_key: str | None = None
+    order_hold: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +107,8 @@ class Job:
     budget_since: float  # retry budget start: acceptance, or the last replay
     lease_token: str  # proves this claim when the result is recorded
     mode: Mode = Mode.LIVE
+    # A rate-limited destination's slot: the job is sent no earlier than this (epoch seconds).
+    not_before: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,10 +172,122 @@ class StoredEvent:
 
 
 @dataclass(frozen=True, slots=True)
+class Pause:
+    """Deliveries held by an operator: of a rule (`kind` "rule", `target` its name) or of a
+    destination (`kind` "destination", `target` a key of router.destinations)."""
+
+    kind: str
+    target: str
+    since: float
+
+
+PAUSE_KINDS = ("rule", "destination")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertFacts:
+    """What an alert counts within its window: how many, and the first errors (oldest first)."""
+
+    count: int
+    errors: tuple[str, ...]
+
+
+ALERT_KINDS = ("dead", "failing", "circuit_open", "reload_refused")
+SIGNAL_KEEP = 7 * 86400.0  # seconds a signal is kept for alerts to count
+
+
+@dataclass(frozen=True, slots=True)
 class QueueStats:
     pending: int
     dead: int
     oldest_pending_age: float | None  # seconds, None when nothing is pending
+
+
+@dataclass(frozen=True, slots=True)
+class JobQuery:
+    """Which jobs the console lists, newest (last accepted) first. Every filter is optional;
+    `before` is the cursor: only jobs accepted before the job whose `seq` it is."""
+
+    status: Status | None = None
+    rule: str | None = None
+    destination: str | None = None
+    since: float | None = None  # created at or after
+    until: float | None = None  # created before
+    before: int | None = None
+    limit: int = 50
+
+
+@dataclass(frozen=True, slots=True)
+class FoundJob:
+    seq: int  # acceptance order: the cursor of the next page
+    event: int  # the store's id of its event (StoredEvent.id)
+    job: JobSummary
+
+
+@dataclass(frozen=True, slots=True)
+class EventQuery:
+    """Which stored records the console lists, newest first. `rule` and `unmatched` read
+    indexes; `event_id` is compared on at most ID_WINDOW records per page, and `profile_id`,
+    `text` (anywhere in the record: a data value, a field name), `table` and `operation` are
+    read inside at most SCAN_WINDOW records per page; such a search says where it stopped (see
+    EventPage). An index of event ids would cost every push a write. `before` is an opaque
+    cursor from the previous page."""
+
+    event_id: str | None = None
+    profile_id: str | None = None
+    text: str | None = None
+    table: str | None = None
+    operation: str | None = None
+    rule: str | None = None
+    unmatched: bool = False
+    before: int | None = None
+    limit: int = 50
+
+    @property
+    def scans(self) -> bool:
+        return self.event_id is not None or self.reads_records
+
+    @property
+    def reads_records(self) -> bool:
+        """Whether the search reads inside records (a smaller window than an id's)."""
+        return any(
+            value is not None for value in (self.profile_id, self.text, self.table, self.operation)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class EventPage:
+    events: list[StoredEvent]
+    next: int | None  # cursor of the next (older) page, None when there is none
+    # A search that reads inside records stopped there: records with a lower id were not
+    # looked at yet (`next` continues from it). None when nothing was left unread.
+    searched_to: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    """Jobs created in a window, by what became of them."""
+
+    jobs: int = 0
+    matched: int = 0  # events (a rule's first action only: one per matched record)
+    delivered: int = 0
+    retrying: int = 0  # pending after at least one failed attempt
+    dead: int = 0
+    pending: int = 0
+    shadow: int = 0
+    last: float | None = None  # the newest job's creation time
+
+
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """What the console's overview and rules page count, over the last hour and day."""
+
+    rules_hour: dict[str, Counts]
+    rules_day: dict[str, Counts]
+    destinations_hour: dict[str, Counts]
+    destinations_day: dict[str, Counts]
+    last_errors: dict[str, tuple[str, float]]  # destination -> (last error, when), last day
+    received_per_minute: list[tuple[float, int]]  # (minute start, records), last hour
 
 
 class Store(abc.ABC):
@@ -223,7 +345,13 @@ class Store(abc.ABC):
         first (then first accepted), for `lease` seconds. A job is never held by two claims at
         once. Jobs whose destination is in `exclude` (the worker's busy destinations) are left
         alone; with `destination`, only that destination's jobs are claimed (a busy one's
-        refill). A limit below 1 claims nothing."""
+        refill). A limit below 1 claims nothing.
+
+        The delivery controls hold for every claimer of the store: a job of a paused rule or
+        destination is never claimed, nor one whose order key has an earlier job pending (or
+        dead and holding it); a declared destination (declare_destinations) gives at most its
+        concurrency in leased jobs and its rate in slots (each job's `not_before`), and an open
+        circuit gives one probe at a time, when its time has come."""
         if limit < 1:
             return []
         return await self._claim(
@@ -274,6 +402,15 @@ class Store(abc.ABC):
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> JobDetail | None: ...
 
+    # The SQL dialect of the console's reads (router.store.reads builds them).
+    dialect: Dialect
+
+    @abc.abstractmethod
+    async def read_only(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        """Run read-only statements in one snapshot that never holds up the intake (SQLite's
+        reader connection; a read-only snapshot on PostgreSQL): the rows of each, indexable by
+        position. For router.store.reads, which writes the statements."""
+
     async def read_events(
         self, *, since: float, after: int = 0, limit: int = 500
     ) -> list[StoredEvent]:
@@ -308,7 +445,140 @@ class Store(abc.ABC):
         remaining job received before `before`, and dedupe keys older than `dedupe_before`.
         Returns the number of jobs deleted."""
 
+    # -- delivery controls
+
+    @abc.abstractmethod
+    async def declare_destinations(self, destinations: Sequence[Destination]) -> None:
+        """Make `destinations` (the serving rule set's) the declared ones: their limits hold
+        for every claim; every other destination loses its limits (its circuit stays)."""
+
+    @abc.abstractmethod
+    async def report_outcomes(
+        self, outcomes: Mapping[str, Outcomes], *, policy: CircuitPolicy, now: float
+    ) -> list[Transition]:
+        """Move the circuit of each destination by what its attempts came to
+        (router.circuit.advance), each under its row's lock; returns the transitions made."""
+
+    @abc.abstractmethod
+    async def take_slot(
+        self, destination: str, *, token: str, until: float, now: float
+    ) -> float | None:
+        """A batch request's slot at `destination` (router.store.controls): the time it may be
+        sent (one slot of the declared rate), and one of the declared concurrency, held as
+        `token` until `free_slot` or `until`. None while the concurrency is taken: ask again.
+        A destination without limits: `now`, and nothing is held."""
+
+    @abc.abstractmethod
+    async def free_slot(self, token: str) -> None:
+        """Give back a batch request's concurrency slot (it was answered)."""
+
+    @abc.abstractmethod
+    async def circuits(self) -> dict[str, str]:
+        """Each destination the store knows a circuit of (or limits for), with its state."""
+
+    @abc.abstractmethod
+    async def pause(self, kind: str, target: str, *, now: float) -> bool:
+        """Hold the jobs of a rule or destination (Pause); False when already paused."""
+
+    @abc.abstractmethod
+    async def resume(self, kind: str, target: str, *, now: float) -> int | None:
+        """Lift a pause; its pending jobs get the paused time back on their retry budget (their
+        max age counts from later). Returns how many jobs were credited, None if not paused."""
+
+    @abc.abstractmethod
+    async def pauses(self) -> list[Pause]:
+        """Every pause, oldest first."""
+
+    async def discard(self, job_ids: Sequence[str], *, now: float) -> list[str]:
+        """Let the later jobs of the order key of each given dead job go (`on_dead = "hold"`):
+        the job stays dead, kept for inspection and replay. Returns the ids that were dead
+        and holding, in the order given."""
+        wanted = list(dict.fromkeys(job_ids))
+        if not wanted:
+            return []
+        discarded = await self._discard(wanted, now=now)
+        return [job_id for job_id in wanted if job_id in discarded]
+
+    # -- alerts
+
+    async def alert_facts(
+        self,
+        *,
+        kind: str,
+        since: float,
+        rule: str | None = None,
+        destination: str | None = None,
+        scope: str | None = None,
+        errors: int = 3,
+    ) -> AlertFacts:
+        """For an alert of `kind` (ALERT_KINDS): "dead" counts jobs that died at `since` or
+        later, "failing" failed attempts (retried or dead) since then, both of `rule` and
+        `destination` (and the destinations below it) when given; "circuit_open" the circuits
+        open now (of `scope` and below it), so a closing circuit recovers its alert; any other
+        kind counts the signals of that kind (of `scope` when given). With the first `errors`
+        errors (or signal details), oldest first."""
+        if kind not in ALERT_KINDS:
+            raise ValueError(f"unknown alert kind {kind!r}")
+        if kind == "circuit_open":
+            return await self._open_circuits(scope, since, max(errors, 0))
+        where = {"rule": rule, "destination": destination, "scope": scope}
+        count, first = await self._alert_facts(kind, where, since, max(errors, 0))
+        return AlertFacts(count, first)
+
+    async def _open_circuits(self, scope: str | None, since: float, errors: int) -> AlertFacts:
+        """The circuits open now under `scope`, each quoted by the signal of its opening
+        within the window (or plainly, when it opened before the window or elsewhere)."""
+        states = await self.circuits()
+        opened = sorted(
+            key
+            for key, state in states.items()
+            if state == OPEN and (scope is None or under(key, scope))
+        )
+        details: list[str] = []
+        for key in opened[:errors]:
+            where = {"rule": None, "destination": None, "scope": key}
+            _count, first = await self._alert_facts("circuit_open", where, since, 1)
+            details.append(first[0] if first else f"circuit of {key} is open")
+        return AlertFacts(len(opened), tuple(details))
+
+    async def add_signal(
+        self, *, kind: str, scope: str | None, detail: str | None, at: float
+    ) -> None:
+        """Record that `kind` happened (a refused reload, an opened circuit) for alerts of
+        every replica to count; signals older than SIGNAL_KEEP go at the same time."""
+        await self._add_signal(kind, scope, storable_text(detail), at)
+
+    @abc.abstractmethod
+    async def fire_alert(self, name: str, *, now: float, window: float) -> bool | None:
+        """Move alert `name` to firing unless it fired less than `window` seconds ago. Atomic:
+        of several replicas asking at once, one gets an answer other than None. True: it was
+        not firing (a new alert); False: it still fires (a reminder); None: not now."""
+
+    @abc.abstractmethod
+    async def recover_alert(self, name: str, *, now: float) -> bool:
+        """Move a firing alert `name` to recovered; True for the one caller that did."""
+
+    @abc.abstractmethod
+    async def unfire_alert(self, name: str) -> None:
+        """Undo a firing whose notification could not be sent, so it is tried again."""
+
     # -- what each backend implements behind the checks above
+
+    @abc.abstractmethod
+    async def _discard(self, job_ids: Sequence[str], *, now: float) -> Collection[str]:
+        """`discard` of distinct ids (at least one); returns those discarded, in any order."""
+
+    @abc.abstractmethod
+    async def _alert_facts(
+        self, kind: str, where: Mapping[str, str | None], since: float, errors: int
+    ) -> tuple[int, tuple[str, ...]]:
+        """`alert_facts`, the kind known."""
+
+    @abc.abstractmethod
+    async def _add_signal(
+        self, kind: str, scope: str | None, detail: str | None, at: float
+    ) -> None:
+        """`add_signal`."""
 
     @abc.abstractmethod
     async def _accept(

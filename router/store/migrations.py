@@ -44,6 +44,23 @@ Version 3 settled the points where the two backends had drifted apart, taking th
 
 The shadow-jobs step adds `jobs.mode` (`live` or `shadow`, from the rule's `mode` when the event
 was accepted) and the job status `shadow`: a shadow job is rendered and recorded, never sent.
+
+The delivery-controls step adds each job's order key (`jobs.order_key`, `jobs.order_hold`),
+the `destinations` table (declared limits, rate slots and the circuit of each destination) and
+the `pauses` table: the state every worker of a deployment shares (router.store.controls).
+
+The alerts step (6) adds what alerts read and write (router.alerts): `alert_signals`, what
+happened in some process (a refused reload, an opened circuit), and `alert_states`, each alert's
+state, which only one replica at a time moves, so only one fires; the indexes that count dead
+jobs and failed attempts within a window; and `batch_slots`, the concurrency slots of the batch
+requests in flight (router.store.controls).
+
+The console step (7) adds only indexes, for the console's pages and API (router.console): the events
+that matched nothing (partial: a matched record never writes it; no index reads inside a
+record, so a hostile record can never fail its own insert); and jobs that left `pending`
+(partial: a push writes none of them) newest first by rule, by destination and by status,
+and by rule, destination, status, action and age for the per-rule and per-destination
+counters.
 """
 
 from __future__ import annotations
@@ -57,7 +74,7 @@ from router.exceptions import StoreUnavailable
 
 log = logging.getLogger("router.store")
 
-SCHEMA_VERSION = 4  # the steps each dialect lists; version N is the same layout everywhere
+SCHEMA_VERSION = 7  # the steps each dialect lists; version N is the same layout everywhere
 
 # Whether step N (at index N - 1) is additive, as the module docstring defines it. Decided once,
 # when the step is written, and never changed: a rollback across the step depends on it.
@@ -68,6 +85,13 @@ ADDITIVE: tuple[bool, ...] = (
     # 4: jobs.mode (shadow rules) and the `shadow` status. Not additive: code that does not know
     # the mode would deliver a shadow rule's pending jobs, and cannot read a `shadow` status.
     False,
+    # 5: delivery controls: jobs.order_key and jobs.order_hold, the destinations and pauses
+    # tables and their indexes. Additive: code without it delivers as it always did.
+    True,
+    True,  # 6: alert_signals, alert_states and batch_slots, new tables; their indexes
+    # 7: the console's read indexes (events without a match; settled jobs by rule,
+    # destination, status and age). Indexes only.
+    True,
 )
 assert len(ADDITIVE) == SCHEMA_VERSION, "say of every step whether it is additive"
 

@@ -15,23 +15,28 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import astuple, dataclass, replace
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
+from router.circuit import CircuitPolicy, Outcomes, Transition, advance, transition
+from router.destinations import Destination
 from router.exceptions import StoreUnavailable
-from router.store import rows
+from router.store import controls, rows
 from router.store import sql_postgres as sql
 from router.store.base import (
+    SIGNAL_KEEP,
     AcceptResult,
     AttemptResult,
+    Dialect,
     IncomingRecord,
     Job,
     JobDetail,
     JobSummary,
+    Pause,
     QueueStats,
     Status,
     Store,
@@ -105,6 +110,8 @@ class PostgresStore(Store):
     `pool_size=N` (connections per process; the `pool_size` argument wins). Other query
     parameters go to the driver. The password never appears in errors or logs.
     """
+
+    dialect: Dialect = "postgres"
 
     def __init__(
         self,
@@ -284,10 +291,10 @@ class PostgresStore(Store):
             if kept:
                 # Built here, not before: a retry runs on a new connection, which emptied the
                 # cache of written specs.
-                columns, new_specs, modes = sql.insert_arguments(kept, self._specs)
+                columns, new_specs, extra = sql.insert_arguments(kept, self._specs)
                 try:
                     await conn.execute(
-                        sql.INSERT_EVENTS_AND_JOBS, *columns, ruleset_version, now, modes
+                        sql.INSERT_EVENTS_AND_JOBS, *columns, ruleset_version, now, *extra
                     )
                 except asyncpg.UniqueViolationError as exc:
                     raise ValueError(f"a job id already exists: {exc.detail}") from exc
@@ -307,11 +314,54 @@ class PostgresStore(Store):
     ) -> list[Job]:
         token = uuid.uuid4().hex
 
-        async def work(conn: Connection) -> list[asyncpg.Record]:
-            return await conn.fetch(sql.CLAIM_JOBS, now, limit, token, until, exclude, only)
+        async def work(conn: Connection) -> list[Job]:
+            # The controlled destinations first, each within what its row allows (the rows
+            # stay locked until the claim commits), then the rest.
+            held = [controls.controlled(r) for r in await conn.fetch(sql.SELECT_CONTROLLED)]
+            claimed: list[Job] = []
+            for row in controls.order(held, exclude, only):
+                if len(claimed) >= limit:
+                    break
+                leased = 0
+                if row.concurrency is not None:
+                    leased = int(await conn.fetchval(sql.COUNT_LEASED, row.key, now))
+                plan = controls.plan(row, leased=leased, limit=limit - len(claimed), now=now)
+                found = []
+                if plan.count > 0:
+                    found = await conn.fetch(
+                        sql.CLAIM_JOBS_OF, now, plan.count, token, until, [], row.key, False
+                    )
+                if found:
+                    probe_until = until if plan.probe else None
+                    tat = plan.tat_after(len(found))
+                    await conn.execute(sql.TAKE_SLOTS, row.key, tat, probe_until)
+                    times = plan.send_times(len(found))
+                    claimed += [
+                        replace(rows.job(r), not_before=at)
+                        for r, at in zip(found, times, strict=True)
+                    ]
+                    if plan.probe:
+                        continue  # the probe is out
+                # Batch actions' jobs: what the circuit allows; their requests take slots.
+                batches = controls.plan_batched(row, limit=limit - len(claimed), now=now)
+                if batches.count <= 0:
+                    continue
+                found = await conn.fetch(
+                    sql.CLAIM_JOBS_OF, now, batches.count, token, until, [], row.key, True
+                )
+                if found and batches.probe:
+                    await conn.execute(sql.TAKE_SLOTS, row.key, None, until)
+                claimed += [rows.job(r) for r in found]
+            skip = [*exclude, *(row.key for row in held)]
+            if len(claimed) < limit and (only is None or only not in skip):
+                found = await conn.fetch(
+                    sql.CLAIM_JOBS, now, limit - len(claimed), token, until, skip, only
+                )
+                claimed += [rows.job(r) for r in found]
+            return claimed
 
         # Safe to retry: a claim lost in transit only leaves leases that expire.
-        return [rows.job(row) for row in await self._run(work, transaction=False)]
+        return await self._run(work, transaction=True)
 
     async def _record(self, results: Sequence[AttemptResult], *, now: float) -> None:
         args = [(*rows.attempt_row(result), now) for result in results]
@@ -397,6 +447,113 @@ class PostgresStore(Store):
             self._notify()
         return count
 
+    async def _discard(self, job_ids: Sequence[str], *, now: float) -> set[str]:
+        async def work(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql.DISCARD_JOBS, list(job_ids), now)
+
+        discarded = {row["id"] for row in await self._run(work, transaction=True)}
+        if discarded:
+            self._notify()
+        return discarded
+
+    # -- delivery controls --------------------------------------------------------------------
+
+    async def declare_destinations(self, destinations: Sequence[Destination]) -> None:
+        keys = [d.key for d in destinations]
+        rates = [d.rate for d in destinations]
+        concurrencies = [d.concurrency for d in destinations]
+
+        async def work(conn: Connection) -> None:
+            await conn.execute(sql.DECLARE, keys, rates, concurrencies)
+
+        await self._run(work, transaction=True)
+
+    async def report_outcomes(
+        self, outcomes: Mapping[str, Outcomes], *, policy: CircuitPolicy, now: float
+    ) -> list[Transition]:
+        keys = sorted(outcomes)
+        failing = [key for key in keys if outcomes[key].trailing_failures]
+
+        async def work(conn: Connection) -> list[Transition]:
+            if failing:
+                await conn.execute(sql.ENSURE_CIRCUITS, failing)
+            changes: list[Transition] = []
+            for row in await conn.fetch(sql.LOCK_CIRCUITS, keys):
+                key = row[0]
+                old = controls.circuit_state(row, 1)
+                new = advance(old, outcomes[key], policy, now)
+                if new == old:
+                    continue
+                await conn.execute(sql.PUT_CIRCUIT, key, *astuple(new))
+                change = transition(key, old, new)
+                if change is not None:
+                    changes.append(change)
+            return changes
+
+        changes = await self._run(work, transaction=True)
+        if changes:
+            self._notify()
+        return changes
+
+    async def take_slot(
+        self, destination: str, *, token: str, until: float, now: float
+    ) -> float | None:
+        async def work(conn: Connection) -> float | None:
+            row = await conn.fetchrow(sql.GET_LIMITS, destination)
+            if row is None or (row["rate"] is None and row["concurrency"] is None):
+                return now
+            await conn.execute(sql.DROP_OLD_SLOTS, destination, now)
+            busy = 0
+            if row["concurrency"] is not None:
+                busy = int(await conn.fetchval(sql.COUNT_LEASED, destination, now))
+            at, tat = controls.slot(row["rate"], row["concurrency"], row["tat"], busy, now)
+            if at is None:
+                return None
+            if row["concurrency"] is not None:
+                await conn.execute(sql.ADD_SLOT, token, destination, until)
+            if tat is not None:
+                await conn.execute(sql.TAKE_SLOTS, destination, tat, None)
+            return at
+
+        return await self._run(work, transaction=True)
+
+    async def free_slot(self, token: str) -> None:
+        async def work(conn: Connection) -> None:
+            await conn.execute(sql.FREE_SLOT, token)
+
+        await self._run(work, transaction=True)
+
+    async def circuits(self) -> dict[str, str]:
+        async def work(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql.LIST_CIRCUITS)
+
+        return {row[0]: row[1] for row in await self._run(work, transaction=False)}
+
+    async def pause(self, kind: str, target: str, *, now: float) -> bool:
+        async def work(conn: Connection) -> bool:
+            return await conn.fetchval(sql.PAUSE, kind, target, now) is not None
+
+        return await self._run(work, transaction=True)
+
+    async def resume(self, kind: str, target: str, *, now: float) -> int | None:
+        async def work(conn: Connection) -> int | None:
+            since = await conn.fetchval(sql.UNPAUSE, kind, target)
+            if since is None:
+                return None
+            credit = sql.CREDIT_RULE if kind == "rule" else sql.CREDIT_DESTINATION
+            return int(await conn.fetchval(credit, now, since, target))
+
+        credited = await self._run(work, transaction=True)
+        if credited is not None:
+            self._notify()
+        return credited
+
+    async def pauses(self) -> list[Pause]:
+        async def work(conn: Connection) -> list[asyncpg.Record]:
+            return await conn.fetch(sql.LIST_PAUSES)
+
+        return [Pause(r[0], r[1], r[2]) for r in await self._run(work, transaction=False)]
+
     async def _read_events(self, *, since: float, after: int, limit: int) -> list[StoredEvent]:
         async def work(conn: Connection) -> list[asyncpg.Record]:
             # A read-only snapshot takes no lock an insert waits for: intake goes on.
@@ -404,6 +561,63 @@ class PostgresStore(Store):
                 return await conn.fetch(sql.READ_EVENTS, after, since, limit)
 
         return [rows.stored_event(row) for row in await self._run(work, transaction=False)]
+
+    async def _alert_facts(
+        self, kind: str, where: Mapping[str, str | None], since: float, errors: int
+    ) -> tuple[int, tuple[str, ...]]:
+        if kind in ("dead", "failing"):
+            count, first = (
+                (sql.COUNT_DEAD, sql.FIRST_DEAD)
+                if kind == "dead"
+                else (sql.COUNT_FAILED, sql.FIRST_FAILED)
+            )
+            args: tuple[Any, ...] = (since, where.get("rule"), where.get("destination"))
+        else:
+            count, first = sql.COUNT_SIGNALS, sql.FIRST_SIGNALS
+            args = (since, kind, where.get("scope"))
+
+        async def work(conn: Connection) -> tuple[int, tuple[str, ...]]:
+            total = int(await conn.fetchval(count, *args))
+            found = await conn.fetch(first, *args, errors)
+            return total, tuple(str(row[0]) for row in found if row[0])
+
+        return await self._run(work, transaction=False)
+
+    async def _add_signal(
+        self, kind: str, scope: str | None, detail: str | None, at: float
+    ) -> None:
+        async def work(conn: Connection) -> None:
+            await conn.execute(sql.ADD_SIGNAL, kind, scope, detail, at)
+            await conn.execute(sql.PURGE_SIGNALS, at - SIGNAL_KEEP)
+
+        await self._run(work, transaction=True)
+
+    async def fire_alert(self, name: str, *, now: float, window: float) -> bool | None:
+        async def work(conn: Connection) -> bool | None:
+            changed = await conn.fetchval(sql.FIRE_ALERT, name, now, window)
+            return None if changed is None else changed == now
+
+        return await self._run(work, transaction=True)
+
+    async def recover_alert(self, name: str, *, now: float) -> bool:
+        async def work(conn: Connection) -> bool:
+            return await conn.fetchval(sql.RECOVER_ALERT, name, now) is not None
+
+        return await self._run(work, transaction=True)
+
+    async def unfire_alert(self, name: str) -> None:
+        async def work(conn: Connection) -> None:
+            await conn.execute(sql.UNFIRE_ALERT, name)
+
+        await self._run(work, transaction=True)
+
+    async def read_only(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        async def work(conn: Connection) -> list[list[Any]]:
+            # A read-only snapshot takes no lock an insert waits for: intake goes on.
+            async with conn.transaction(isolation="repeatable_read", readonly=True):
+                return [list(await conn.fetch(sql_, *params)) for sql_, params in statements]
+
+        return await self._run(work, transaction=False)
 
     async def stats(self, *, now: float) -> QueueStats:
         async def work(conn: Connection) -> asyncpg.Record | None:

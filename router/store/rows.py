@@ -48,8 +48,10 @@ EVENT_COLUMNS = "id, event_id, record, matched, ruleset_version, received_at"
 STATS_COLUMNS = """
     (SELECT count(*) FROM jobs WHERE status = 'pending'),
     (SELECT count(*) FROM jobs WHERE status = 'dead'),
-    (SELECT min(created_at) FROM jobs WHERE status = 'pending')
+    (SELECT min(created_at + 0) FROM jobs WHERE status = 'pending')
 """
+# `created_at + 0`: the oldest pending job is found among the pending jobs (their status index),
+# never by walking an index of every job in creation order until a pending one turns up.
 
 _NEXT_STATUS = {
     Outcome.DONE: Status.DONE,

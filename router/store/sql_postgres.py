@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from router.exceptions import StoreUnavailable
 from router.rules import spec_hash
-from router.store import rows
+from router.store import controls, rows
 from router.store.base import IncomingRecord
 from router.store.migrations import (
     FLOOR_KEY,
@@ -181,6 +181,71 @@ MIGRATIONS = Migrations[Step](
         CHECK (status IN ('pending', 'done', 'dead', 'shadow'));
     CREATE INDEX jobs_shadow ON jobs (updated_at) WHERE status = 'shadow';
     """,
+        # 5: delivery controls. Each job's order key and whether a dead one holds it; the
+        # destinations (declared limits, rate slots, circuit) and the pauses, shared by every
+        # replica; the indexes a claim reads them by. Nullable and defaulted columns: no rewrite.
+        """
+    ALTER TABLE jobs ADD COLUMN order_key text,
+        ADD COLUMN order_hold boolean NOT NULL DEFAULT false;
+    CREATE INDEX jobs_order ON jobs (order_key, status, seq) WHERE order_key IS NOT NULL;
+    CREATE INDEX jobs_leased ON jobs (destination, lease_until) WHERE lease_token IS NOT NULL;
+    CREATE TABLE destinations (
+        key text PRIMARY KEY,
+        rate double precision,
+        concurrency integer,
+        tat double precision,
+        state text NOT NULL DEFAULT 'closed',
+        failures integer NOT NULL DEFAULT 0,
+        opened_at double precision,
+        probe_at double precision,
+        probe_delay double precision,
+        probe_until double precision
+    );
+    CREATE TABLE pauses (
+        kind text NOT NULL,
+        target text NOT NULL,
+        since double precision NOT NULL,
+        PRIMARY KEY (kind, target)
+    );
+    """,
+        # 6: alerts: signals from processes, each alert's state, and the indexes its counts read.
+        """
+    CREATE TABLE alert_signals (
+        kind text NOT NULL,
+        scope text,
+        detail text,
+        at double precision NOT NULL
+    );
+    CREATE INDEX alert_signals_at ON alert_signals (kind, at);
+    CREATE TABLE alert_states (
+        name text PRIMARY KEY,
+        firing integer NOT NULL DEFAULT 0,
+        fired_at double precision,
+        changed_at double precision NOT NULL
+    );
+    CREATE INDEX jobs_dead_at ON jobs (updated_at) WHERE status = 'dead';
+    CREATE INDEX attempts_failed_at ON attempts (at) WHERE outcome IN ('retry', 'dead');
+    CREATE TABLE batch_slots (
+        token text PRIMARY KEY,
+        key text NOT NULL,
+        until double precision NOT NULL
+    );
+    CREATE INDEX batch_slots_key ON batch_slots (key, until);
+    """,
+        # 7: the console's reads (router.store.migrations). The jobs indexes hold only jobs
+        # that left `pending` (a push writes none of them; pending jobs are read through
+        # jobs_due); `jobs_recent` carries what the counters read, so they scan the index only;
+        # `jobs_seq` lists the newest jobs, `jobs_event` a record's jobs (SQLite has both).
+        """
+    CREATE INDEX events_unmatched ON events (id) WHERE matched::text = '[]';
+    CREATE INDEX jobs_rule ON jobs (rule, seq) WHERE status <> 'pending';
+    CREATE INDEX jobs_destination ON jobs (destination, seq) WHERE status <> 'pending';
+    CREATE INDEX jobs_status ON jobs (status, seq) WHERE status <> 'pending';
+    CREATE INDEX jobs_recent ON jobs (created_at)
+        INCLUDE (rule, destination, status, action_index) WHERE status <> 'pending';
+    CREATE INDEX jobs_seq ON jobs (seq) WHERE status <> 'pending';
+    CREATE INDEX jobs_event ON jobs (event);
+    """,
     )
 )
 
@@ -266,7 +331,8 @@ RETURNING d.key
 # Column arrays: $1-$3 the events (event_id, record, matched); $4-$10 their jobs (id, position
 # of the job's event in $1-$3 counted from 1, rule, action_index, action_type, spec hash,
 # destination); $11-$12 the specs this store has not written yet (hash, spec); $13 ruleset
-# version, $14 now; $15 the jobs' modes. The event ids are taken from their sequence here, so
+# version, $14 now; $15 the jobs' modes, $16 their order keys, $17 whether dead ones hold.
+# The event ids are taken from their sequence here, so
 # the jobs can refer to them in the same statement. Jobs are inserted in the order given:
 # their `seq` is that order.
 INSERT_EVENTS_AND_JOBS = """
@@ -283,27 +349,30 @@ WITH new_events AS MATERIALIZED (
     ON CONFLICT (hash) DO NOTHING
 )
 INSERT INTO jobs (id, event, rule, action_index, action_type, spec, destination, mode, status,
-                  budget_since, created_at, updated_at, next_at)
+                  budget_since, created_at, updated_at, next_at, order_key, order_hold)
 SELECT j.id, e.id, j.rule, j.action_index, j.action_type, j.spec, j.destination, j.mode,
-       'pending', $14::float8, $14::float8, $14::float8, $14::float8
+       'pending', $14::float8, $14::float8, $14::float8, $14::float8, j.order_key, j.order_hold
 FROM unnest($4::text[], $5::int8[], $6::text[], $7::int[], $8::text[], $9::text[], $10::text[],
-            $15::text[])
+            $15::text[], $16::text[], $17::bool[])
     WITH ORDINALITY AS j (id, position, rule, action_index, action_type, spec, destination, mode,
-                          n)
+                          order_key, order_hold, n)
 JOIN new_events AS e ON e.position = j.position
 ORDER BY j.n
 """
 
 # $1 now, $2 limit, $3 lease token, $4 lease until, $5 destinations to skip, $6 the only
 # destination or NULL. SKIP LOCKED: concurrent claimers pass over the rows another claimer is
-# taking instead of waiting for them (and then taking them twice).
-CLAIM_JOBS = f"""
+# taking instead of waiting for them (and then taking them twice). Paused jobs and jobs held
+# back by their order key are passed over (router.store.controls).
+_CLAIM = """
 WITH due AS (
-    SELECT id FROM jobs
+    SELECT id FROM jobs AS j
     WHERE status = 'pending' AND next_at <= $1::float8
       AND (lease_until IS NULL OR lease_until < $1::float8)
       AND destination <> ALL($5::text[])
       AND ($6::text IS NULL OR destination = $6::text)
+      AND NOT {held}
+      AND NOT {paused}{batched}
     ORDER BY next_at, seq
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -312,11 +381,48 @@ WITH due AS (
     FROM due WHERE jobs.id = due.id
     RETURNING jobs.*
 )
-SELECT {rows.JOB_COLUMNS}
+SELECT {columns}
 FROM claimed AS j
 JOIN events AS e ON e.id = j.event
 JOIN specs AS s ON s.hash = j.spec
 ORDER BY j.next_at, j.seq
+"""
+_BATCHED = controls.BATCHED.format(has_batch="(s.spec -> 'batch') IS NOT NULL")
+_HELD = controls.HELD_BY_ORDER.format(true="true")
+CLAIM_JOBS = _CLAIM.format(held=_HELD, paused=controls.PAUSED, batched="", columns=rows.JOB_COLUMNS)
+# CLAIM_JOBS of one controlled destination: $7 true for its batch actions' jobs, false for the
+# others.
+CLAIM_JOBS_OF = _CLAIM.format(
+    held=_HELD,
+    paused=controls.PAUSED,
+    batched=f"\n      AND {_BATCHED} = $7::bool",
+    columns=rows.JOB_COLUMNS,
+)
+
+# The controlled destinations, locked for this claim's transaction ($1 none).
+SELECT_CONTROLLED = f"""
+SELECT {controls.CONTROLLED_COLUMNS} FROM destinations WHERE {controls.CONTROLLED_WHERE}
+ORDER BY key FOR UPDATE
+"""
+# $1 destination, $2 now. Its requests in flight: single jobs leased, batch requests' slots.
+COUNT_LEASED = f"""
+SELECT (SELECT count(*) FROM jobs AS j
+        WHERE destination = $1 AND lease_token IS NOT NULL AND lease_until >= $2::float8
+          AND NOT {_BATCHED})
+     + (SELECT count(*) FROM batch_slots WHERE key = $1 AND until >= $2::float8)
+"""
+# $1 destination. Its row locked for a batch request's slot.
+GET_LIMITS = "SELECT rate, concurrency, tat FROM destinations WHERE key = $1 FOR UPDATE"
+# $1 destination, $2 now.
+DROP_OLD_SLOTS = "DELETE FROM batch_slots WHERE key = $1 AND until < $2::float8"
+# $1 token, $2 destination, $3 until.
+ADD_SLOT = "INSERT INTO batch_slots (token, key, until) VALUES ($1, $2, $3::float8)"
+FREE_SLOT = "DELETE FROM batch_slots WHERE token = $1"
+# $1 destination, $2 its next free send time or NULL, $3 a probe's lease end or NULL.
+TAKE_SLOTS = """
+UPDATE destinations SET tat = coalesce($2::float8, tat),
+    probe_until = coalesce($3::float8, probe_until)
+WHERE key = $1
 """
 
 # The columns of rows.AttemptRow: $1 job, $2 lease token, $3 new status, $4 next_at, $5 error,
@@ -365,6 +471,12 @@ UPDATE jobs SET status = 'pending', next_at = $2::float8, attempts = 0,
 """
 # $1 job ids, $2 now.
 REPLAY_JOBS = _REPLAY_SET + "WHERE id = ANY($1::text[]) AND status = 'dead' RETURNING id"
+# $1 job ids, $2 now.
+DISCARD_JOBS = """
+UPDATE jobs SET order_hold = false, updated_at = $2::float8
+WHERE id = ANY($1::text[]) AND status = 'dead' AND order_hold
+RETURNING id
+"""
 # $1 rule or NULL, $2 now.
 REPLAY_DEAD = f"""
 WITH replayed AS (
@@ -416,6 +528,55 @@ WHERE e.received_at < $1::float8 AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.ev
 """
 PURGE_DEDUPE = "DELETE FROM dedupe WHERE seen_at < $1::float8"
 
+# -- delivery controls
+# $1 the declared keys, $2 their rates, $3 their concurrencies.
+DECLARE = """
+WITH cleared AS (
+    UPDATE destinations SET rate = NULL, concurrency = NULL
+    WHERE key <> ALL($1::text[]) AND (rate IS NOT NULL OR concurrency IS NOT NULL)
+)
+INSERT INTO destinations (key, rate, concurrency)
+SELECT * FROM unnest($1::text[], $2::float8[], $3::int[])
+ON CONFLICT (key) DO UPDATE SET rate = EXCLUDED.rate, concurrency = EXCLUDED.concurrency
+"""
+# $1 keys: the rows that failures will write exist before they are locked.
+ENSURE_CIRCUITS = """
+INSERT INTO destinations (key) SELECT unnest($1::text[]) ON CONFLICT (key) DO NOTHING
+"""
+# $1 keys.
+LOCK_CIRCUITS = f"""
+SELECT key, {controls.CIRCUIT_COLUMNS} FROM destinations WHERE key = ANY($1::text[])
+ORDER BY key FOR UPDATE
+"""
+PUT_CIRCUIT = """
+UPDATE destinations SET state = $2, failures = $3, opened_at = $4::float8,
+    probe_at = $5::float8, probe_delay = $6::float8, probe_until = $7::float8
+WHERE key = $1
+"""
+LIST_CIRCUITS = "SELECT key, state FROM destinations ORDER BY key"
+# $1 kind, $2 target, $3 now.
+PAUSE = """
+INSERT INTO pauses (kind, target, since) VALUES ($1, $2, $3::float8)
+ON CONFLICT (kind, target) DO NOTHING
+RETURNING 1
+"""
+UNPAUSE = "DELETE FROM pauses WHERE kind = $1 AND target = $2 RETURNING since"
+LIST_PAUSES = "SELECT kind, target, since FROM pauses ORDER BY since, kind, target"
+# $1 now, $2 since, $3 target. The paused time back on each pending job's retry budget.
+_CREDIT = """
+WITH credited AS (
+    UPDATE jobs AS j
+    SET budget_since = budget_since + ($1::float8 - greatest($2::float8, budget_since))
+    WHERE status = 'pending' AND budget_since < $1::float8 AND {where}
+    RETURNING 1
+)
+SELECT count(*) FROM credited
+"""
+CREDIT_RULE = _CREDIT.format(where="j.rule = $3")
+CREDIT_DESTINATION = _CREDIT.format(
+    where=controls.UNDER.format(dest="j.destination", target="$3::text")
+)
+
 NOTIFY = "SELECT pg_notify($1, '')"
 
 # A real write: readiness must fail while writes fail (a full disk, a read-only standby).
@@ -436,7 +597,7 @@ def insert_arguments(
     """INSERT_EVENTS_AND_JOBS's column arrays $1-$12 (unnest turns them back into rows, so one
     statement writes the whole batch; ruleset version and now follow them), the specs they
     write that `specs` does not know yet (remember those once the transaction has committed),
-    and the jobs' modes ($15)."""
+    and the jobs' modes, order keys and holds ($15-$17)."""
     events: list[tuple[Any, ...]] = []
     jobs: list[tuple[Any, ...]] = []
     new: dict[str, str] = {}  # hash -> JSON of the specs to write
@@ -452,11 +613,74 @@ def insert_arguments(
                 new[digest] = text
                 fresh.append((job.spec, digest))
             kind = (job.rule, job.action_index, job.action_type)
-            jobs.append((job.id, position, *kind, digest, job.destination, str(job.mode)))
-    job_columns = _columns(jobs, 8)
+            jobs.append(
+                (
+                    job.id,
+                    position,
+                    *kind,
+                    digest,
+                    job.destination,
+                    str(job.mode),
+                    job.order_key,
+                    job.order_hold,
+                )
+            )
+    job_columns = _columns(jobs, 10)
     columns = [*_columns(events, 3), *job_columns[:7], list(new), list(new.values())]
-    return columns, fresh, job_columns[7]
+    return columns, fresh, job_columns[7:]
 
 
 def _columns(rows_: list[tuple[Any, ...]], width: int) -> list[list[Any]]:
     return [list(column) for column in zip(*rows_, strict=True)] if rows_ else [[]] * width
+
+
+# -- alerts ($1 since, $2 rule or NULL, $3 destination or NULL; FIRST_*: $4 limit)
+# A destination scope covers the jobs of its key and of every key below it (router.destinations).
+_ALERT_SCOPE = "($2::text IS NULL OR j.rule = $2) AND ($3::text IS NULL OR " + (
+    controls.UNDER.format(dest="j.destination", target="$3::text") + ")"
+)
+COUNT_DEAD = f"""
+SELECT count(*) FROM jobs j
+WHERE j.status = 'dead' AND j.updated_at >= $1 AND {_ALERT_SCOPE}
+"""
+FIRST_DEAD = f"""
+SELECT j.last_error FROM jobs j
+WHERE j.status = 'dead' AND j.updated_at >= $1 AND {_ALERT_SCOPE}
+ORDER BY j.updated_at LIMIT $4
+"""
+COUNT_FAILED = f"""
+SELECT count(*) FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.outcome IN ('retry', 'dead') AND a.at >= $1 AND {_ALERT_SCOPE}
+"""
+FIRST_FAILED = f"""
+SELECT a.error FROM attempts a JOIN jobs j ON j.id = a.job_id
+WHERE a.outcome IN ('retry', 'dead') AND a.at >= $1 AND {_ALERT_SCOPE}
+ORDER BY a.at LIMIT $4
+"""
+# $1 since, $2 kind, $3 scope or NULL; FIRST_SIGNALS: $4 limit.
+COUNT_SIGNALS = """
+SELECT count(*) FROM alert_signals
+WHERE at >= $1 AND kind = $2 AND ($3::text IS NULL OR scope = $3)
+"""
+FIRST_SIGNALS = """
+SELECT detail FROM alert_signals
+WHERE at >= $1 AND kind = $2 AND ($3::text IS NULL OR scope = $3)
+ORDER BY at LIMIT $4
+"""
+ADD_SIGNAL = "INSERT INTO alert_signals (kind, scope, detail, at) VALUES ($1, $2, $3, $4)"
+PURGE_SIGNALS = "DELETE FROM alert_signals WHERE at < $1"
+# $1 name, $2 now, $3 window. A row back: this caller moved the alert to firing.
+FIRE_ALERT = """
+INSERT INTO alert_states AS s (name, firing, fired_at, changed_at) VALUES ($1, 1, $2, $2)
+ON CONFLICT (name) DO UPDATE SET
+    firing = 1,
+    fired_at = $2,
+    changed_at = CASE WHEN s.firing = 1 THEN s.changed_at ELSE $2 END
+WHERE s.fired_at IS NULL OR s.fired_at <= $2 - $3
+RETURNING changed_at
+"""
+RECOVER_ALERT = """
+UPDATE alert_states SET firing = 0, changed_at = $2 WHERE name = $1 AND firing = 1
+RETURNING changed_at
+"""
+UNFIRE_ALERT = "UPDATE alert_states SET firing = 0, fired_at = NULL WHERE name = $1"

@@ -18,10 +18,13 @@ import secrets
 import sqlite3
 import uuid
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import astuple, replace
 from typing import Any
 
+from router.circuit import CircuitPolicy, CircuitState, Outcomes, Transition, advance, transition
+from router.destinations import Destination
 from router.exceptions import StoreUnavailable
-from router.store import rows
+from router.store import controls, rows
 from router.store.base import (
     AcceptResult,
     AttemptResult,
@@ -29,6 +32,7 @@ from router.store.base import (
     Job,
     JobDetail,
     JobSummary,
+    Pause,
     QueueStats,
     Status,
     StoredEvent,
@@ -175,6 +179,73 @@ MIGRATIONS = Migrations[tuple[str, ...]](
         # sent). Every job stored before was live. `status` is free text here: 'shadow' needs
         # no change of its own.
         ("ALTER TABLE jobs ADD COLUMN mode TEXT NOT NULL DEFAULT 'live'",),
+        # 5: delivery controls. Each job's order key and whether a dead one holds it; the
+        # destinations (declared limits, rate slots, circuit) and the pauses, shared by every
+        # worker; the indexes a claim reads them by.
+        (
+            "ALTER TABLE jobs ADD COLUMN order_key TEXT",
+            "ALTER TABLE jobs ADD COLUMN order_hold INTEGER NOT NULL DEFAULT 0",
+            """CREATE INDEX jobs_order ON jobs (order_key, status, seq)
+                WHERE order_key IS NOT NULL""",
+            """CREATE INDEX jobs_leased ON jobs (destination, lease_until)
+                WHERE lease_token IS NOT NULL""",
+            """CREATE TABLE destinations (
+                key TEXT PRIMARY KEY,
+                rate REAL,
+                concurrency INTEGER,
+                tat REAL,
+                state TEXT NOT NULL DEFAULT 'closed',
+                failures INTEGER NOT NULL DEFAULT 0,
+                opened_at REAL,
+                probe_at REAL,
+                probe_delay REAL,
+                probe_until REAL
+            ) WITHOUT ROWID""",
+            """CREATE TABLE pauses (
+                kind TEXT NOT NULL,
+                target TEXT NOT NULL,
+                since REAL NOT NULL,
+                PRIMARY KEY (kind, target)
+            ) WITHOUT ROWID""",
+        ),
+        # 6: alerts: signals from processes, each alert's state, and the indexes its counts read.
+        (
+            """CREATE TABLE alert_signals (
+                kind TEXT NOT NULL,
+                scope TEXT,
+                detail TEXT,
+                at REAL NOT NULL
+            )""",
+            "CREATE INDEX alert_signals_at ON alert_signals (kind, at)",
+            """CREATE TABLE alert_states (
+                name TEXT PRIMARY KEY,
+                firing INTEGER NOT NULL DEFAULT 0,
+                fired_at REAL,
+                changed_at REAL NOT NULL
+            )""",
+            "CREATE INDEX jobs_dead_at ON jobs (updated_at) WHERE status = 'dead'",
+            "CREATE INDEX attempts_failed_at ON attempts (at) WHERE outcome IN ('retry', 'dead')",
+            # A batch request's slot of its destination's concurrency (router.store.controls).
+            """CREATE TABLE batch_slots (
+                token TEXT PRIMARY KEY,
+                key TEXT NOT NULL,
+                until REAL NOT NULL
+            ) WITHOUT ROWID""",
+            "CREATE INDEX batch_slots_key ON batch_slots (key, until)",
+        ),
+        # 7: the console's reads (router.store.migrations).
+        (
+            "CREATE INDEX events_unmatched ON events (id) WHERE matched = '[]'",
+            # Jobs leave `pending` once delivered or dead: these hold the jobs that did, so a
+            # push writes none of them (pending jobs are read through jobs_due).
+            "CREATE INDEX jobs_rule ON jobs (rule, seq) WHERE status <> 'pending'",
+            "CREATE INDEX jobs_destination ON jobs (destination, seq) WHERE status <> 'pending'",
+            "CREATE INDEX jobs_status ON jobs (status, seq) WHERE status <> 'pending'",
+            # Counters by rule, destination, status and action over a window of creation
+            # times: each group found by a seek and counted as a range (router.store.reads).
+            "CREATE INDEX jobs_recent ON jobs (rule, destination, status, action_index, created_at)"
+            " WHERE status <> 'pending'",
+        ),
     )
 )
 
@@ -198,20 +269,46 @@ INSERT_EVENT = """
 INSERT_SPEC = "INSERT INTO specs (hash, spec) VALUES (?, ?) ON CONFLICT (hash) DO NOTHING"
 INSERT_JOB = """
     INSERT INTO jobs (id, event, rule, action_index, action_type, spec, destination, mode, status,
-                      budget_since, created_at, updated_at, next_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?)
+                      budget_since, created_at, updated_at, next_at, order_key, order_hold)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?)
 """
 
 # -- claim
 # `seq` is the rowid, the last column of every index entry: jobs_due yields this order as is.
-SELECT_DUE = """
-    SELECT id FROM jobs
+# Paused jobs and jobs held back by their order key are passed over (router.store.controls).
+_DUE = """
+    SELECT id FROM jobs AS j
     WHERE status = 'pending' AND next_at <= :now AND (lease_until IS NULL OR lease_until < :now)
       AND destination NOT IN (SELECT value FROM json_each(:exclude))
       AND (:only IS NULL OR destination = :only)
+      AND NOT {held}
+      AND NOT {paused}{batched}
     ORDER BY next_at, seq
     LIMIT :limit
 """
+_BATCHED = controls.BATCHED.format(has_batch="json_extract(s.spec, '$.batch') IS NOT NULL")
+_HELD = controls.HELD_BY_ORDER.format(true=1)
+SELECT_DUE = _DUE.format(held=_HELD, paused=controls.PAUSED, batched="")
+# Of one controlled destination: its single jobs, or its batch actions' jobs (:batched 0 or 1).
+SELECT_DUE_OF = _DUE.format(
+    held=_HELD, paused=controls.PAUSED, batched=f"\n      AND {_BATCHED} = :batched"
+)
+SELECT_CONTROLLED = (
+    f"SELECT {controls.CONTROLLED_COLUMNS} FROM destinations WHERE {controls.CONTROLLED_WHERE}"
+)
+# A destination's requests in flight: its single jobs leased, and its batch requests' slots.
+COUNT_LEASED = f"""
+    SELECT (SELECT count(*) FROM jobs AS j
+            WHERE destination = :key AND lease_token IS NOT NULL AND lease_until >= :now
+              AND NOT {_BATCHED})
+         + (SELECT count(*) FROM batch_slots WHERE key = :key AND until >= :now)
+"""
+GET_LIMITS = "SELECT rate, concurrency, tat FROM destinations WHERE key = ?"
+DROP_OLD_SLOTS = "DELETE FROM batch_slots WHERE key = ? AND until < ?"
+ADD_SLOT = "INSERT INTO batch_slots (token, key, until) VALUES (?, ?, ?)"
+FREE_SLOT = "DELETE FROM batch_slots WHERE token = ?"
+TAKE_SLOTS = "UPDATE destinations SET tat = coalesce(:tat, tat) WHERE key = :key"
+TAKE_PROBE = "UPDATE destinations SET probe_until = :until WHERE key = :key"
 LEASE_JOB = "UPDATE jobs SET lease_token = ?, lease_until = ? WHERE id = ?"
 SELECT_CLAIMED = f"""
     SELECT {rows.JOB_COLUMNS}
@@ -256,6 +353,10 @@ RENEW_LEASE = """
 CLEAR_LEASES = (
     "UPDATE jobs SET lease_token = NULL, lease_until = NULL WHERE lease_token IS NOT NULL"
 )
+# A probe out with those leases is gone with them: the next probe may go at its time.
+CLEAR_PROBES = "UPDATE destinations SET probe_until = NULL WHERE probe_until IS NOT NULL"
+# So are the concurrency slots of its batch requests.
+CLEAR_BATCH_SLOTS = "DELETE FROM batch_slots"
 
 # -- replay
 _REPLAY_SET = """
@@ -263,6 +364,44 @@ _REPLAY_SET = """
                     lease_token = NULL, lease_until = NULL, updated_at = :now
 """
 REPLAY_JOB = _REPLAY_SET + "WHERE id = :id AND status = 'dead'"
+DISCARD_JOB = """
+    UPDATE jobs SET order_hold = 0, updated_at = :now
+    WHERE id = :id AND status = 'dead' AND order_hold = 1
+"""
+
+# -- controls
+CLEAR_LIMITS = """
+    UPDATE destinations SET rate = NULL, concurrency = NULL
+    WHERE key NOT IN (SELECT value FROM json_each(?))
+"""
+DECLARE = """
+    INSERT INTO destinations (key, rate, concurrency) VALUES (?, ?, ?)
+    ON CONFLICT (key) DO UPDATE SET rate = excluded.rate, concurrency = excluded.concurrency
+"""
+GET_CIRCUIT = f"SELECT {controls.CIRCUIT_COLUMNS} FROM destinations WHERE key = ?"
+PUT_CIRCUIT = """
+    INSERT INTO destinations (key, state, failures, opened_at, probe_at, probe_delay,
+                              probe_until)
+    VALUES (?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (key) DO UPDATE SET state = excluded.state, failures = excluded.failures,
+        opened_at = excluded.opened_at, probe_at = excluded.probe_at,
+        probe_delay = excluded.probe_delay, probe_until = excluded.probe_until
+"""
+LIST_CIRCUITS = "SELECT key, state FROM destinations ORDER BY key"
+PAUSE = """
+    INSERT INTO pauses (kind, target, since) VALUES (?, ?, ?)
+    ON CONFLICT (kind, target) DO NOTHING
+"""
+UNPAUSE = "DELETE FROM pauses WHERE kind = ? AND target = ? RETURNING since"
+LIST_PAUSES = "SELECT kind, target, since FROM pauses ORDER BY since, kind, target"
+# The paused time back on each pending job's retry budget: from the pause (or the job's own
+# start, if later) to now.
+_CREDIT = """
+    UPDATE jobs AS j SET budget_since = budget_since + (:now - max(:since, budget_since))
+    WHERE status = 'pending' AND budget_since < :now AND
+"""
+CREDIT_RULE = _CREDIT + "j.rule = :target"
+CREDIT_DESTINATION = _CREDIT + controls.UNDER.format(dest="j.destination", target=":target")
 REPLAY_DEAD = _REPLAY_SET + "WHERE status = 'dead' AND (:rule IS NULL OR rule = :rule)"
 
 # -- reads
@@ -395,7 +534,20 @@ def accept(
             digest = _stored_spec(conn, job.spec, specs)
             row = (job.id, event, job.rule, job.action_index, job.action_type, digest)
             try:
-                conn.execute(INSERT_JOB, (*row, job.destination, job.mode, now, now, now, now))
+                conn.execute(
+                    INSERT_JOB,
+                    (
+                        *row,
+                        job.destination,
+                        job.mode,
+                        now,
+                        now,
+                        now,
+                        now,
+                        job.order_key,
+                        int(job.order_hold),
+                    ),
+                )
             except sqlite3.IntegrityError as exc:
                 raise ValueError(f"job id {job.id!r} already exists") from exc
         accepted += 1
@@ -410,11 +562,59 @@ def claim(
     exclude: Sequence[str],
     only: str | None,
 ) -> list[Job]:
+    """The controlled destinations first, each within what its row allows, then the rest."""
+    token = uuid.uuid4().hex
+    held = [controls.controlled(row) for row in conn.execute(SELECT_CONTROLLED)]
+    claimed: list[Job] = []
+    for row in controls.order(held, exclude, only):
+        if len(claimed) >= limit:
+            break
+        leased = 0
+        if row.concurrency is not None:
+            leased = conn.execute(COUNT_LEASED, {"key": row.key, "now": now}).fetchone()[0]
+        plan = controls.plan(row, leased=leased, limit=limit - len(claimed), now=now)
+        jobs: list[Job] = []
+        if plan.count > 0:
+            jobs = _claim_due(conn, token, plan.count, until, now, (), row.key, batched=False)
+        if jobs:
+            if plan.probe:
+                conn.execute(TAKE_PROBE, {"until": until, "key": row.key})
+            conn.execute(TAKE_SLOTS, {"tat": plan.tat_after(len(jobs)), "key": row.key})
+            times = plan.send_times(len(jobs))
+            claimed += [replace(job, not_before=at) for job, at in zip(jobs, times, strict=True)]
+            if plan.probe:
+                continue  # the probe is out
+        batches = controls.plan_batched(row, limit=limit - len(claimed), now=now)
+        if batches.count <= 0:
+            continue
+        jobs = _claim_due(conn, token, batches.count, until, now, (), row.key, batched=True)
+        if jobs and batches.probe:
+            conn.execute(TAKE_PROBE, {"until": until, "key": row.key})
+        claimed += jobs
+    skip = [*exclude, *(row.key for row in held)]
+    if len(claimed) < limit and (only is None or only not in skip):
+        claimed += _claim_due(conn, token, limit - len(claimed), until, now, skip, only)
+    return claimed
+
+
+def _claim_due(
+    conn: sqlite3.Connection,
+    token: str,
+    limit: int,
+    until: float,
+    now: float,
+    exclude: Sequence[str],
+    only: str | None,
+    *,
+    batched: bool | None = None,
+) -> list[Job]:
     params = {"now": now, "limit": limit, "exclude": json.dumps(list(exclude)), "only": only}
-    due = [row[0] for row in conn.execute(SELECT_DUE, params)]
+    if batched is None:
+        due = [row[0] for row in conn.execute(SELECT_DUE, params)]
+    else:
+        due = [row[0] for row in conn.execute(SELECT_DUE_OF, {**params, "batched": int(batched)})]
     if not due:
         return []
-    token = uuid.uuid4().hex
     conn.executemany(LEASE_JOB, [(token, until, job_id) for job_id in due])
     claimed = {row[0]: row for row in conn.execute(SELECT_CLAIMED, (json.dumps(due),))}
     return [rows.job(claimed[job_id]) for job_id in due]
@@ -443,8 +643,178 @@ def replay(conn: sqlite3.Connection, job_ids: Sequence[str], now: float) -> Coll
     return {i for i in job_ids if conn.execute(REPLAY_JOB, {"id": i, "now": now}).rowcount}
 
 
+def discard(conn: sqlite3.Connection, job_ids: Sequence[str], now: float) -> Collection[str]:
+    return {i for i in job_ids if conn.execute(DISCARD_JOB, {"id": i, "now": now}).rowcount}
+
+
+def take_slot(
+    conn: sqlite3.Connection, key: str, token: str, until: float, now: float
+) -> float | None:
+    row = conn.execute(GET_LIMITS, (key,)).fetchone()
+    if row is None or (row[0] is None and row[1] is None):
+        return now
+    rate, concurrency, tat = row
+    conn.execute(DROP_OLD_SLOTS, (key, now))
+    busy = 0
+    if concurrency is not None:
+        busy = conn.execute(COUNT_LEASED, {"key": key, "now": now}).fetchone()[0]
+    at, next_tat = controls.slot(rate, concurrency, tat, busy, now)
+    if at is None:
+        return None
+    if concurrency is not None:
+        conn.execute(ADD_SLOT, (token, key, until))
+    if next_tat is not None:
+        conn.execute(TAKE_SLOTS, {"tat": next_tat, "key": key})
+    return at
+
+
+def free_slot(conn: sqlite3.Connection, token: str) -> None:
+    conn.execute(FREE_SLOT, (token,))
+
+
+def declare(conn: sqlite3.Connection, destinations: Sequence[Destination]) -> None:
+    conn.execute(CLEAR_LIMITS, (json.dumps([d.key for d in destinations]),))
+    conn.executemany(DECLARE, [(d.key, d.rate, d.concurrency) for d in destinations])
+
+
+def report(
+    conn: sqlite3.Connection, outcomes: Mapping[str, Outcomes], policy: CircuitPolicy, now: float
+) -> list[Transition]:
+    changes: list[Transition] = []
+    for key in sorted(outcomes):
+        row = conn.execute(GET_CIRCUIT, (key,)).fetchone()
+        old = controls.circuit_state(row) if row else CircuitState()
+        new = advance(old, outcomes[key], policy, now)
+        if new == old:
+            continue
+        conn.execute(PUT_CIRCUIT, (key, *astuple(new)))
+        change = transition(key, old, new)
+        if change is not None:
+            changes.append(change)
+    return changes
+
+
+def circuits(conn: sqlite3.Connection) -> dict[str, str]:
+    return {key: state for key, state in conn.execute(LIST_CIRCUITS)}
+
+
+def pause(conn: sqlite3.Connection, kind: str, target: str, now: float) -> bool:
+    return bool(conn.execute(PAUSE, (kind, target, now)).rowcount)
+
+
+def resume(conn: sqlite3.Connection, kind: str, target: str, now: float) -> int | None:
+    row = conn.execute(UNPAUSE, (kind, target)).fetchone()
+    if row is None:
+        return None
+    credit = CREDIT_RULE if kind == "rule" else CREDIT_DESTINATION
+    return int(conn.execute(credit, {"now": now, "since": row[0], "target": target}).rowcount)
+
+
+def pauses(conn: sqlite3.Connection) -> list[Pause]:
+    return [Pause(kind, target, since) for kind, target, since in conn.execute(LIST_PAUSES)]
+
+
 def replay_dead(conn: sqlite3.Connection, rule: str | None, now: float) -> int:
     return conn.execute(REPLAY_DEAD, {"rule": rule, "now": now}).rowcount
+
+
+# -- alerts
+# A destination scope covers the jobs of its key and of every key below it (router.destinations).
+_SCOPE = "(:rule IS NULL OR j.rule = :rule) AND (:destination IS NULL OR " + (
+    controls.UNDER.format(dest="j.destination", target=":destination") + ")"
+)
+COUNT_DEAD = f"""
+    SELECT count(*) FROM jobs j
+    WHERE j.status = 'dead' AND j.updated_at >= :since AND {_SCOPE}
+"""
+FIRST_DEAD = f"""
+    SELECT j.last_error FROM jobs j
+    WHERE j.status = 'dead' AND j.updated_at >= :since AND {_SCOPE}
+    ORDER BY j.updated_at LIMIT :limit
+"""
+COUNT_FAILED = f"""
+    SELECT count(*) FROM attempts a JOIN jobs j ON j.id = a.job_id
+    WHERE a.outcome IN ('retry', 'dead') AND a.at >= :since AND {_SCOPE}
+"""
+FIRST_FAILED = f"""
+    SELECT a.error FROM attempts a JOIN jobs j ON j.id = a.job_id
+    WHERE a.outcome IN ('retry', 'dead') AND a.at >= :since AND {_SCOPE}
+    ORDER BY a.at LIMIT :limit
+"""
+COUNT_SIGNALS = """
+    SELECT count(*) FROM alert_signals
+    WHERE kind = :kind AND at >= :since AND (:scope IS NULL OR scope = :scope)
+"""
+FIRST_SIGNALS = """
+    SELECT detail FROM alert_signals
+    WHERE kind = :kind AND at >= :since AND (:scope IS NULL OR scope = :scope)
+    ORDER BY at LIMIT :limit
+"""
+ADD_SIGNAL = "INSERT INTO alert_signals (kind, scope, detail, at) VALUES (?, ?, ?, ?)"
+PURGE_SIGNALS = "DELETE FROM alert_signals WHERE at < ?"
+# A row back: this caller moved the alert to firing (at most once per window, whoever asks).
+FIRE_ALERT = """
+    INSERT INTO alert_states (name, firing, fired_at, changed_at) VALUES (:name, 1, :now, :now)
+    ON CONFLICT (name) DO UPDATE SET
+        firing = 1,
+        fired_at = :now,
+        changed_at = CASE WHEN alert_states.firing = 1 THEN alert_states.changed_at ELSE :now END
+    WHERE alert_states.fired_at IS NULL OR alert_states.fired_at <= :now - :window
+    RETURNING changed_at
+"""
+RECOVER_ALERT = """
+    UPDATE alert_states SET firing = 0, changed_at = :now WHERE name = :name AND firing = 1
+    RETURNING changed_at
+"""
+UNFIRE_ALERT = "UPDATE alert_states SET firing = 0, fired_at = NULL WHERE name = ?"
+
+
+def alert_facts(
+    conn: sqlite3.Connection,
+    kind: str,
+    scope: Mapping[str, str | None],
+    since: float,
+    limit: int,
+) -> tuple[int, tuple[str, ...]]:
+    if kind in ("dead", "failing"):
+        count, first = (COUNT_DEAD, FIRST_DEAD) if kind == "dead" else (COUNT_FAILED, FIRST_FAILED)
+        args: dict[str, Any] = {
+            "rule": scope.get("rule"),
+            "destination": scope.get("destination"),
+            "since": since,
+        }
+    else:
+        count, first = COUNT_SIGNALS, FIRST_SIGNALS
+        args = {"kind": kind, "scope": scope.get("scope"), "since": since}
+    total = int(conn.execute(count, args).fetchone()[0])
+    errors = tuple(str(row[0]) for row in conn.execute(first, {**args, "limit": limit}) if row[0])
+    return total, errors
+
+
+def add_signal(
+    conn: sqlite3.Connection,
+    kind: str,
+    scope: str | None,
+    detail: str | None,
+    at: float,
+    keep: float,
+) -> None:
+    conn.execute(ADD_SIGNAL, (kind, scope, detail, at))
+    conn.execute(PURGE_SIGNALS, (at - keep,))
+
+
+def fire_alert(conn: sqlite3.Connection, name: str, now: float, window: float) -> bool | None:
+    """None: not now (fired within the window); True: newly firing; False: still firing."""
+    row = conn.execute(FIRE_ALERT, {"name": name, "now": now, "window": window}).fetchone()
+    return None if row is None else row[0] == now
+
+
+def recover_alert(conn: sqlite3.Connection, name: str, now: float) -> bool:
+    return conn.execute(RECOVER_ALERT, {"name": name, "now": now}).fetchone() is not None
+
+
+def unfire_alert(conn: sqlite3.Connection, name: str) -> None:
+    conn.execute(UNFIRE_ALERT, (name,))
 
 
 def purge(conn: sqlite3.Connection, before: float, dedupe_before: float) -> int:

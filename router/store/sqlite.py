@@ -26,19 +26,24 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from router.circuit import CircuitPolicy, Outcomes, Transition
+from router.destinations import Destination
 from router.exceptions import StoreGone, StoreUnavailable
 from router.store import sql_sqlite as sql
 from router.store.base import (
+    SIGNAL_KEEP,
     AcceptResult,
     AttemptResult,
+    Dialect,
     IncomingRecord,
     Job,
     JobDetail,
     JobSummary,
+    Pause,
     QueueStats,
     Status,
     Store,
@@ -256,6 +261,8 @@ class _Writer(threading.Thread):
                 # Leases belong to this process, which can record nothing any more: a worker on
                 # the copy takes the jobs at once (those in flight here may arrive twice).
                 target.execute(sql.CLEAR_LEASES)
+                target.execute(sql.CLEAR_PROBES)
+                target.execute(sql.CLEAR_BATCH_SLOTS)
                 target.commit()
         except (sqlite3.Error, OSError) as exc:
             saved = f"its content could not be saved ({exc})"
@@ -281,6 +288,8 @@ def _connect(path: str, *, create: bool, busy_timeout: float) -> sqlite3.Connect
 
 class SQLiteStore(Store):
     """Store in one SQLite file (WAL, synchronous=FULL). `commits` counts group commits."""
+
+    dialect: Dialect = "sqlite"
 
     def __init__(self, url: str, *, busy_timeout: float = BUSY_TIMEOUT) -> None:
         self.path = path_from_url(url)
@@ -449,6 +458,11 @@ class SQLiteStore(Store):
     ) -> list[JobSummary]:
         return await self._read(lambda conn: sql.list_jobs(conn, status, rule, limit))
 
+    async def read_only(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> list[list[Any]]:
+        return await self._read(
+            lambda conn: [conn.execute(sql_, params).fetchall() for sql_, params in statements]
+        )
+
     async def get_job(self, job_id: str) -> JobDetail | None:
         return await self._read(lambda conn: sql.get_job(conn, job_id))
 
@@ -464,8 +478,69 @@ class SQLiteStore(Store):
             self._work_added.set()
         return count
 
+    async def _alert_facts(
+        self, kind: str, where: Mapping[str, str | None], since: float, errors: int
+    ) -> tuple[int, tuple[str, ...]]:
+        return await self._read(lambda conn: sql.alert_facts(conn, kind, where, since, errors))
+
+    async def _add_signal(
+        self, kind: str, scope: str | None, detail: str | None, at: float
+    ) -> None:
+        await self._write(lambda conn: sql.add_signal(conn, kind, scope, detail, at, SIGNAL_KEEP))
+
+    async def fire_alert(self, name: str, *, now: float, window: float) -> bool | None:
+        return await self._write(lambda conn: sql.fire_alert(conn, name, now, window))
+
+    async def recover_alert(self, name: str, *, now: float) -> bool:
+        return await self._write(lambda conn: sql.recover_alert(conn, name, now))
+
+    async def unfire_alert(self, name: str) -> None:
+        await self._write(lambda conn: sql.unfire_alert(conn, name))
+
     async def stats(self, *, now: float) -> QueueStats:
         return await self._read(lambda conn: sql.stats(conn, now))
+
+    async def _discard(self, job_ids: Sequence[str], *, now: float) -> Collection[str]:
+        discarded = await self._write(lambda conn: sql.discard(conn, job_ids, now))
+        if discarded:
+            self._work_added.set()
+        return discarded
+
+    # -- delivery controls
+
+    async def declare_destinations(self, destinations: Sequence[Destination]) -> None:
+        await self._write(lambda conn: sql.declare(conn, destinations))
+
+    async def report_outcomes(
+        self, outcomes: Mapping[str, Outcomes], *, policy: CircuitPolicy, now: float
+    ) -> list[Transition]:
+        changes = await self._write(lambda conn: sql.report(conn, outcomes, policy, now))
+        if changes:
+            self._work_added.set()
+        return changes
+
+    async def take_slot(
+        self, destination: str, *, token: str, until: float, now: float
+    ) -> float | None:
+        return await self._write(lambda conn: sql.take_slot(conn, destination, token, until, now))
+
+    async def free_slot(self, token: str) -> None:
+        await self._write(lambda conn: sql.free_slot(conn, token))
+
+    async def circuits(self) -> dict[str, str]:
+        return await self._read(sql.circuits)
+
+    async def pause(self, kind: str, target: str, *, now: float) -> bool:
+        return await self._write(lambda conn: sql.pause(conn, kind, target, now))
+
+    async def resume(self, kind: str, target: str, *, now: float) -> int | None:
+        credited = await self._write(lambda conn: sql.resume(conn, kind, target, now))
+        if credited is not None:
+            self._work_added.set()
+        return credited
+
+    async def pauses(self) -> list[Pause]:
+        return await self._read(sql.pauses)
 
     async def _read_events(self, *, since: float, after: int, limit: int) -> list[StoredEvent]:
         # The reader connection: WAL readers never block the writer, nor it them.

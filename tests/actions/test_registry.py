@@ -65,7 +65,8 @@ def test_an_unknown_type_is_refused_until_it_is_registered(tmp_path: Path) -> No
         assert isinstance(parse_action(spec), NoteAction)
         problems = Problems()
         assert compile_action(problems, (), {**spec, "colour": "red"}) is None
-        assert problems.lines == ["colour: unknown key; use one of type, retry, enrich, file, line"]
+        known = "type, retry, enrich, order_by, on_dead, file, line"
+        assert problems.lines == [f"colour: unknown key; use one of {known}"]
     finally:
         del REGISTRY["note"]
 
@@ -98,9 +99,8 @@ def test_check_and_test_take_a_registered_type(
 
     (rules / "notes.toml").write_text(rule_file(tmp_path / "notes.txt", 'colour = "red"'))
     assert main(["check", str(rules)]) == 1
-    assert "action[0].colour: unknown key; use one of type, retry, enrich, file, line" in (
-        capsys.readouterr().out
-    )
+    known = "type, retry, enrich, order_by, on_dead, file, line"
+    assert f"action[0].colour: unknown key; use one of {known}" in (capsys.readouterr().out)
 
 
 def test_serve_delivers_a_registered_type(tmp_path: Path) -> None:

@@ -77,14 +77,16 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def write_rules(directory: Path, count: int, url: str) -> None:
-    """`count` rules spread over tables and operations, so a record matches a handful; every
-    rule forwards to `url`."""
+    """`count` rules spread over tables and operations, one rule per (table, operation) up to
+    count/5 tables (at least 20), so a push of the benchmarks (tables 16 to 35) matches one rule
+    whatever the size of the set; every rule forwards to `url`."""
     directory.mkdir(parents=True, exist_ok=True)
     operations = ["CREATE", "UPDATE", "UPDATED_SUBSCRIPTION", "UPDATED_SEGMENT", "DELETE"]
+    tables = max(20, count // len(operations))
     lines = []
     for n in range(count):
-        table = 16 + n % 20
-        operation = operations[(n // 20) % len(operations)]
+        table = 16 + n % tables
+        operation = operations[(n // tables) % len(operations)]
         lines.append(
             f'[[rule]]\nname = "bench-{n}"\n[rule.match]\ntableType = "PROFILE_TABLE"\n'
             f'tableId = "{table}"\noperation = "{operation}"\n'

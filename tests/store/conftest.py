@@ -67,10 +67,28 @@ LAYOUT: dict[str, set[str]] = {
         "lease_token",
         "lease_until",
         "mode",
+        "order_key",
+        "order_hold",
     },
     "attempts": {"job_id", "number", "at", "outcome", "status_code", "error", "duration"},
     "dedupe": {"key", "seen_at"},
     "store_meta": {"key", "value"},
+    "destinations": {
+        "key",
+        "rate",
+        "concurrency",
+        "tat",
+        "state",
+        "failures",
+        "opened_at",
+        "probe_at",
+        "probe_delay",
+        "probe_until",
+    },
+    "pauses": {"kind", "target", "since"},
+    "alert_signals": {"kind", "scope", "detail", "at"},
+    "alert_states": {"name", "firing", "fired_at", "changed_at"},
+    "batch_slots": {"token", "key", "until"},
 }
 
 

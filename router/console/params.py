@@ -1,0 +1,102 @@
+"""Filters as a request gives them (query parameters, form fields, a JSON body) → the store's
+queries, with one plain sentence for whatever is not valid (BadParameter: answered 400)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from router.console.queries import text_filter
+from router.store.base import EventQuery, JobQuery, Status
+from router.store.reads import MAX_PAGE
+
+DEFAULT_PAGE = 50
+MAX_CURSOR = 10**18  # a cursor is a row number; anything longer is no cursor of ours
+
+
+class BadParameter(ValueError):
+    """A filter that is not valid; its message says which and what it takes."""
+
+
+def _text(params: Mapping[str, Any], name: str) -> str | None:
+    value = params.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadParameter(f"{name} must be text")
+    return text_filter(value)
+
+
+def _flag(params: Mapping[str, Any], name: str) -> bool:
+    value = params.get(name)
+    if value is None or value in ("", "false", "0", "off", False):
+        return False
+    if value in ("true", "1", "on", "yes", True):
+        return True
+    raise BadParameter(f"{name} must be true or false")
+
+
+def _time(params: Mapping[str, Any], name: str) -> float | None:
+    value = _text(params, name)
+    if value is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        raise BadParameter(f"{name} must be a date and time such as 2026-05-01T12:00:00Z") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # the console shows UTC
+    return moment.timestamp()
+
+
+def cursor(params: Mapping[str, Any]) -> int | None:
+    value = _text(params, "cursor")
+    if value is None:
+        return None
+    if not value.isascii() or not value.isdigit() or int(value) > MAX_CURSOR:
+        raise BadParameter("cursor must be the next_cursor of a previous page")
+    return int(value)
+
+
+def limit(params: Mapping[str, Any]) -> int:
+    value = _text(params, "limit")
+    if value is None:
+        return DEFAULT_PAGE
+    if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_PAGE:
+        raise BadParameter(f"limit must be a whole number from 1 to {MAX_PAGE}")
+    return int(value)
+
+
+def job_query(params: Mapping[str, Any], *, paged: bool = True) -> JobQuery:
+    status = _text(params, "status")
+    if status is not None and status not in {s.value for s in Status}:
+        raise BadParameter("status must be one of " + ", ".join(s.value for s in Status))
+    since, until = _time(params, "since"), _time(params, "until")
+    return JobQuery(
+        status=None if status is None else Status(status),
+        rule=_text(params, "rule"),
+        destination=_text(params, "destination"),
+        since=since,
+        until=until,
+        before=cursor(params) if paged else None,
+        limit=limit(params) if paged else DEFAULT_PAGE,
+    )
+
+
+def event_query(params: Mapping[str, Any]) -> EventQuery:
+    return EventQuery(
+        event_id=_text(params, "event_id"),
+        profile_id=_text(params, "profile_id"),
+        text=_text(params, "q"),
+        table=_text(params, "table"),
+        operation=_text(params, "operation"),
+        rule=_text(params, "rule"),
+        unmatched=_flag(params, "unmatched"),
+        before=cursor(params),
+        limit=limit(params),
+    )
+
+
+def flag(params: Mapping[str, Any], name: str) -> bool:
+    return _flag(params, name)

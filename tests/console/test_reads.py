@@ -1,0 +1,145 @@
+"""The console's reads on both stores (router.store.reads): filters, newest first, cursors,
+searches inside records bounded per page, counters of the last hour and day, and hostile text
+as a filter. Real SQLite files and real PostgreSQL databases (tests/store/conftest.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from router.store import reads
+from router.store.base import EventQuery, JobQuery, Status, Store
+from tests.store.conftest import T0, Backend, accept, incoming, new_job
+from tests.store.conftest import backend as backend  # the parametrised fixture: both stores
+
+HOUR = 3600.0
+
+
+def record(n: int, **data: Any) -> dict[str, Any]:
+    return {
+        "id": f"ev-{n}",
+        "tableType": "PROFILE_TABLE",
+        "tableId": 16 if n % 2 else "17",
+        "operation": "UPDATE" if n % 3 else "DELETE",
+        "data": {"profileId": 1000 + n, **data},
+    }
+
+
+async def fill(store: Store) -> None:
+    """Ten records an hour apart, newest last: odd ones matched by crm (2 jobs each, on two
+    destinations), every third by audit too, and the rest by nothing."""
+    for n in range(10):
+        jobs = []
+        if n % 2:
+            jobs += [new_job("crm", 0, destination="crm.example.com")]
+            jobs += [new_job("crm", 1, destination="mail.example.com")]
+        if n % 3 == 0 and n:
+            jobs += [new_job("audit", 0, destination="log")]
+        await accept(
+            store,
+            incoming(event_id=f"ev-{n}", record=record(n, note=f"value {n}"), jobs=jobs),
+            now=T0 + n * HOUR,
+        )
+
+
+def test_jobs_newest_first_filtered_and_paged(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        await fill(store)
+        everything = await reads.find_jobs_in(store, JobQuery(limit=500))
+        assert len(everything) == 5 * 2 + 3
+        seqs = [found.seq for found in everything]
+        assert seqs == sorted(seqs, reverse=True)
+        crm = await reads.find_jobs_in(store, JobQuery(rule="crm", limit=3))
+        assert [f.job.event_id for f in crm] == ["ev-9", "ev-9", "ev-7"]
+        rest = await reads.find_jobs_in(store, JobQuery(rule="crm", limit=3, before=crm[-1].seq))
+        assert [f.job.event_id for f in rest] == ["ev-7", "ev-5", "ev-5"]
+        mail = await reads.find_jobs_in(store, JobQuery(destination="mail.example.com"))
+        assert {f.job.action_index for f in mail} == {1}
+        window = JobQuery(since=T0 + 3 * HOUR, until=T0 + 6 * HOUR)
+        assert {f.job.event_id for f in await reads.find_jobs_in(store, window)} == {
+            "ev-3",
+            "ev-5",
+        }
+        assert await reads.count_jobs_in(store, JobQuery(status=Status.PENDING)) == 13
+        assert await reads.count_jobs_in(store, JobQuery(status=Status.DEAD, rule="crm")) == 0
+
+    backend.run(body)
+
+
+def test_records_by_index_and_by_search_inside_them(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        await fill(store)
+
+        async def ids(**query: Any) -> list[str | None]:
+            page = await reads.find_events_in(store, EventQuery(**query))
+            return [event.event_id for event in page.events]
+
+        assert await ids(event_id="ev-4") == ["ev-4"]
+        assert await ids(unmatched=True) == ["ev-8", "ev-4", "ev-2", "ev-0"]
+        assert await ids(rule="audit") == ["ev-9", "ev-6", "ev-3"]
+        assert await ids(profile_id="1005") == ["ev-5"]
+        assert await ids(table="17") == ["ev-8", "ev-6", "ev-4", "ev-2", "ev-0"]
+        assert await ids(operation="DELETE") == ["ev-9", "ev-6", "ev-3", "ev-0"]
+        assert await ids(text="value 7") == ["ev-7"]
+        assert await ids(text="VALUE 7") == ["ev-7"]  # any case
+        assert await ids(text="100%") == []  # a wildcard is searched as itself
+        assert await ids(text="<script>'\x00\ud800") == []  # hostile text is only text
+        assert await ids(rule="crm", text="value") == ["ev-9", "ev-7", "ev-5", "ev-3", "ev-1"]
+        first = await reads.find_events_in(store, EventQuery(text="value", limit=4))
+        assert [e.event_id for e in first.events] == ["ev-9", "ev-8", "ev-7", "ev-6"]
+        assert first.next is not None
+        second = await reads.find_events_in(
+            store, EventQuery(text="value", limit=4, before=first.next)
+        )
+        assert [e.event_id for e in second.events] == ["ev-5", "ev-4", "ev-3", "ev-2"]
+        found = await reads.event_in(store, first.events[0].id)
+        assert found is not None
+        event, jobs = found
+        assert event.matched == ("crm", "audit")
+        assert [(j.rule, j.action_index) for j in jobs] == [("crm", 0), ("crm", 1), ("audit", 0)]
+        assert await reads.event_in(store, 10**9) is None
+
+    backend.run(body)
+
+
+def test_a_search_inside_records_reads_a_bounded_window(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(reads, "SCAN_WINDOW", 4)
+
+    async def body(store: Store) -> None:
+        await fill(store)
+        page = await reads.find_events_in(store, EventQuery(text="value 1"))
+        assert page.events == []  # ev-1 is older than the window of 4
+        assert page.searched_to is not None and page.next == page.searched_to
+        pages = 1
+        found: list[str | None] = []
+        while page.next is not None and pages < 10:
+            page = await reads.find_events_in(store, EventQuery(text="value 1", before=page.next))
+            found += [e.event_id for e in page.events]
+            pages += 1
+        assert found == ["ev-1"]
+
+    backend.run(body)
+
+
+def test_counters_of_the_last_hour_and_day(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        await fill(store)
+        now = T0 + 9 * HOUR + 60
+        activity = await reads.activity_in(store, now=now, rules=["crm", "audit", "idle"])
+        assert activity.rules_day["crm"].matched == 5
+        assert activity.rules_day["crm"].jobs == 10
+        assert activity.rules_day["crm"].pending == 10
+        assert activity.rules_hour["crm"].matched == 1
+        assert activity.rules_hour["audit"].jobs == 1
+        assert "idle" not in activity.rules_day
+        assert activity.rules_day["audit"].last == T0 + 9 * HOUR
+        assert activity.destinations_day["mail.example.com"].jobs == 5
+        assert activity.destinations_hour["log"].jobs == 1
+        assert sum(n for _, n in activity.received_per_minute) == 1
+        overview = await reads.activity_in(store, now=now)
+        assert overview.destinations_day == activity.destinations_day
+
+    backend.run(body)
