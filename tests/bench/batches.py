@@ -21,14 +21,20 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from router.actions.registry import build_deliverers, destination_of
-from router.retry import RetryPolicy
+from router.actions.registry import destination_of
 from router.rulefiles.loader import load_rules
-from router.settings import Settings
 from router.store import open_store
 from router.store.base import IncomingRecord, NewJob
-from router.worker import Worker, WorkerLimits
-from tests.bench.common import LOAD_CORE, SERVER_CORE, pinned, python, start, stop, wait_port
+from tests.bench.common import (
+    LOAD_CORE,
+    SERVER_CORE,
+    drain_backlog,
+    pinned,
+    python,
+    start,
+    stop,
+    wait_port,
+)
 from tests.sinks import free_port
 
 ACCEPT = 500  # records per accept() while building the backlog
@@ -61,35 +67,6 @@ async def backlog(url: str, action_toml: str, jobs: int, directory: Path) -> Non
     await store.close()
 
 
-async def drain(url: str) -> tuple[float, int]:
-    """Records delivered per second, and how many were."""
-    settings = Settings()
-    store = open_store(url)
-    await store.open()
-    deliverers = build_deliverers(settings)
-    for deliverer in deliverers.values():
-        await deliverer.start()
-    worker = Worker(
-        store,
-        deliverers,
-        RetryPolicy.from_settings(settings),
-        secrets={},
-        limits=WorkerLimits(
-            concurrency=settings.concurrency, per_host=settings.per_host_concurrency
-        ),
-    )
-    started = time.perf_counter()
-    await worker.run(asyncio.Event(), drain=True)
-    elapsed = time.perf_counter() - started
-    for deliverer in deliverers.values():
-        await deliverer.close()
-    stats = await store.stats(now=time.time())
-    await store.close()
-    if stats.pending or stats.dead:
-        raise SystemExit(f"{stats.pending} pending and {stats.dead} dead after the drain")
-    return worker.delivered / elapsed, worker.delivered
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -113,7 +90,7 @@ def main() -> None:
             for n, (name, action) in enumerate((("plain", plain), ("batch", batched))):
                 url = args.store or f"sqlite:///{tmp_name}/bench-{n}.db"
                 asyncio.run(backlog(url, action, args.jobs, Path(tmp_name)))
-                rate, delivered = asyncio.run(drain(url))
+                rate, delivered = asyncio.run(drain_backlog(url))
                 rates.append(rate)
                 label = name if name == "plain" else f"batch of {args.batch}"
                 print(f"{label:<16} {delivered:>8} {rate:>10.0f}")

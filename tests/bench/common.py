@@ -102,3 +102,46 @@ def median(values: Sequence[float]) -> float:
 
 def python() -> str:
     return sys.executable
+
+
+async def drain_backlog(url: str, concurrency: int | None = None) -> tuple[float, int]:
+    """Drain a store's backlog with one worker (in this process) to wherever its jobs go:
+    deliveries per second, and how many. Refuses to report a drain that left jobs pending or
+    dead. `concurrency`: the worker's and per host (default: the settings' defaults)."""
+    import asyncio
+
+    from router.actions.registry import build_deliverers
+    from router.retry import RetryPolicy
+    from router.settings import Settings
+    from router.store import open_store
+    from router.worker import Worker, WorkerLimits
+
+    settings = (
+        Settings()
+        if concurrency is None
+        else Settings(concurrency=concurrency, per_host_concurrency=concurrency)
+    )
+    store = open_store(url)
+    await store.open()
+    deliverers = build_deliverers(settings)
+    for deliverer in deliverers.values():
+        await deliverer.start()
+    worker = Worker(
+        store,
+        deliverers,
+        RetryPolicy.from_settings(settings),
+        secrets={},
+        limits=WorkerLimits(
+            concurrency=settings.concurrency, per_host=settings.per_host_concurrency
+        ),
+    )
+    started = time.perf_counter()
+    await worker.run(asyncio.Event(), drain=True)
+    elapsed = time.perf_counter() - started
+    for deliverer in deliverers.values():
+        await deliverer.close()
+    stats = await store.stats(now=time.time())
+    await store.close()
+    if stats.pending or stats.dead:
+        raise SystemExit(f"{stats.pending} pending and {stats.dead} dead after the drain")
+    return worker.delivered / elapsed, worker.delivered

@@ -29,17 +29,14 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from router.actions.registry import build_deliverers
 from router.engine import Engine
 from router.matching import RuleSet
-from router.retry import RetryPolicy
 from router.rulefiles.loader import load_rules
-from router.settings import Settings
 from router.store import open_store
-from router.worker import Worker, WorkerLimits
 from tests.bench.common import (
     LOAD_CORE,
     SERVER_CORE,
+    drain_backlog,
     median,
     pinned,
     python,
@@ -86,32 +83,6 @@ async def accept_backlog(url: str, rules: RuleSet, jobs: int, keys: int) -> None
     await store.close()
 
 
-async def drain(url: str) -> float:
-    settings = Settings(concurrency=CONCURRENCY, per_host_concurrency=CONCURRENCY)
-    store = open_store(url)
-    await store.open()
-    deliverers = build_deliverers(settings)
-    for deliverer in deliverers.values():
-        await deliverer.start()
-    worker = Worker(
-        store,
-        deliverers,
-        RetryPolicy.from_settings(settings),
-        secrets={},
-        limits=WorkerLimits(concurrency=CONCURRENCY, per_host=CONCURRENCY),
-    )
-    started = time.perf_counter()
-    await worker.run(asyncio.Event(), drain=True)
-    elapsed = time.perf_counter() - started
-    for deliverer in deliverers.values():
-        await deliverer.close()
-    stats = await store.stats(now=time.time())
-    await store.close()
-    if stats.pending:
-        raise SystemExit(f"{stats.pending} jobs still pending after the drain")
-    return worker.delivered / elapsed
-
-
 def bench_order(args: argparse.Namespace, directory: Path) -> None:
     port = free_port()
     sink_proc = start(pinned(LOAD_CORE, [python(), "tests/bench/sink.py", str(port)]))
@@ -128,7 +99,7 @@ def bench_order(args: argparse.Namespace, directory: Path) -> None:
                     run = fresh(url, directory, f"order-{round_number}-{ordered}")
                     with run as store_url:
                         asyncio.run(accept_backlog(store_url, rules, args.jobs, args.keys))
-                        rate = asyncio.run(drain(store_url))
+                        rate, _ = asyncio.run(drain_backlog(store_url, CONCURRENCY))
                     results.setdefault((name, ordered), []).append(rate)
                     label = "order_by" if ordered else "unordered"
                     print(f"  round {round_number + 1} {name} {label}: {rate:.0f}/s")

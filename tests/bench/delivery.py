@@ -22,16 +22,13 @@ import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from router.actions.registry import build_deliverers
-from router.retry import RetryPolicy
 from router.rulefiles.loader import load_rules
-from router.settings import Settings
 from router.store import open_store
 from router.store.base import IncomingRecord, NewJob
-from router.worker import Worker, WorkerLimits
 from tests.bench.common import (
     LOAD_CORE,
     SERVER_CORE,
+    drain_backlog,
     pinned,
     python,
     start,
@@ -66,32 +63,6 @@ async def backlog(url: str, sink: str, jobs: int, directory: Path) -> None:
         ]
         await store.accept(records, ruleset_version="bench", dedupe_window=0, now=now)
     await store.close()
-
-
-async def drain(url: str, concurrency: int) -> float:
-    settings = Settings(concurrency=concurrency, per_host_concurrency=concurrency)
-    store = open_store(url)
-    await store.open()
-    deliverers = build_deliverers(settings)
-    for deliverer in deliverers.values():
-        await deliverer.start()
-    worker = Worker(
-        store,
-        deliverers,
-        RetryPolicy.from_settings(settings),
-        secrets={},
-        limits=WorkerLimits(concurrency=concurrency, per_host=concurrency),
-    )
-    started = time.perf_counter()
-    await worker.run(asyncio.Event(), drain=True)
-    elapsed = time.perf_counter() - started
-    for deliverer in deliverers.values():
-        await deliverer.close()
-    stats = await store.stats(now=time.time())
-    await store.close()
-    if stats.pending:
-        raise SystemExit(f"{stats.pending} jobs still pending after the drain")
-    return worker.delivered / elapsed
 
 
 async def raw(sink: str, requests: int, concurrency: int) -> float:
@@ -130,7 +101,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp_name:
             for url in args.store or [f"sqlite:///{tmp_name}/bench.db"]:
                 asyncio.run(backlog(url, sink, args.jobs, Path(tmp_name)))
-                rate = asyncio.run(drain(url, args.concurrency))
+                rate, _ = asyncio.run(drain_backlog(url, args.concurrency))
                 name = url.split(":", 1)[0]
                 ratio = rate / baseline
                 print(f"{name:<12} {args.jobs:>7} {rate:>9.0f} {baseline:>13.0f} {ratio:>6.2f}")
