@@ -54,6 +54,7 @@ from router.rulefiles.loader import RuleSetInvalid, load_rules
 from router.settings import Settings, secret_values
 from router.store import open_store
 from router.store.base import Store
+from router.store.rollups import ROLL_EVERY
 from router.template_limits import RenderLimits
 from router.worker import Worker, WorkerLimits
 
@@ -253,6 +254,19 @@ async def purge_loop(store: Store, settings: Settings, stop: asyncio.Event) -> N
             await asyncio.wait_for(stop.wait(), min(PURGE_EVERY, settings.retention / 4))
 
 
+async def roll_up_loop(store: Store, settings: Settings, stop: asyncio.Event) -> None:
+    """Count each ended hour's settled jobs once (router.store.rollups), so that the console's
+    day counters read at most 24 counts per group instead of the day's jobs."""
+    while not stop.is_set():
+        now = time.time()
+        try:
+            await store.roll_up(now=now, since=now - settings.retention)
+        except StoreUnavailable as exc:
+            log.warning("counting the hours' jobs skipped: %s", exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), ROLL_EVERY)
+
+
 def serve(settings: Settings, *, worker: bool = True, migrate: bool = True) -> None:
     """Run the intake (and delivery workers) until SIGTERM/SIGINT."""
     with _signals_interrupt_the_start():
@@ -311,6 +325,9 @@ def _serve(settings: Settings, *, worker: bool, migrate: bool) -> None:
                 )
             )
         tasks.append(asyncio.create_task(_guard(purge_loop(store, settings, stop), "purge", fail)))
+        tasks.append(
+            asyncio.create_task(_guard(roll_up_loop(store, settings, stop), "hour counts", fail))
+        )
         log.info(
             "serving %d rule(s) on http://%s:%d/webhooks/actito (store %s, worker %s%s)",
             len(ruleset.enabled),
@@ -473,6 +490,7 @@ def _run_worker(settings: Settings, *, migrate: bool) -> None:
                 _guard(run_worker_until(worker, stop), "worker", fail),
                 _guard(alerts.run(stop), "alert signals", fail),
                 _guard(purge_loop(store, settings, stop), "purge", fail),
+                _guard(roll_up_loop(store, settings, stop), "hour counts", fail),
             )
         finally:
             await store.close()

@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from router.circuit import OPEN, CircuitPolicy, Outcomes, Transition
 from router.destinations import Destination, under
+from router.store import rollups
 
 Record = dict[str, Any]
 Dialect = Literal["sqlite", "postgres"]  # the SQL a backend speaks
@@ -226,12 +227,11 @@ class FoundJob:
 
 @dataclass(frozen=True, slots=True)
 class EventQuery:
-    """Which stored records the console lists, newest first. `rule` and `unmatched` read
-    indexes; `event_id` is compared on at most ID_WINDOW records per page, and `profile_id`,
-    `text` (anywhere in the record: a data value, a field name), `table` and `operation` are
-    read inside at most SCAN_WINDOW records per page; such a search says where it stopped (see
-    EventPage). An index of event ids would cost every push a write. `before` is an opaque
-    cursor from the previous page."""
+    """Which stored records the console lists, newest first. `event_id`, `rule` and
+    `unmatched` read indexes; `profile_id`, `text` (anywhere in the record: a data value, a
+    field name), `table` and `operation` are read inside at most SCAN_WINDOW records per page;
+    such a search says where it stopped (see EventPage). `before` is an opaque cursor from the
+    previous page."""
 
     event_id: str | None = None
     profile_id: str | None = None
@@ -245,11 +245,7 @@ class EventQuery:
 
     @property
     def scans(self) -> bool:
-        return self.event_id is not None or self.reads_records
-
-    @property
-    def reads_records(self) -> bool:
-        """Whether the search reads inside records (a smaller window than an id's)."""
+        """Whether the search reads inside records, a window at a time."""
         return any(
             value is not None for value in (self.profile_id, self.text, self.table, self.operation)
         )
@@ -444,6 +440,38 @@ class Store(abc.ABC):
         """Delete done jobs (with their attempts) last updated before `before`, events with no
         remaining job received before `before`, and dedupe keys older than `dedupe_before`.
         Returns the number of jobs deleted."""
+
+    async def roll_up(self, *, now: float, since: float) -> int:
+        """Count, once, the settled jobs of each ended hour of the last day not counted yet,
+        none before `since`, and again those whose rows have grown past rollups.COMPACT; forget
+        the hours the day has left (router.store.rollups). Returns how many hours were counted.
+        The console's day counters then read those counts instead of every job."""
+        hours = rollups.to_roll(now, since)
+        if not hours:
+            return 0
+        [found] = await self.read_only([rollups.marked_rows(self.dialect, hours[0], hours[-1])])
+        *marks, (oldest, _) = found
+        rows_of = {int(hour): int(rows) for hour, rows in marks}
+        counted = 0
+        for hour in hours:
+            if hour not in rows_of:
+                counted += await self._roll_hour(hour, again=False)
+            elif rows_of[hour] > rollups.COMPACT:
+                counted += await self._roll_hour(hour, again=True)
+        horizon = rollups.hour_of(now - rollups.DAY) - rollups.HOUR
+        if oldest is not None and int(oldest) < horizon:
+            await self._forget_hours(horizon)
+        return counted
+
+    @abc.abstractmethod
+    async def _roll_hour(self, hour: int, *, again: bool) -> bool:
+        """Count one hour in one transaction (router.store.rollups): unless it is marked
+        already, or (`again`) unless its rows are still within rollups.COMPACT. Whether it was
+        counted."""
+
+    @abc.abstractmethod
+    async def _forget_hours(self, before: int) -> None:
+        """Delete the counts and marks of the hours before `before`."""
 
     # -- delivery controls
 

@@ -61,6 +61,11 @@ record, so a hostile record can never fail its own insert); and jobs that left `
 (partial: a push writes none of them) newest first by rule, by destination and by status,
 and by rule, destination, status, action and age for the per-rule and per-destination
 counters.
+
+The counts step (8) adds `job_hours` and `rolled_hours`, the settled jobs of each ended hour
+counted once (router.store.rollups), with the triggers that keep a counted hour's rows true
+when its jobs change or go; and `events_event_id`, the records by event id (partial: a record
+without an id writes nothing).
 """
 
 from __future__ import annotations
@@ -74,7 +79,7 @@ from router.exceptions import StoreUnavailable
 
 log = logging.getLogger("router.store")
 
-SCHEMA_VERSION = 7  # the steps each dialect lists; version N is the same layout everywhere
+SCHEMA_VERSION = 8  # the steps each dialect lists; version N is the same layout everywhere
 
 # Whether step N (at index N - 1) is additive, as the module docstring defines it. Decided once,
 # when the step is written, and never changed: a rollback across the step depends on it.
@@ -91,6 +96,10 @@ ADDITIVE: tuple[bool, ...] = (
     True,  # 6: alert_signals, alert_states and batch_slots, new tables; their indexes
     # 7: the console's read indexes (events without a match; settled jobs by rule,
     # destination, status and age). Indexes only.
+    True,
+    # 8: the hours' counts (job_hours, rolled_hours, the triggers that keep them true) and the
+    # index of event ids. New tables, triggers and an index: older code reads and writes as it
+    # did, and the triggers follow its writes as they follow this code's.
     True,
 )
 assert len(ADDITIVE) == SCHEMA_VERSION, "say of every step whether it is additive"

@@ -25,7 +25,7 @@ import asyncpg
 from router.circuit import CircuitPolicy, Outcomes, Transition, advance, transition
 from router.destinations import Destination
 from router.exceptions import StoreUnavailable
-from router.store import controls, rows
+from router.store import controls, rollups, rows
 from router.store import sql_postgres as sql
 from router.store.base import (
     SIGNAL_KEEP,
@@ -626,6 +626,31 @@ class PostgresStore(Store):
         row = await self._run(work, transaction=False)
         assert row is not None  # an aggregate always yields a row
         return rows.stats(row, now)
+
+    async def _roll_hour(self, hour: int, *, again: bool) -> bool:
+        async def work(conn: Connection) -> bool:
+            # The lock first, exclusive: what follows sees every job change whose trigger found
+            # the hour unmarked, and those to come wait to count against the new mark
+            # (router.store.rollups).
+            await conn.execute(rollups.LOCK_POSTGRES)
+            if again:
+                if int(await conn.fetchval(rollups.ROWS_POSTGRES, hour)) <= rollups.COMPACT:
+                    return False
+            elif await conn.fetchval(rollups.IS_ROLLED_POSTGRES, hour) is not None:
+                return False
+            await conn.execute(rollups.CLEAR_POSTGRES, hour)
+            await conn.execute(rollups.ROLL_POSTGRES, hour, float(hour), float(hour + rollups.HOUR))
+            await conn.execute(rollups.MARK_POSTGRES, hour)
+            return True
+
+        return await self._run(work, transaction=True)
+
+    async def _forget_hours(self, before: int) -> None:
+        async def work(conn: Connection) -> None:
+            for statement in rollups.FORGET_POSTGRES:
+                await conn.execute(statement, before)
+
+        await self._run(work, transaction=True)
 
     async def purge(self, *, before: float, dedupe_before: float) -> int:
         async def work(conn: Connection) -> int:

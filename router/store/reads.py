@@ -10,13 +10,14 @@ million jobs as with a hundred:
   read through `jobs_due`, as claims read them, and each list merges the two parts;
 - records newest first by id, by rule (through the rule's jobs, `jobs_rule`) or without a
   match (`events_unmatched`);
-- a search by event id compares at most ID_WINDOW records per page, and a search inside
-  records (a profile id, a table, an operation, any text) reads at most SCAN_WINDOW, newest
-  first; each says where it stopped. An index would cost every push a write (the intake's
-  throughput is the router's first duty), and a search must never read a whole store;
+- records by event id (`events_event_id`, schema step 8; on PostgreSQL the index holds the
+  id's first EVENT_ID_PREFIX characters, so that no id is too long for an index entry);
+- a search inside records (a profile id, a table, an operation, any text) reads at most
+  SCAN_WINDOW records, newest first, and says where it stopped: a search must never read a
+  whole store, and an index inside records would cost every push a write;
 - the counters of the last hour and day read `jobs_recent`, which holds every column they need
   (on SQLite led by rule, destination and status, read by a skip-scan in group order; on
-  PostgreSQL led by the creation time).
+  PostgreSQL led by the creation time), and the hours counted once (router.store.rollups).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from router.store import rows
+from router.store import rollups, rows
 from router.store.base import (
     Activity,
     Counts,
@@ -42,7 +43,7 @@ from router.store.base import (
 
 MAX_PAGE = 500  # most rows one page reads
 SCAN_WINDOW = 10_000  # most records a search inside records reads per page
-ID_WINDOW = 100_000  # most records a search by event id compares per page (a plain column)
+EVENT_ID_PREFIX = 200  # characters of an event id PostgreSQL's index holds (schema step 8)
 HOUR = 3600.0
 DAY = 86400.0
 Statement = tuple[str, list[Any]]
@@ -187,7 +188,10 @@ def _event_filters(dialect: Dialect, query: EventQuery, p: _Params, floor: int |
     """The conditions of `query` on the records (`e`), their values registered with `p`."""
     where: list[str] = []
     if query.event_id is not None:
-        where.append(f"e.event_id = {p(query.event_id, 'text')}")
+        wanted = p(query.event_id, "text")
+        where.append(f"e.event_id IS NOT NULL AND e.event_id = {wanted}")
+        if dialect == "postgres":
+            where.append(f"left(e.event_id, {EVENT_ID_PREFIX}) = left({wanted}, {EVENT_ID_PREFIX})")
     if query.unmatched:
         where.append("e.matched = '[]'" if dialect == "sqlite" else "e.matched::text = '[]'")
     as_text = "e.record" if dialect == "sqlite" else "e.record::text"
@@ -217,8 +221,7 @@ def find_events(
     """The statement of one page of `query` and, for a search inside records, the lowest id it
     reads (`top`: the cursor, or above the newest record)."""
     p = _Params(dialect)
-    window = SCAN_WINDOW if query.reads_records else ID_WINDOW
-    floor = max(top - window, 0) if query.scans and top is not None else None
+    floor = max(top - SCAN_WINDOW, 0) if query.scans and top is not None else None
     limit = _limit(query.limit)
     if query.rule is not None:
         # Through the rule's jobs (one per record: its first action), newest first: those that
@@ -262,86 +265,72 @@ def event_page(found: list[Any], query: EventQuery, floor: int | None) -> EventP
     return EventPage(events, None)
 
 
-# SQLite: the (rule, destination, status) groups of `jobs_recent`, found by seeking from one
-# to the next (a loose index scan: a few index lookups per group, not a scan of every job; the
-# planner would only do that itself with statistics the store never gathers), then each
-# group's counts read as ranges of the same index.
-_SQLITE_GROUPS = """
-WITH RECURSIVE
-r(rule) AS (
-    SELECT min(rule) FROM jobs INDEXED BY jobs_recent WHERE status <> 'pending'
-    UNION ALL
-    SELECT (SELECT min(rule) FROM jobs INDEXED BY jobs_recent
-            WHERE status <> 'pending' AND rule > r.rule)
-    FROM r WHERE r.rule IS NOT NULL
-),
-rd(rule, destination) AS (
-    SELECT rule, (SELECT min(destination) FROM jobs INDEXED BY jobs_recent
-                  WHERE status <> 'pending' AND rule = r.rule)
-    FROM r WHERE r.rule IS NOT NULL
-    UNION ALL
-    SELECT rule, (SELECT min(destination) FROM jobs INDEXED BY jobs_recent
-                  WHERE status <> 'pending' AND rule = rd.rule AND destination > rd.destination)
-    FROM rd WHERE rd.destination IS NOT NULL
-),
-rds(rule, destination, status) AS (
-    SELECT rule, destination,
-           (SELECT min(status) FROM jobs INDEXED BY jobs_recent
-            WHERE status <> 'pending' AND rule = rd.rule AND destination = rd.destination)
-    FROM rd WHERE rd.destination IS NOT NULL
-    UNION ALL
-    SELECT rule, destination,
-           (SELECT min(status) FROM jobs INDEXED BY jobs_recent
-            WHERE status <> 'pending' AND rule = rds.rule AND destination = rds.destination
-              AND status > rds.status)
-    FROM rds WHERE rds.status IS NOT NULL
-),
-g(rule, destination, status, action_index) AS (
-    SELECT rule, destination, status,
-           (SELECT min(action_index) FROM jobs INDEXED BY jobs_recent
-            WHERE status <> 'pending' AND rule = rds.rule AND destination = rds.destination
-              AND status = rds.status)
-    FROM rds WHERE rds.status IS NOT NULL
-    UNION ALL
-    SELECT rule, destination, status,
-           (SELECT min(action_index) FROM jobs INDEXED BY jobs_recent
-            WHERE status <> 'pending' AND rule = g.rule AND destination = g.destination
-              AND status = g.status AND action_index > g.action_index)
-    FROM g WHERE g.action_index IS NOT NULL
-)
-SELECT g.rule, g.destination, g.status, g.action_index, {counts}
-FROM g WHERE g.action_index IS NOT NULL
-"""
-_SQLITE_COUNT = (
-    "(SELECT {what} FROM jobs AS j INDEXED BY jobs_recent WHERE j.status <> 'pending' "
-    "AND j.rule = g.rule AND j.destination = g.destination AND j.status = g.status "
-    "AND j.action_index = g.action_index AND j.created_at >= {since})"
-)
+def rolled_in(dialect: Dialect, now: float) -> Statement:
+    """The rolled hours (router.store.rollups) wholly inside the day before `now`."""
+    return rollups.marked(dialect, *rollups.full_hours(now))
 
 
-def activity(dialect: Dialect, now: float) -> list[Statement]:
-    """The counters' statements. First, per (rule, destination, status, action): jobs created
-    in the last day and in the last hour, and the newest creation time (a rule's first action
-    has one job per matched record). Then retrying jobs, the last errors, records per minute."""
+def _range(p: _Params, start: float, end: float | None) -> str:
+    where = f"j.created_at >= {p(start, 'float8')}"
+    return where if end is None else f"{where} AND j.created_at < {p(end, 'float8')}"
+
+
+def activity(dialect: Dialect, now: float, rolled: Sequence[int] = ()) -> list[Statement]:
+    """The counters' statements. First, per (rule, destination, status, action): settled jobs
+    created in the last day and in the last hour, and the newest creation time (a rule's first
+    action has one job per matched record), counted live outside the `rolled` hours; then the
+    counts of those hours, in the same shape (router.store.rollups). Then pending jobs, retrying
+    jobs, the last errors, records per minute."""
     p = _Params(dialect)
     day, hour = now - DAY, now - HOUR
+    ranges = rollups.live_ranges(now, rolled)
     if dialect == "sqlite":
-        counts = ", ".join(
-            _SQLITE_COUNT.format(what=what, since=p(since, "float8"))
-            for what, since in (("count(*)", day), ("count(*)", hour), ("max(j.created_at)", day))
+        in_day = " + ".join(
+            rollups.COUNT_SQLITE.format(what="count(*)", where=_range(p, start, end))
+            for start, end in ranges
         )
-        statements: list[Statement] = [(_SQLITE_GROUPS.format(counts=counts), p.values)]
+        counts = ", ".join(
+            (
+                f"({in_day})",
+                rollups.COUNT_SQLITE.format(what="count(*)", where=_range(p, hour, None)),
+                rollups.COUNT_SQLITE.format(what="max(j.created_at)", where=_range(p, day, None)),
+            )
+        )
+        statements: list[Statement] = [(rollups.GROUPS_SQLITE.format(counts=counts), p.values)]
     else:
-        since_day, since_hour = p(day, "float8"), p(hour, "float8")
+        # One index range per part (each an index-only scan of jobs_recent), then summed.
+        parts = [
+            (window, _range(p, start, end))
+            for window, (start, end) in [*(("day", r) for r in ranges), ("hour", (hour, None))]
+        ]
+        union = " UNION ALL ".join(
+            f"SELECT '{window}' AS w, j.rule, j.destination, j.status, j.action_index, "
+            f"count(*) AS n, max(j.created_at) AS last FROM jobs AS j WHERE {where} AND {SETTLED} "
+            "GROUP BY j.rule, j.destination, j.status, j.action_index"
+            for window, where in parts
+        )
         statements = [
             (
-                "SELECT j.rule, j.destination, j.status, j.action_index, count(*), "
-                f"count(*) FILTER (WHERE j.created_at >= {since_hour}), max(j.created_at) "
-                f"FROM jobs AS j WHERE j.created_at >= {since_day} AND {SETTLED} "
-                "GROUP BY j.rule, j.destination, j.status, j.action_index",
+                "SELECT rule, destination, status, action_index, "
+                "coalesce(sum(n) FILTER (WHERE w = 'day'), 0), "
+                "coalesce(sum(n) FILTER (WHERE w = 'hour'), 0), max(last) "
+                f"FROM ({union}) AS parts GROUP BY rule, destination, status, action_index",
                 p.values,
             )
         ]
+    p = _Params(dialect)
+    hours = (
+        f"hour IN ({', '.join(p(h, 'int8') for h in rolled)})"
+        if dialect == "sqlite"
+        else f"hour = ANY({p(list(rolled), 'int8[]')})"
+    )
+    statements.append(
+        (
+            "SELECT rule, destination, status, action_index, sum(n), 0, max(last) "
+            f"FROM job_hours WHERE {hours} GROUP BY rule, destination, status, action_index",
+            p.values,
+        )
+    )
     # Pending jobs (the backlog, read through jobs_due), in the same shape.
     p = _Params(dialect)
     in_hour = (
@@ -429,14 +418,16 @@ def _add(
 
 
 def activity_of(found: list[list[Any]], rules: Sequence[str]) -> Activity:
-    groups, waiting, waiting_lasts, retrying, dead_errors, retry_errors, minutes, *lasts = found
+    groups, rolled, waiting, waiting_lasts, retrying, dead_errors, retry_errors, minutes, *lasts = (
+        found
+    )
     tables: dict[str, dict[str, Counts]] = {
         "rules_day": {},
         "rules_hour": {},
         "destinations_day": {},
         "destinations_hour": {},
     }
-    for rule, destination, status, action_index, day, hour, last in [*groups, *waiting]:
+    for rule, destination, status, action_index, day, hour, last in [*groups, *rolled, *waiting]:
         for window, n in (("day", day), ("hour", hour)):
             if not n:
                 continue
@@ -517,6 +508,7 @@ async def event_in(store: Store, event: int) -> tuple[StoredEvent, list[JobSumma
 async def activity_in(store: Store, *, now: float, rules: Sequence[str] = ()) -> Activity:
     """Counters of the last hour and day, per rule and destination; each of `rules` also gets
     its last match, however old (its day's Counts.last)."""
-    statements = activity(store.dialect, now)
+    [rolled] = await store.read_only([rolled_in(store.dialect, now)])
+    statements = activity(store.dialect, now, [int(row[0]) for row in rolled])
     statements += [last_match(store.dialect, rule) for rule in rules]
     return activity_of(await store.read_only(statements), rules)

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from router.exceptions import StoreUnavailable
 from router.rules import spec_hash
-from router.store import controls, rows
+from router.store import controls, rollups, rows
 from router.store.base import IncomingRecord
 from router.store.migrations import (
     FLOOR_KEY,
@@ -245,6 +245,13 @@ MIGRATIONS = Migrations[Step](
         INCLUDE (rule, destination, status, action_index) WHERE status <> 'pending';
     CREATE INDEX jobs_seq ON jobs (seq) WHERE status <> 'pending';
     CREATE INDEX jobs_event ON jobs (event);
+    """,
+        # 8: the hours' counts (router.store.rollups) and records by event id: the index holds
+        # an id's first 200 characters (router.store.reads.EVENT_ID_PREFIX), so that an id of
+        # any length fits an index entry and a push can never fail on it.
+        rollups.POSTGRES_STEP
+        + """
+    CREATE INDEX events_event_id ON events (left(event_id, 200)) WHERE event_id IS NOT NULL;
     """,
     )
 )

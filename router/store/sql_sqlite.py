@@ -24,7 +24,7 @@ from typing import Any
 from router.circuit import CircuitPolicy, CircuitState, Outcomes, Transition, advance, transition
 from router.destinations import Destination
 from router.exceptions import StoreUnavailable
-from router.store import controls, rows
+from router.store import controls, rollups, rows
 from router.store.base import (
     AcceptResult,
     AttemptResult,
@@ -245,6 +245,11 @@ MIGRATIONS = Migrations[tuple[str, ...]](
             # times: each group found by a seek and counted as a range (router.store.reads).
             "CREATE INDEX jobs_recent ON jobs (rule, destination, status, action_index, created_at)"
             " WHERE status <> 'pending'",
+        ),
+        # 8: the hours' counts (router.store.rollups) and records by event id.
+        (
+            *rollups.SQLITE_STEP,
+            "CREATE INDEX events_event_id ON events (event_id) WHERE event_id IS NOT NULL",
         ),
     )
 )
@@ -823,6 +828,26 @@ def purge(conn: sqlite3.Connection, before: float, dedupe_before: float) -> int:
     conn.execute(PURGE_EVENTS, {"before": before})
     conn.execute(PURGE_DEDUPE, {"before": dedupe_before})
     return deleted
+
+
+def roll_hour(conn: sqlite3.Connection, hour: int, again: bool) -> bool:
+    """Count the settled jobs of `hour` into job_hours and mark it (router.store.rollups),
+    unless it is marked already (or, `again`, unless its rows are still few); whether it was."""
+    span = {"hour": hour, "end": hour + rollups.HOUR}
+    if again:
+        if conn.execute(rollups.ROWS_SQLITE, span).fetchone()[0] <= rollups.COMPACT:
+            return False
+    elif conn.execute(rollups.IS_ROLLED_SQLITE, span).fetchone() is not None:
+        return False
+    conn.execute(rollups.CLEAR_SQLITE, span)
+    conn.execute(rollups.ROLL_SQLITE, span)
+    conn.execute(rollups.MARK_SQLITE, span)
+    return True
+
+
+def forget_hours(conn: sqlite3.Connection, before: int) -> None:
+    for statement in rollups.FORGET_SQLITE:
+        conn.execute(statement, {"before": before})
 
 
 def list_jobs(

@@ -546,5 +546,11 @@ class SQLiteStore(Store):
         # The reader connection: WAL readers never block the writer, nor it them.
         return await self._read(lambda conn: sql.read_events(conn, since, after, limit))
 
+    async def _roll_hour(self, hour: int, *, again: bool) -> bool:
+        return await self._write(lambda conn: sql.roll_hour(conn, hour, again))
+
+    async def _forget_hours(self, before: int) -> None:
+        await self._write(lambda conn: sql.forget_hours(conn, before))
+
     async def purge(self, *, before: float, dedupe_before: float) -> int:
         return await self._write(lambda conn: sql.purge(conn, before, dedupe_before))

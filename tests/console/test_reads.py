@@ -4,16 +4,21 @@ as a filter. Real SQLite files and real PostgreSQL databases (tests/store/confte
 
 from __future__ import annotations
 
+import asyncio
+import time
 from typing import Any
 
 import pytest
 
-from router.store import reads
-from router.store.base import EventQuery, JobQuery, Status, Store
+from router import wiring
+from router.settings import Settings
+from router.store import reads, rollups
+from router.store.base import AttemptResult, EventQuery, JobQuery, Outcome, Status, Store
 from tests.store.conftest import T0, Backend, accept, incoming, new_job
 from tests.store.conftest import backend as backend  # the parametrised fixture: both stores
 
 HOUR = 3600.0
+DAY = 86400.0
 
 
 def record(n: int, **data: Any) -> dict[str, Any]:
@@ -141,5 +146,161 @@ def test_counters_of_the_last_hour_and_day(backend: Backend) -> None:
         assert sum(n for _, n in activity.received_per_minute) == 1
         overview = await reads.activity_in(store, now=now)
         assert overview.destinations_day == activity.destinations_day
+
+    backend.run(body)
+
+
+async def settle_hours(store: Store, hours: int) -> float:
+    """A record an hour apart for `hours` hours, each with a crm job (delivered; every third
+    one dead) and a log job (delivered); the newest hour's jobs and one more old one stay
+    pending. Returns a time 10 minutes into the hour after the last."""
+    for n in range(hours):
+        at = T0 + n * HOUR + 60
+        jobs = [new_job("crm", 0, destination="crm.example.com")]
+        jobs += [new_job("crm", 1, destination="log")]
+        await accept(store, incoming(event_id=f"h-{n}", record=record(n), jobs=jobs), now=at)
+    claimed = await store.claim(limit=1000, lease=60.0, now=T0 + hours * HOUR)
+    keep = {f"h-{hours - 1}", "h-10"}  # the newest record's jobs, and an old one's
+    results = [
+        AttemptResult(
+            job.id,
+            job.lease_token,
+            Outcome.DEAD if job.action_index == 0 and n % 3 == 0 else Outcome.DONE,
+            T0 + hours * HOUR,
+            0.1,
+            200,
+            "HTTP 410" if job.action_index == 0 and n % 3 == 0 else None,
+        )
+        for n, job in enumerate(claimed)
+        if job.event_id not in keep
+    ]
+    await store.record(results, now=T0 + hours * HOUR)
+    await store.release(
+        [(job.id, job.lease_token) for job in claimed if job.event_id in keep],
+        next_at=T0 + hours * HOUR,
+    )
+    return T0 + (hours - 1) * HOUR + 600
+
+
+def counted(activity: Any) -> dict[str, Any]:
+    return {
+        name: getattr(activity, name)
+        for name in ("rules_day", "rules_hour", "destinations_day", "destinations_hour")
+    }
+
+
+def test_the_hours_counted_once_give_the_counts_of_the_jobs(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The day's counters from counted hours equal the counters from the jobs themselves, and
+    stay equal as jobs change after their hour was counted: a late delivery, a replay, a
+    purge, an hour counted again."""
+
+    async def body(store: Store) -> None:
+        now = await settle_hours(store, 30)
+        live = await reads.activity_in(store, now=now, rules=["crm"])
+        assert live.rules_day["crm"].jobs == 2 * 24
+        assert live.rules_day["crm"].pending == 4  # h-10's and the newest record's
+        # The hours of the last day that ended 5 minutes ago.
+        assert await store.roll_up(now=now, since=0.0) == 24
+        assert await store.roll_up(now=now, since=0.0) == 0  # nothing new to count
+        assert counted(await reads.activity_in(store, now=now, rules=["crm"])) == counted(live)
+
+        async def check(at: float) -> None:
+            truth = counted(await reads.activity_in(store, now=at, rules=["crm"]))
+            # The same reads with no hour counted: every job read one by one.
+            [marks] = await store.read_only([rollups.marked(store.dialect, 0, 2**40)])
+            assert marks, "no hour is counted: the check would compare live with live"
+            activity = reads.activity_of(
+                await store.read_only(reads.activity(store.dialect, at) + last_crm), ["crm"]
+            )
+            assert truth == counted(activity)
+
+        last_crm = [reads.last_match(store.dialect, "crm")]
+        # A late delivery: h-10's pending jobs, settled hours after their hour was counted.
+        now = T0 + 30 * HOUR + 1  # when they are due again
+        waiting = await store.claim(limit=10, lease=60.0, now=now)
+        old = [job for job in waiting if job.event_id == "h-10"]
+        assert len(old) == 2
+        await store.record(
+            [AttemptResult(j.id, j.lease_token, Outcome.DONE, now, 0.1, 200) for j in old],
+            now=now,
+        )
+        await check(now)
+        # A replay of a dead job in a counted hour.
+        dead_jobs = await reads.find_jobs_in(store, JobQuery(status=Status.DEAD, limit=500))
+        assert await store.replay([dead_jobs[0].job.id], now=now) == [dead_jobs[0].job.id]
+        await check(now)
+        # An hour whose rows have grown is counted again, to the same counts.
+        monkeypatch.setattr(rollups, "COMPACT", 1)
+        assert await store.roll_up(now=now, since=0.0) > 0
+        await check(now)
+        monkeypatch.undo()
+        # A purge of delivered jobs unmarks the hours it took jobs from: every hour had some
+        # but the newest, whose jobs are still out (claimed above, not recorded).
+        assert await store.purge(before=now + 1, dedupe_before=0.0) > 0
+        [marks] = await store.read_only([rollups.marked(store.dialect, 0, 2**40)])
+        assert [int(row[0]) for row in marks] == [rollups.hour_of(T0 + 29 * HOUR + 60)]
+        later = now + 2 * HOUR
+        assert await store.roll_up(now=later, since=0.0) > 0
+        await check(later)
+
+    backend.run(body)
+
+
+def test_live_ranges_cover_the_day_but_the_rolled_hours() -> None:
+    now = 1_700_000_000.0 + 1234.5
+    first, last = rollups.full_hours(now)
+    assert first >= now - DAY and last + HOUR <= now
+    assert rollups.live_ranges(now, []) == [(now - DAY, None)]
+    every = list(range(first, last + 1, 3600))
+    edges = [(now - DAY, float(first)), (float(last + 3600), None)]
+    assert rollups.live_ranges(now, every) == edges
+    hole = every[:5] + every[6:]
+    assert rollups.live_ranges(now, hole) == [
+        (now - DAY, float(first)),
+        (float(every[5]), float(every[6])),
+        (float(last + 3600), None),
+    ]
+
+
+def test_an_event_id_of_any_length_is_stored_and_found_by_its_index(backend: Backend) -> None:
+    """PostgreSQL's index of event ids holds their first characters: an id too long for an
+    index entry is still accepted (a push never fails on it) and found whole."""
+    long_id = "é" * 5000 + "-tail"
+    twin = "é" * 5000 + "-twin"
+
+    async def body(store: Store) -> None:
+        for n, event_id in enumerate((long_id, twin, "short")):
+            found = incoming(event_id=event_id, record={"id": event_id, "n": n}, jobs=[])
+            await accept(store, found, now=T0 + n)
+        for event_id in (long_id, twin, "short"):
+            page = await reads.find_events_in(store, EventQuery(event_id=event_id))
+            assert [e.event_id for e in page.events] == [event_id]
+            assert page.next is None and page.searched_to is None
+
+    backend.run(body)
+
+
+def test_every_serving_process_counts_the_hours_in_the_background(backend: Backend) -> None:
+    """serve and `router worker` run wiring.roll_up_loop: without being asked, it counts the
+    hours of the last day that have ended (here without jobs: each is marked, with no counts)."""
+
+    async def body(store: Store) -> None:
+        stop = asyncio.Event()
+        settings = Settings(retention=10 * 365 * DAY)  # type: ignore[call-arg]
+        loop = asyncio.create_task(wiring.roll_up_loop(store, settings, stop))
+        try:
+            deadline = time.monotonic() + 10
+            marked: list[int] = []
+            # One transaction an hour: poll until the last of them is in.
+            while marked != rollups.to_roll(time.time(), 0.0) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+                [marks] = await store.read_only([rollups.marked(store.dialect, 0, 2**40)])
+                marked = [int(row[0]) for row in marks]
+        finally:
+            stop.set()
+            await asyncio.wait_for(loop, 10)
+        assert marked == rollups.to_roll(time.time(), 0.0)
 
     backend.run(body)

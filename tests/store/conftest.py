@@ -89,6 +89,8 @@ LAYOUT: dict[str, set[str]] = {
     "alert_signals": {"kind", "scope", "detail", "at"},
     "alert_states": {"name", "firing", "fired_at", "changed_at"},
     "batch_slots": {"token", "key", "until"},
+    "job_hours": {"hour", "rule", "destination", "status", "action_index", "n", "last"},
+    "rolled_hours": {"hour"},
 }
 
 
