@@ -117,8 +117,8 @@ class Settings(BaseSettings):
     template_timeout: float = Field(
         1.0,
         gt=0,
-        description="Seconds the templates of one action may take to render; a job over it "
-        "is dead.",
+        description="Seconds of CPU time the templates of one action may take to render; a "
+        "job over it is dead.",
     )
     template_max_bytes: int = Field(
         1024 * 1024,

@@ -3,10 +3,16 @@
 Templates are written by rule authors but render event data, and neither may stall the process
 or exhaust its memory. Every render runs inside a Budget:
 
-- Time: the templates of one action share a deadline (RenderLimits.timeout). Python cannot stop
-  a thread, so the limit is cooperative: the sandbox calls Budget.tick in every loop iteration,
-  attribute and item lookup, call, intercepted operator, filter, buffer join and output chunk.
-  Each of those steps is itself bounded (below), so a render ends within about the limit.
+- Time: the templates of one action share RenderLimits.timeout seconds of the rendering
+  thread's CPU time. CPU time, not the clock: on a busy machine a render waits for the CPU or
+  for the GIL (the event loop and the store's thread share it), and a one-line template must
+  not die because the process was kept waiting. The clock is what is read on every check (it
+  is cheap); only once it passes the deadline is the thread's CPU time read, and if the render
+  has not spent its budget the deadline moves to where the rest of the budget would end.
+  Python cannot stop a thread, so the limit is cooperative: the sandbox calls Budget.tick in
+  every loop iteration, attribute and item lookup, call, intercepted operator, filter, buffer
+  join and output chunk. Each of those steps is itself bounded (below), so a render ends within
+  about the limit.
 - Size: no text or list a template builds may exceed RenderLimits.max_bytes characters, and
   where the size of a result can be known in advance (repetition, padding and format widths,
   joins, replacements) it is refused before it is allocated. A rendered value may not exceed
@@ -65,7 +71,7 @@ class RenderLimits:
     def applied(self) -> Iterator[None]:
         """Render one action inside this block: its templates share one deadline, counted from
         entering the block. Outside such a block each template gets the default limits."""
-        token = _CURRENT.set(Budget(self, _Spent(time.monotonic() + self.timeout)))
+        token = _CURRENT.set(Budget(self, _Spent(self.timeout)))
         try:
             yield
         finally:
@@ -73,12 +79,14 @@ class RenderLimits:
 
 
 class _Spent:
-    """What the templates of one action share: their deadline and what they built so far."""
+    """What the templates of one action share: their deadline (on the clock; see the module's
+    docstring), the thread CPU time they started at, and what they built so far."""
 
-    __slots__ = ("built", "deadline")
+    __slots__ = ("built", "cpu_start", "deadline")
 
-    def __init__(self, deadline: float) -> None:
-        self.deadline = deadline
+    def __init__(self, timeout: float) -> None:
+        self.deadline = time.monotonic() + timeout
+        self.cpu_start = time.thread_time()
         self.built = 0
 
 
@@ -96,11 +104,19 @@ class Budget:
         self._sizes: dict[int, tuple[object, int]] = {}
 
     def tick(self) -> None:
-        if time.monotonic() > self.deadline:
+        now = time.monotonic()
+        if now <= self.deadline:
+            return
+        spent = self._spent
+        left = self.limits.timeout - (time.thread_time() - spent.cpu_start)
+        if left <= 0:
             raise TemplateLimitExceeded(
                 f"rendering took longer than {self.limits.timeout:g} s "
                 "(ROUTER_TEMPLATE_TIMEOUT); simplify the template or raise the limit"
             )
+        # The clock ran while the thread waited: the budget is what the render has not spent.
+        spent.deadline = max(spent.deadline, now + left)
+        self.deadline = spent.deadline
 
     def refuse_over(self, size: int, what: str) -> None:
         """Refuse a value of `size` characters that `what` is about to build."""
@@ -210,6 +226,7 @@ class Budget:
         for item in iterable:
             if time.monotonic() > deadline:
                 self.tick()
+                deadline = self.deadline
             yield item
 
     def collect(self, iterable: Iterable[Any], what: str) -> list[Any]:
@@ -255,7 +272,7 @@ def rendering() -> Iterator[Budget]:
     outer = _CURRENT.get()
     if outer is None:
         limits = RenderLimits()
-        budget = Budget(limits, _Spent(time.monotonic() + limits.timeout))
+        budget = Budget(limits, _Spent(limits.timeout))
     else:
         budget = Budget(outer.limits, outer._spent)
     token = _CURRENT.set(budget)

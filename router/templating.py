@@ -124,6 +124,7 @@ class Template:
         for chunk in compiled.generate(context):
             if time.monotonic() > deadline:
                 budget.tick()
+                deadline = budget.deadline
             size += len(chunk)
             if size > limit:  # a character is at least one byte
                 raise _too_large(limit)

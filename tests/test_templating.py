@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import tracemalloc
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
@@ -705,6 +706,23 @@ def test_the_templates_of_one_action_share_one_deadline() -> None:
     with limits.applied():
         assert render("{{ data.profileId }}") == "1204"  # the next action starts afresh
     assert render("{{ data.profileId }}") == "1204"  # outside a block: default limits
+
+
+def test_the_limit_counts_the_render_s_cpu_time_not_the_clock() -> None:
+    """On a busy machine a render waits for the CPU or the GIL: that wait is not the template's
+    doing, and a one-line template must not die of it. A spinning one still does."""
+    limits = RenderLimits(timeout=0.2)
+    with limits.applied():
+        time.sleep(0.3)  # the thread kept waiting, spending no CPU: the clock is past the limit
+        assert render("{{ data.profileId }}") == "1204"
+        with pytest.raises(TemplateLimitExceeded, match=r"^template: rendering took longer"):
+            render(SPIN)
+    started = time.thread_time()
+    with limits.applied():
+        time.sleep(0.3)
+        with pytest.raises(TemplateLimitExceeded):
+            render(SPIN)  # stopped once its own CPU time is over the limit
+    assert time.thread_time() - started < 0.2 * 3
 
 
 def test_a_limit_error_is_shown_even_for_a_template_that_reads_secrets() -> None:

@@ -28,7 +28,7 @@ from tests.sinks import HttpSink
 ROOT = Path(__file__).parents[2]
 LIMIT = 1048576  # ROUTER_TEMPLATE_MAX_BYTES by default
 TIMEOUT = 1.0  # ROUTER_TEMPLATE_TIMEOUT by default, seconds
-SLACK = 0.5  # seconds an attack may take beyond the time limit
+SLACK = 0.5  # seconds of CPU time an attack may take beyond the time limit
 MEMORY_GROWTH = 64 * 1024  # KiB an attack may add to the peak of a harmless render
 
 PEAK = """
@@ -52,7 +52,8 @@ record = {
     "id": "attack",
     "data": {"items": list(range(10000)), "text": "x" * 1000, "big": "a" * 2000000},
 }
-started = time.monotonic()
+# CPU time, as the limit counts it: a busy machine may stretch the clock time of a render.
+started = time.process_time()
 try:
     template = compile_template(sys.argv[1])
     context = build_context(record, rule="attack", delivery_id="d", secrets=PlaceholderSecrets())
@@ -60,7 +61,7 @@ try:
         outcome = {"rendered": len(template.render(context, where="body"))}
 except (RenderError, TemplateProblem) as exc:
     outcome = {"error": str(exc)}
-outcome["seconds"] = time.monotonic() - started
+outcome["seconds"] = time.process_time() - started
 outcome["peak_kib"] = peak_kib()
 print(json.dumps(outcome))
 """
