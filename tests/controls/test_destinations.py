@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from router.actions.registry import destination_of
-from router.destinations import parse_rate, pause_target
+from router.destinations import DestinationProblem, parse_rate, pause_target
 from router.rulefiles.loader import load
 from router.store import open_store
 from tests.controls.support import (
@@ -65,6 +65,11 @@ def test_declared_destinations_and_the_longest_prefix_wins(tmp_path: Path) -> No
     assert parse_rate("5000/h") == pytest.approx(5000 / 3600)
     assert pause_target("HTTPS://crm.example.com/bulk/") == "crm.example.com:443/bulk/"
     assert pause_target("crm.example.com:443") == "crm.example.com:443"
+    # A declared destination's key, as the console and `pauses` list it, names itself.
+    assert pause_target("CRM.example.com:443/Bulk/") == "crm.example.com:443/Bulk/"
+    for bad in ("smtp/bulk", "crm.example.com:443/a?b=1", "crm.example.com/bulk/"):
+        with pytest.raises(DestinationProblem, match="neither a destination URL"):
+            pause_target(bad)
 
 
 @pytest.mark.parametrize(
