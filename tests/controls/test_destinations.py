@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router.actions.registry import destination_of
 from router.destinations import DestinationProblem, parse_rate, pause_target
@@ -70,6 +72,23 @@ def test_declared_destinations_and_the_longest_prefix_wins(tmp_path: Path) -> No
     for bad in ("smtp/bulk", "crm.example.com:443/a?b=1", "crm.example.com/bulk/"):
         with pytest.raises(DestinationProblem, match="neither a destination URL"):
             pause_target(bad)
+
+
+@settings(database=None)
+@given(
+    host=st.sampled_from(
+        ["crm.example.com", "CRM.Example.com", "127.0.0.1", "[::1]", "xn--bcher-kva.example"]
+    ),
+    port=st.sampled_from(["", ":8443", ":80"]),
+    path=st.text(max_size=30).map(lambda text: "/" + text),
+)
+def test_every_key_a_url_gives_names_itself_again(host: str, port: str, path: str) -> None:
+    """A pause lists its key; the console's Resume (and `resume --destination KEY`) names it."""
+    try:
+        key = pause_target(f"https://{host}{port}{path}")
+    except DestinationProblem:
+        return  # no destination URL: nothing is listed
+    assert pause_target(key) == key
 
 
 @pytest.mark.parametrize(
