@@ -8,6 +8,10 @@ from typing import Any
 
 import pytest
 
+from router.circuit import CircuitPolicy, Outcomes
+from router.console import queries
+from router.console.params import pause_request
+from router.console.queries import Sources
 from router.store import reads
 from router.store.base import EventQuery, JobQuery, Status, Store
 from tests.store.conftest import T0, Backend, accept, incoming, new_job
@@ -141,5 +145,52 @@ def test_counters_of_the_last_hour_and_day(backend: Backend) -> None:
         assert sum(n for _, n in activity.received_per_minute) == 1
         overview = await reads.activity_in(store, now=now)
         assert overview.destinations_day == activity.destinations_day
+
+    backend.run(body)
+
+
+def test_pauses_and_circuits_as_the_console_shows_and_steers_them(backend: Backend) -> None:
+    """Pause and resume through the console's queries: what the overview, the rules and
+    /pauses say of them, on both stores, with names no database column could hold as sent."""
+
+    async def body(store: Store) -> None:
+        await fill(store)
+        now = T0 + 9 * HOUR + 60
+        src = Sources(store, lambda: None, clock=lambda: now)
+        assert await queries.pauses(src) == {"pauses": [], "circuits": []}
+        await store.report_outcomes(
+            {"mail.example.com": Outcomes(trailing_failures=1)},
+            policy=CircuitPolicy(failures=1),
+            now=now,
+        )
+        hostile = pause_request({"rule": "<script>\x00\ud800"})
+        assert hostile == ("rule", "<script>\ufffd?")  # storable, and still text
+        assert await queries.pause(src, *hostile) == {
+            "kind": "rule",
+            "target": "<script>\ufffd?",
+            "paused": True,
+        }
+        held = pause_request({"destination": "LOG"})
+        assert (await queries.pause(src, *held))["paused"] is True
+        assert (await queries.pause(src, *held))["paused"] is False  # already
+        listed = await queries.pauses(src)
+        assert listed["pauses"] == [  # oldest first; then by kind and target
+            {"kind": "destination", "target": "log", "since": queries.when(now)},
+            {"kind": "rule", "target": "<script>\ufffd?", "since": queries.when(now)},
+        ]
+        assert listed["circuits"] == [{"destination": "mail.example.com", "state": "open"}]
+        overview = await queries.overview(src)
+        assert overview["paused"] == listed["pauses"]
+        assert overview["circuits"] == listed["circuits"]
+        rows = {d["destination"]: d for d in overview["destinations"]}
+        assert (rows["log"]["paused_by"], rows["log"]["pausable"]) == ("log", True)
+        mail = rows["mail.example.com"]
+        assert (mail["circuit"], mail["paused_by"]) == ("open", None)
+        assert mail["pausable"] is False  # a bare host is no key `pause` takes: its rule is
+        resumed = await queries.resume(src, *held)
+        assert resumed == {"kind": "destination", "target": "log", "resumed": True, "jobs": 3}
+        assert (await queries.resume(src, *held))["resumed"] is False
+        assert (await queries.resume(src, *hostile))["resumed"] is True
+        assert (await queries.pauses(src))["pauses"] == []
 
     backend.run(body)
