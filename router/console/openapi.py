@@ -407,7 +407,8 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Replay one dead job",
                     "parameters": [job_id],
-                    "responses": _answer("Replayed", "403", "503"),
+                    # 404: an id no route takes (a line break in it); an unknown id replays none.
+                    "responses": _answer("Replayed", "403", "404", "503"),
                 }
             },
             "/dead/replay": {
