@@ -24,6 +24,8 @@ MAX_RATE = 10_000.0  # per second: faster than any worker delivers
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # host:port, or a destination named for its kind ("smtp", "actito").
 _HOST_PORT = re.compile(r"[a-z0-9.\-\[\]:]+:\d{1,5}|[a-z][a-z0-9_-]*")
+# A key as listed (host:port, host:port/path): what key_of_url gives names itself again.
+_KEY = re.compile(r"([^\s/?#{}]+:\d{1,5})(/[^?#{]*)?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,15 +80,19 @@ def key_of_url(url: str) -> str:
 
 
 def pause_target(text: str) -> str:
-    """What `--destination` names, as a key: a URL as in `[[destination]]`, `host:port`, or a
-    destination named for its kind (`smtp`, `actito`)."""
+    """What `--destination` names, as a key: a URL as in `[[destination]]`, `host:port`, a
+    declared destination's key as listed (`host:port/path/`), or a destination named for its
+    kind (`smtp`, `actito`)."""
     value = text.strip().lower()
-    if "://" in value:
-        return key_of_url(text)
     if _HOST_PORT.fullmatch(value):
         return value
+    key = _KEY.fullmatch(text.strip())  # never a URL: a scheme is not followed by a port
+    if key:
+        return key[1].lower() + (key[2] or "")  # the path keeps its case, as key_of_url keeps it
+    if "://" in value:
+        return key_of_url(text)
     raise DestinationProblem(
-        f"{text!r} is neither a destination URL (https://host/path) nor host:port"
+        f"{text!r} is neither a destination URL (https://host/path) nor host:port[/path]"
     )
 
 

@@ -35,7 +35,7 @@ class Settings(BaseSettings):
         ge=0,
         le=65535,
         description="Port of /healthz, /readyz and /metrics of `router serve`; the intake's port "
-        "then answers the webhook only (0: all on the intake's port).",
+        "then answers the webhook and the console only (0: all on the intake's port).",
     )
     drain_timeout: float = Field(
         30.0,

@@ -18,12 +18,19 @@ from starlette.routing import Route
 
 from router.console import openapi, queries
 from router.console.auth import Access, Role
-from router.console.params import BadParameter, event_query, flag, job_query
+from router.console.params import (
+    NOT_A_PAUSE,
+    BadParameter,
+    event_query,
+    flag,
+    job_query,
+    pause_request,
+)
 from router.console.queries import Sources
 from router.exceptions import RejectedBody, StoreUnavailable
 
 MAX_TRY_BYTES = 1024 * 1024  # largest event the try endpoint takes
-MAX_FILTER_BYTES = 16 * 1024  # largest replay filter body
+MAX_FILTER_BYTES = 16 * 1024  # largest replay filter, or pause, body
 RETRY_AFTER = "5"
 
 Handler = Callable[[Request, Role], Awaitable[Any]]
@@ -44,7 +51,9 @@ def api_routes(src: Sources, access: Access) -> list[Route]:
             if role is None:
                 return unauthorized()
             if changes and role is not Role.OPERATOR:
-                return _error(403, "this token may only read; replay needs an operator's token")
+                return _error(
+                    403, "this token may only read; replay and pause need an operator's token"
+                )
             try:
                 found = await handler(request, role)
             except BadParameter as exc:
@@ -90,11 +99,7 @@ def api_routes(src: Sources, access: Access) -> list[Route]:
         return await queries.replay(src, [request.path_params["job_id"]])
 
     async def replay_dead(request: Request, role: Role) -> Any:
-        body = await _body(request, MAX_FILTER_BYTES)
-        try:
-            filters = json.loads(body)
-        except (ValueError, RecursionError):
-            raise BadParameter("the body must be a JSON object of filters") from None
+        filters = await _json_body(request, "the body must be a JSON object of filters")
         if not isinstance(filters, dict):
             raise BadParameter("the body must be a JSON object of filters")
         unknown = sorted(set(filters) - {"rule", "destination", "since", "until"})
@@ -103,6 +108,17 @@ def api_routes(src: Sources, access: Access) -> list[Route]:
                 f"unknown filter {unknown[0]!r}; the filters are rule, destination, since, until"
             )
         return await queries.replay_matching(src, job_query(filters, paged=False))
+
+    async def pauses(request: Request, role: Role) -> Any:
+        return await queries.pauses(src)
+
+    async def pause(request: Request, role: Role) -> Any:
+        body = await _json_body(request, NOT_A_PAUSE)
+        return await queries.pause(src, *pause_request(body))
+
+    async def resume(request: Request, role: Role) -> Any:
+        body = await _json_body(request, NOT_A_PAUSE)
+        return await queries.resume(src, *pause_request(body))
 
     async def try_event(request: Request, role: Role) -> Any:
         body = await _body(request, MAX_TRY_BYTES)
@@ -127,6 +143,9 @@ def api_routes(src: Sources, access: Access) -> list[Route]:
         Route("/jobs/{job_id}", endpoint(job)),
         Route("/jobs/{job_id}/replay", endpoint(replay, changes=True), methods=["POST"]),
         Route("/dead/replay", endpoint(replay_dead, changes=True), methods=["POST"]),
+        Route("/pauses", endpoint(pauses), methods=["GET"]),
+        Route("/pauses", endpoint(pause, changes=True), methods=["POST"]),
+        Route("/pauses/resume", endpoint(resume, changes=True), methods=["POST"]),
         Route("/try", endpoint(try_event), methods=["POST"]),
     ]
 
@@ -136,6 +155,15 @@ def _number(text: str) -> int | None:
     if text.isascii() and text.isdigit() and len(text) <= 18:
         return int(text)
     return None
+
+
+async def _json_body(request: Request, not_json: str) -> Any:
+    """A small JSON body (at most MAX_FILTER_BYTES), or BadParameter saying `not_json`."""
+    body = await _body(request, MAX_FILTER_BYTES)
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        raise BadParameter(not_json) from None
 
 
 async def _body(request: Request, limit: int) -> bytes:

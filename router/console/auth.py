@@ -1,9 +1,9 @@
 """Who may use the console: tokens, the signed session cookie, and CSRF.
 
 Two kinds of token (ROUTER_CONSOLE_TOKENS, ROUTER_CONSOLE_VIEWER_TOKENS): an operator's may
-replay, a viewer's only reads. A token is checked against every configured one in constant
-time, so timing tells nothing of which (or whether one) was close. Tokens are never logged,
-stored or shown; a session names its token by a keyed fingerprint only.
+replay, pause and resume, a viewer's only reads. A token is checked against every configured
+one in constant time, so timing tells nothing of which (or whether one) was close. Tokens are
+never logged, stored or shown; a session names its token by a keyed fingerprint only.
 
 The API takes the token as a bearer (`Authorization: Bearer …`) on every call. The pages log in
 once with it and then carry a session cookie: signed (itsdangerous), HttpOnly, SameSite=Strict,
@@ -30,7 +30,7 @@ CSRF_FIELD = "csrf"
 
 
 class Role(enum.StrEnum):
-    OPERATOR = "operator"  # reads and replays
+    OPERATOR = "operator"  # reads, replays, pauses and resumes
     VIEWER = "viewer"  # reads only
 
 

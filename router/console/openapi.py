@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from router.store.base import Status
+from router.store.base import PAUSE_KINDS, Status
 from router.store.reads import MAX_PAGE
 
 _TIME = {"type": ["string", "null"], "format": "date-time"}
@@ -88,6 +88,14 @@ _EXPLAIN = _object(
     }
 )
 _ERROR = _object({"error": {"type": "string"}})
+_PAUSE = _object(
+    {
+        "kind": {"type": "string", "enum": list(PAUSE_KINDS)},
+        "target": {"type": "string"},
+        "since": _TIME,
+    }
+)
+_CIRCUIT = _object({"destination": {"type": "string"}, "state": {"type": "string"}})
 
 SCHEMAS: dict[str, Any] = {
     "Error": _ERROR,
@@ -96,6 +104,8 @@ SCHEMAS: dict[str, Any] = {
     "ListedJob": _LISTED_JOB,
     "Event": _EVENT,
     "Explain": _EXPLAIN,
+    "Pause": _PAUSE,
+    "Circuit": _CIRCUIT,
     "Overview": _object(
         {
             "ruleset": {
@@ -141,9 +151,14 @@ SCHEMAS: dict[str, Any] = {
                                 _object({"error": {"type": "string"}, "at": _TIME}),
                             ]
                         },
+                        "circuit": _TEXT,
+                        "paused_by": _TEXT,
+                        "pausable": {"type": "boolean"},
                     }
                 ),
             },
+            "paused": {"type": "array", "items": _ref("Pause")},
+            "circuits": {"type": "array", "items": _ref("Circuit")},
             "now": _TIME,
         }
     ),
@@ -170,6 +185,7 @@ SCHEMAS: dict[str, Any] = {
                         "hour": _ref("Counts"),
                         "day": _ref("Counts"),
                         "last_match": _TIME,
+                        "paused_since": _TIME,
                     }
                 ),
             },
@@ -231,6 +247,41 @@ SCHEMAS: dict[str, Any] = {
         },
         "additionalProperties": False,
     },
+    "Pauses": _object(
+        {
+            "pauses": {"type": "array", "items": _ref("Pause")},
+            "circuits": {"type": "array", "items": _ref("Circuit")},
+        }
+    ),
+    "PauseTarget": {
+        "type": "object",
+        "properties": {
+            "rule": {"type": "string", "description": "a rule's name"},
+            "destination": {
+                "type": "string",
+                "description": "a destination: its URL as in [[destination]], host:port "
+                "(every destination on that host), its key (host:port/path), or smtp, actito...",
+            },
+        },
+        "minProperties": 1,
+        "maxProperties": 1,
+        "additionalProperties": False,
+    },
+    "Paused": _object(
+        {
+            "kind": {"type": "string", "enum": list(PAUSE_KINDS)},
+            "target": {"type": "string"},
+            "paused": {"type": "boolean"},
+        }
+    ),
+    "Resumed": _object(
+        {
+            "kind": {"type": "string", "enum": list(PAUSE_KINDS)},
+            "target": {"type": "string"},
+            "resumed": {"type": "boolean"},
+            "jobs": {"type": "integer"},
+        }
+    ),
     "DryRun": {
         "type": "object",
         "properties": {"ruleset": _TEXT, "records": {"type": "array", "items": _ANY_OBJECT}},
@@ -356,7 +407,8 @@ def document() -> dict[str, Any]:
                 "post": {
                     "summary": "Replay one dead job",
                     "parameters": [job_id],
-                    "responses": _answer("Replayed", "403", "503"),
+                    # 404: an id no route takes (a line break in it); an unknown id replays none.
+                    "responses": _answer("Replayed", "403", "404", "503"),
                 }
             },
             "/dead/replay": {
@@ -368,6 +420,30 @@ def document() -> dict[str, Any]:
                         "content": _json_content(_ref("ReplayFilter")),
                     },
                     "responses": _answer("Count", "400", "403", "503"),
+                }
+            },
+            "/pauses": {
+                **_get("The pauses in force, and every destination's circuit", "Pauses", []),
+                "post": {
+                    "summary": "Pause the deliveries of a rule or a destination (as `router "
+                    "deliveries pause`); paused is false when it already was",
+                    "requestBody": {
+                        "required": True,
+                        "content": _json_content(_ref("PauseTarget")),
+                    },
+                    "responses": _answer("Paused", "400", "403", "503"),
+                },
+            },
+            "/pauses/resume": {
+                "post": {
+                    "summary": "Resume the deliveries of a paused rule or destination: its pending "
+                    "jobs go again, with the paused time given back; resumed is false when it "
+                    "was not paused",
+                    "requestBody": {
+                        "required": True,
+                        "content": _json_content(_ref("PauseTarget")),
+                    },
+                    "responses": _answer("Resumed", "400", "403", "503"),
                 }
             },
             "/try": {

@@ -4,7 +4,7 @@ The console's own Jinja2 Environment, apart from the rule templates' sandbox: it
 router's templates only, and escapes every value (event data is hostile). Every page is sent
 with a strict Content-Security-Policy (nothing but this origin's stylesheet; no script, no
 frame, forms only to itself). Login turns a token into a session cookie (router.console.auth);
-every POST checks the session's CSRF token, and a viewer's session cannot replay.
+every POST checks the session's CSRF token, and a viewer's session cannot replay or pause.
 """
 
 from __future__ import annotations
@@ -24,10 +24,17 @@ from starlette.staticfiles import StaticFiles
 
 from router.console import queries
 from router.console.auth import COOKIE, CSRF_FIELD, Access, Session
-from router.console.params import MAX_CURSOR, BadParameter, event_query, flag, job_query
+from router.console.params import (
+    MAX_CURSOR,
+    BadParameter,
+    event_query,
+    flag,
+    job_query,
+    pause_request,
+)
 from router.console.queries import Sources
 from router.exceptions import RejectedBody, StoreUnavailable
-from router.store.base import Status
+from router.store.base import PAUSE_KINDS, Status
 
 HERE = Path(__file__).parent
 MAX_FORM_BYTES = 1024 * 1024  # largest form (the try page's event included)
@@ -49,6 +56,10 @@ NAV = (
 )
 
 Page = Callable[[Request, Session], Awaitable[Response]]
+Control = Callable[[Sources, str, str], Awaitable[dict[str, Any]]]
+# Where a pause or resume form sends the browser back to: a fixed few pages, never a URL given.
+BACK = {"overview": "/console/", "rules": "/console/rules"}
+MAX_NOTICE_TARGET = 300  # characters of a target a notice repeats
 
 
 def environment() -> jinja2.Environment:
@@ -138,12 +149,42 @@ def page_routes(src: Sources, access: Access) -> list[BaseRoute]:
         data = await queries.overview(src)
         peak = max((m["records"] for m in data["received_per_minute"]), default=0)
         return html(
-            request, "overview.html", session=session, active="overview", data=data, peak=peak
+            request,
+            "overview.html",
+            session=session,
+            active="overview",
+            data=data,
+            peak=peak,
+            notice=_notice(request.query_params),
         )
 
     async def rules(request: Request, session: Session) -> Response:
         data = await queries.rules(src)
-        return html(request, "rules.html", session=session, active="rules", data=data)
+        return html(
+            request,
+            "rules.html",
+            session=session,
+            active="rules",
+            data=data,
+            notice=_notice(request.query_params),
+        )
+
+    def control(act: Control, done: Callable[[dict[str, Any]], str]) -> Page:
+        """A pause or resume form's action: do it, then back to the page it came from, with
+        what happened in the query (shown by _notice)."""
+
+        async def run(request: Request, session: Session) -> Response:
+            form: dict[str, str] = request.state.form
+            named = {key: form[key] for key in ("rule", "destination") if form.get(key)}
+            kind, target = pause_request(named)
+            outcome = await act(src, kind, target)
+            said = {"done": done(outcome), "kind": kind, "target": target}
+            if outcome.get("resumed"):
+                said["jobs"] = str(outcome["jobs"])
+            back = BACK.get(form.get("back", ""), BACK["overview"])
+            return RedirectResponse(f"{back}?{urlencode(said)}", 303, headers=SECURITY_HEADERS)
+
+        return run
 
     async def events(request: Request, session: Session) -> Response:
         params = request.query_params
@@ -273,6 +314,22 @@ def page_routes(src: Sources, access: Access) -> list[BaseRoute]:
         Route("/dead", guarded(dead)),
         Route("/dead/confirm", guarded(confirm)),
         Route("/dead/replay", guarded(replay_matching, changes=True), methods=["POST"]),
+        Route(
+            "/pauses",
+            guarded(
+                control(queries.pause, lambda o: "paused" if o["paused"] else "already"),
+                changes=True,
+            ),
+            methods=["POST"],
+        ),
+        Route(
+            "/pauses/resume",
+            guarded(
+                control(queries.resume, lambda o: "resumed" if o["resumed"] else "not-paused"),
+                changes=True,
+            ),
+            methods=["POST"],
+        ),
         Route("/try", guarded(try_form), methods=["GET"]),
         Route("/try", guarded(try_event), methods=["POST"]),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
@@ -286,6 +343,25 @@ def _filters(params: Mapping[str, Any], names: tuple[str, ...]) -> dict[str, str
         for name in names
         if params.get(name) is not None and str(params.get(name)).strip()
     }
+
+
+def _notice(params: Mapping[str, str]) -> str | None:
+    """The sentence a page shows after a pause or resume redirected to it, or None. Made from
+    a fixed few sentences: a link cannot make a page say anything else."""
+    kind, target = params.get("kind"), params.get("target")
+    if kind not in PAUSE_KINDS or not target:
+        return None
+    if len(target) > MAX_NOTICE_TARGET:
+        target = target[:MAX_NOTICE_TARGET] + "…"
+    jobs = params.get("jobs", "0")
+    said = {
+        "paused": f"Paused {kind} {target}: its jobs are held until it is resumed.",
+        "already": f"The {kind} {target} was already paused.",
+        "resumed": f"Resumed {kind} {target}: "
+        f"{jobs if jobs.isdigit() else 0} pending job(s) go again.",
+        "not-paused": f"The {kind} {target} is not paused.",
+    }
+    return said.get(params.get("done", ""))
 
 
 def _rule_names(src: Sources) -> list[str]:

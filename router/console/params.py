@@ -8,10 +8,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from router.console.queries import text_filter
-from router.store.base import EventQuery, JobQuery, Status
+from router.destinations import DestinationProblem, pause_target
+from router.store.base import EventQuery, JobQuery, Status, storable_text
 from router.store.reads import MAX_PAGE
 
 DEFAULT_PAGE = 50
+NOT_A_PAUSE = 'the body must be a JSON object: {"rule": NAME} or {"destination": URL}'
 MAX_CURSOR = 10**18  # a cursor is a row number; anything longer is no cursor of ours
 
 
@@ -100,3 +102,32 @@ def event_query(params: Mapping[str, Any]) -> EventQuery:
 
 def flag(params: Mapping[str, Any], name: str) -> bool:
     return _flag(params, name)
+
+
+def pause_request(params: Any) -> tuple[str, str]:
+    """The (kind, target) a pause or resume names: `{"rule": NAME}` or `{"destination": URL or
+    host:port}`, normalised as `router deliveries pause` does (a rule's name as given, a
+    destination by router.destinations.pause_target, with its messages)."""
+    if not isinstance(params, Mapping):
+        raise BadParameter(NOT_A_PAUSE)
+    unknown = sorted(set(params) - {"rule", "destination"})
+    if unknown:
+        raise BadParameter(f"unknown key {unknown[0]!r}; name a rule or a destination")
+    given = [name for name in ("rule", "destination") if params.get(name) is not None]
+    if len(given) != 1:
+        raise BadParameter("name either a rule or a destination")
+    kind = given[0]
+    value = params[kind]
+    if not isinstance(value, str):
+        raise BadParameter(f"{kind} must be text")
+    if kind == "rule":
+        if not value.strip():
+            raise BadParameter("rule needs a rule name")
+        target = value
+    else:
+        try:
+            target = pause_target(value)
+        except DestinationProblem as problem:
+            raise BadParameter(str(problem)) from None
+    # Text a database cannot hold names nothing it holds; made storable, it stays harmless.
+    return kind, storable_text(target) or ""

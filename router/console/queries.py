@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from router.actions import registry
+from router.destinations import pause_target, under
 from router.events import normalise, parse_body
 from router.exceptions import RenderError
 from router.matching import RuleSet
@@ -29,6 +30,7 @@ from router.store.base import (
     EventQuery,
     JobQuery,
     JobSummary,
+    Pause,
     Status,
     Store,
     StoredEvent,
@@ -125,10 +127,32 @@ def match_summary(rule: Rule) -> list[str]:
 # -- pages
 
 
+def pause_summary(pause: Pause) -> dict[str, Any]:
+    return {"kind": pause.kind, "target": pause.target, "since": when(pause.since)}
+
+
+def pausable(destination: str) -> bool:
+    """Whether a destination key can be named to pause it (a host computed by a template
+    cannot: pause its rule)."""
+    try:
+        return pause_target(destination) == destination
+    except ValueError:
+        return False
+
+
+def held_by(destination: str, found: list[Pause]) -> str | None:
+    """The target of the pause that holds a destination's jobs (its own first), or None."""
+    targets = [p.target for p in found if p.kind == "destination" and under(destination, p.target)]
+    if destination in targets:
+        return destination
+    return targets[0] if targets else None
+
+
 async def overview(src: Sources) -> dict[str, Any]:
     now = src.clock()
     stats = await src.store.stats(now=now)
     activity = await reads.activity_in(src.store, now=now)
+    found, circuits = await src.store.pauses(), await src.store.circuits()
     destinations = sorted(set(activity.destinations_day) | set(activity.last_errors))
     ruleset = src.rules()
     return {
@@ -155,11 +179,20 @@ async def overview(src: Sources) -> dict[str, Any]:
                     "error": activity.last_errors[name][0],
                     "at": when(activity.last_errors[name][1]),
                 },
+                "circuit": circuits.get(name),
+                "paused_by": held_by(name, found),
+                "pausable": pausable(name),
             }
             for name in destinations
         ],
+        "paused": [pause_summary(p) for p in found],
+        "circuits": _circuits(circuits),
         "now": when(now),
     }
+
+
+def _circuits(found: Mapping[str, str]) -> list[dict[str, str]]:
+    return [{"destination": key, "state": state} for key, state in sorted(found.items())]
 
 
 def _reload(status: Mapping[str, Any]) -> dict[str, Any] | None:
@@ -179,6 +212,7 @@ async def rules(src: Sources) -> dict[str, Any]:
         return {"ruleset": None, "rules": []}
     names = [rule.name for rule in ruleset.rules]
     activity = await reads.activity_in(src.store, now=src.clock(), rules=names)
+    paused = {p.target: p.since for p in await src.store.pauses() if p.kind == "rule"}
     return {
         "ruleset": ruleset.version,
         "rules": [
@@ -199,6 +233,7 @@ async def rules(src: Sources) -> dict[str, Any]:
                 "last_match": when(
                     activity.rules_day[rule.name].last if rule.name in activity.rules_day else None
                 ),
+                "paused_since": when(paused.get(rule.name)),
             }
             for rule in ruleset.rules
         ],
@@ -334,6 +369,27 @@ async def replay_matching(src: Sources, query: JobQuery) -> dict[str, Any]:
         total += len(moved)
         before = page[-1].seq
     return {"count": total}
+
+
+async def pauses(src: Sources) -> dict[str, Any]:
+    """The pauses in force, oldest first, and every circuit the store keeps, as
+    `router deliveries pauses` lists them."""
+    found, circuits = await src.store.pauses(), await src.store.circuits()
+    return {"pauses": [pause_summary(p) for p in found], "circuits": _circuits(circuits)}
+
+
+async def pause(src: Sources, kind: str, target: str) -> dict[str, Any]:
+    """Hold the jobs of a rule or destination (router.console.params.pause_request names it);
+    `paused` is False when it already was."""
+    paused = await src.store.pause(kind, target, now=src.clock())
+    return {"kind": kind, "target": target, "paused": paused}
+
+
+async def resume(src: Sources, kind: str, target: str) -> dict[str, Any]:
+    """Lift a pause: its pending jobs go again, with the paused time given back. `resumed` is
+    False when it was not paused; `jobs` counts the pending jobs that go again."""
+    credited = await src.store.resume(kind, target, now=src.clock())
+    return {"kind": kind, "target": target, "resumed": credited is not None, "jobs": credited or 0}
 
 
 def _fields(query: JobQuery) -> dict[str, Any]:

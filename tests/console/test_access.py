@@ -11,7 +11,7 @@ import pytest
 from tests.console.conftest import OPERATOR, VIEWER, Console, event
 from tests.sinks import Reply
 
-API_PATHS = ["/overview", "/rules", "/events", "/jobs", "/jobs/count", "/openapi.json"]
+API_PATHS = ["/overview", "/rules", "/events", "/jobs", "/jobs/count", "/pauses", "/openapi.json"]
 
 
 @pytest.mark.parametrize("path", API_PATHS)

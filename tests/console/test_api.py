@@ -202,3 +202,16 @@ def test_no_answer_holds_a_secret_value(console: Console) -> None:
     assert "&lt;secret CRM&gt;" in answers[-1].text
     assert SECRET_VALUE not in console.router.log()
     assert OPERATOR not in console.router.log()
+
+
+def test_an_id_no_route_takes_gets_the_documented_404(console: Console, schema: Schema) -> None:
+    """A line break in a path matches no route under /api/v1 (found by fuzzing): the answer is
+    the documented JSON 404, for a replay as for a job."""
+    with console.api() as api:
+        for method, path, template in (
+            ("post", "/jobs/a%0Ab/replay", "/jobs/{job_id}/replay"),
+            ("get", "/jobs/a%0Ab", "/jobs/{job_id}"),
+        ):
+            answer = api.request(method.upper(), path)
+            assert answer.status_code == 404
+            assert schema.check(method, template, answer)["error"]

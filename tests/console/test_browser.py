@@ -3,9 +3,10 @@
 Log in with the keyboard, push an event to the real intake, find it on the Events page, open the
 explain of the rules that did not match, see its job die against a real sink answering 400,
 fix the sink, replay from the Dead letters page after the confirmation that counts, and see the
-job delivered. Hostile event data must not run: any dialog fails the test. A screenshot of each
-page is taken on the way, into $ROUTER_SCREENSHOTS (`docs/console` refreshes the documentation's;
-by default a temporary directory).
+job delivered; pause a rule from the Rules page, see it on the Overview, and resume it. Hostile
+event data must not run: any dialog fails the test. A screenshot of each page is taken on the
+way, into $ROUTER_SCREENSHOTS (`docs/console` refreshes the documentation's; by default a
+temporary directory).
 
 Skipped, with the reason, where chromium is not installed (.ci/browser-tools.sh installs it).
 """
@@ -143,10 +144,26 @@ def test_find_explain_see_it_die_fix_replay_deliver(
             shot("deliveries")
             page.get_by_role("link", name="Rules").click()
             expect(page.get_by_role("row").filter(has_text="crm-sync")).to_be_visible()
+
+            # Pause a rule from its row, with the keyboard; the page says so and offers Resume.
+            row = page.get_by_role("row").filter(has_text="deletions")
+            row.get_by_role("button", name="Pause rule deletions").focus()
+            page.keyboard.press("Enter")
+            expect(page.get_by_role("status")).to_have_text(
+                "Paused rule deletions: its jobs are held until it is resumed."
+            )
+            expect(row.locator(".status.paused")).to_have_text("paused")
+            expect(row.get_by_role("button", name="Resume rule deletions")).to_be_visible()
             shot("rules")
             page.get_by_role("link", name="Overview").click()
             expect(page.get_by_text("records received", exact=False)).to_be_visible()
+            expect(page.locator("#paused")).to_contain_text("deletions")
             shot("overview")
+            page.get_by_role("link", name="Rules").click()
+            row.get_by_role("button", name="Resume rule deletions").click()
+            expect(page.get_by_role("status")).to_contain_text("Resumed rule deletions")
+            expect(row.get_by_role("button", name="Pause rule deletions")).to_be_visible()
+            expect(row.locator(".status.paused")).to_have_count(0)
 
             # Try an event: router test --explain in the browser.
             page.get_by_role("link", name="Try an event").click()

@@ -1,8 +1,11 @@
 """The API fuzzed from its own OpenAPI document (schemathesis, on the real router): whatever
 the parameters and bodies, no answer is a 5xx, and every answer conforms to the document (its
-status codes, content types and schemas)."""
+status codes, content types and schemas). Pause and resume are fuzzed too; what the fuzzing
+paused is resumed after it."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import pytest
 import schemathesis
@@ -30,7 +33,14 @@ CHECKS = [
 def test_no_input_gets_a_server_error(console: Console) -> None:
     schema = schemathesis.openapi.from_url(f"{console.base}/api/v1/openapi.json", headers=AUTH)
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert len(operations) == 10  # every path the document names
+    assert len(operations) == 13  # every path the document names
+    try:
+        _fuzz(operations, console)
+    finally:
+        _lift_pauses(console)  # whatever the fuzzing paused: the console is shared
+
+
+def _fuzz(operations: list[Any], console: Console) -> None:
     for operation in operations:
 
         @given(case=operation.as_strategy())
@@ -44,3 +54,10 @@ def test_no_input_gets_a_server_error(console: Console) -> None:
             case.call_and_validate(base_url=f"{console.base}/api/v1", headers=AUTH, checks=CHECKS)
 
         fuzz()
+
+
+def _lift_pauses(console: Console) -> None:
+    with console.api() as api:
+        for pause in api.get("/pauses").json()["pauses"]:
+            answer = api.post("/pauses/resume", json={pause["kind"]: pause["target"]})
+            assert answer.json()["resumed"], answer.text

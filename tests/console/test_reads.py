@@ -11,6 +11,10 @@ from typing import Any
 import pytest
 
 from router import wiring
+from router.circuit import CircuitPolicy, Outcomes
+from router.console import queries
+from router.console.params import pause_request
+from router.console.queries import Sources
 from router.settings import Settings
 from router.store import reads, rollups
 from router.store.base import AttemptResult, EventQuery, JobQuery, Outcome, Status, Store
@@ -302,5 +306,52 @@ def test_every_serving_process_counts_the_hours_in_the_background(backend: Backe
             stop.set()
             await asyncio.wait_for(loop, 10)
         assert marked == rollups.to_roll(time.time(), 0.0)
+
+    backend.run(body)
+
+
+def test_pauses_and_circuits_as_the_console_shows_and_steers_them(backend: Backend) -> None:
+    """Pause and resume through the console's queries: what the overview, the rules and
+    /pauses say of them, on both stores, with names no database column could hold as sent."""
+
+    async def body(store: Store) -> None:
+        await fill(store)
+        now = T0 + 9 * HOUR + 60
+        src = Sources(store, lambda: None, clock=lambda: now)
+        assert await queries.pauses(src) == {"pauses": [], "circuits": []}
+        await store.report_outcomes(
+            {"mail.example.com": Outcomes(trailing_failures=1)},
+            policy=CircuitPolicy(failures=1),
+            now=now,
+        )
+        hostile = pause_request({"rule": "<script>\x00\ud800"})
+        assert hostile == ("rule", "<script>\ufffd?")  # storable, and still text
+        assert await queries.pause(src, *hostile) == {
+            "kind": "rule",
+            "target": "<script>\ufffd?",
+            "paused": True,
+        }
+        held = pause_request({"destination": "LOG"})
+        assert (await queries.pause(src, *held))["paused"] is True
+        assert (await queries.pause(src, *held))["paused"] is False  # already
+        listed = await queries.pauses(src)
+        assert listed["pauses"] == [  # oldest first; then by kind and target
+            {"kind": "destination", "target": "log", "since": queries.when(now)},
+            {"kind": "rule", "target": "<script>\ufffd?", "since": queries.when(now)},
+        ]
+        assert listed["circuits"] == [{"destination": "mail.example.com", "state": "open"}]
+        overview = await queries.overview(src)
+        assert overview["paused"] == listed["pauses"]
+        assert overview["circuits"] == listed["circuits"]
+        rows = {d["destination"]: d for d in overview["destinations"]}
+        assert (rows["log"]["paused_by"], rows["log"]["pausable"]) == ("log", True)
+        mail = rows["mail.example.com"]
+        assert (mail["circuit"], mail["paused_by"]) == ("open", None)
+        assert mail["pausable"] is False  # a bare host is no key `pause` takes: its rule is
+        resumed = await queries.resume(src, *held)
+        assert resumed == {"kind": "destination", "target": "log", "resumed": True, "jobs": 3}
+        assert (await queries.resume(src, *held))["resumed"] is False
+        assert (await queries.resume(src, *hostile))["resumed"] is True
+        assert (await queries.pauses(src))["pauses"] == []
 
     backend.run(body)

@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router.actions.registry import destination_of
-from router.destinations import parse_rate, pause_target
+from router.destinations import DestinationProblem, parse_rate, pause_target
 from router.rulefiles.loader import load
 from router.store import open_store
 from tests.controls.support import (
@@ -65,6 +67,28 @@ def test_declared_destinations_and_the_longest_prefix_wins(tmp_path: Path) -> No
     assert parse_rate("5000/h") == pytest.approx(5000 / 3600)
     assert pause_target("HTTPS://crm.example.com/bulk/") == "crm.example.com:443/bulk/"
     assert pause_target("crm.example.com:443") == "crm.example.com:443"
+    # A declared destination's key, as the console and `pauses` list it, names itself.
+    assert pause_target("CRM.example.com:443/Bulk/") == "crm.example.com:443/Bulk/"
+    for bad in ("smtp/bulk", "crm.example.com:443/a?b=1", "crm.example.com/bulk/"):
+        with pytest.raises(DestinationProblem, match="neither a destination URL"):
+            pause_target(bad)
+
+
+@settings(database=None)
+@given(
+    host=st.sampled_from(
+        ["crm.example.com", "CRM.Example.com", "127.0.0.1", "[::1]", "xn--bcher-kva.example"]
+    ),
+    port=st.sampled_from(["", ":8443", ":80"]),
+    path=st.text(max_size=30).map(lambda text: "/" + text),
+)
+def test_every_key_a_url_gives_names_itself_again(host: str, port: str, path: str) -> None:
+    """A pause lists its key; the console's Resume (and `resume --destination KEY`) names it."""
+    try:
+        key = pause_target(f"https://{host}{port}{path}")
+    except DestinationProblem:
+        return  # no destination URL: nothing is listed
+    assert pause_target(key) == key
 
 
 @pytest.mark.parametrize(

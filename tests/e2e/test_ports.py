@@ -1,7 +1,7 @@
-"""ROUTER_OPS_PORT: the intake's port answers the webhook only, the operations port health,
-readiness (with its detail) and metrics; and the readiness an intake is probed with
-(`/readyz?exclude=store`) keeps it in its Service during a store outage, so senders get the
-router's own JSON 503 with Retry-After."""
+"""ROUTER_OPS_PORT: the intake's port answers the webhook (and the console) only, the operations
+port health, readiness (with its detail) and metrics; a worker keeps everything on its one
+port; and the readiness an intake is probed with (`/readyz?exclude=store`) keeps it in its
+Service during a store outage, so senders get the router's own JSON 503 with Retry-After."""
 
 from __future__ import annotations
 
@@ -107,3 +107,82 @@ def test_one_port_for_both_is_refused(
     assert router.proc is not None
     assert router.proc.wait(20) == 1
     assert f"ROUTER_OPS_PORT and ROUTER_PORT are both {port}" in router.log()
+
+
+CONSOLE_TOKEN = "ops-split-console-token-0001"
+CONSOLE_PATHS = ("/console/login", "/api/v1/overview", "/api/v1/pauses")
+
+
+def _console_get(base: str, path: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {CONSOLE_TOKEN}"}
+    return httpx.get(f"{base}{path}", headers=headers, timeout=10)
+
+
+def test_the_console_stays_on_the_intake_port_and_operations_on_theirs(
+    tmp_path: Path, rules_dir: Path, sink: HttpSink, router_factory: list[RouterProcess]
+) -> None:
+    (rules_dir / "f.toml").write_text(forward_rule(sink.url("/in")))
+    ops_port = free_port()
+    router = RouterProcess(
+        tmp_path,
+        rules_dir,
+        env={"ROUTER_OPS_PORT": str(ops_port), "ROUTER_CONSOLE_TOKENS": CONSOLE_TOKEN},
+    )
+    router_factory.append(router)
+    router.start(wait=False)
+    split = Split(router, ops_port)
+    poll(lambda: _answers(split.ops + "/readyz"), timeout=20)
+    for path in CONSOLE_PATHS:
+        assert _console_get(router.base, path).status_code == 200, path
+        hidden = _console_get(split.ops, path)
+        assert (hidden.status_code, hidden.json()) == (404, {"error": "Not Found"}), path
+    redirect = httpx.get(f"{router.base}/console", timeout=10)
+    assert (redirect.status_code, redirect.headers["location"]) == (308, "/console/")
+    assert httpx.get(f"{split.ops}/console", timeout=10).status_code == 404
+    # Pausing through the intake's port is the store's: the CLI sees it.
+    paused = httpx.post(
+        f"{router.base}/api/v1/pauses",
+        json={"rule": "forward-all"},
+        headers={"Authorization": f"Bearer {CONSOLE_TOKEN}"},
+        timeout=10,
+    )
+    assert paused.json() == {"kind": "rule", "target": "forward-all", "paused": True}
+    assert "forward-all" in router.cli("deliveries", "pauses").stdout
+    for path in ("/metrics", "/readyz"):
+        assert split.get(path).status_code == 200, path
+        assert router.get(path).status_code == 404, path
+
+
+def test_a_workers_console_shares_its_one_port_whatever_ROUTER_OPS_PORT_says(
+    tmp_path: Path, rules_dir: Path, sink: HttpSink, router_factory: list[RouterProcess]
+) -> None:
+    """`router worker` has no intake to keep apart: its port serves health, metrics and the
+    console, and ROUTER_OPS_PORT (set for a deployment's intakes) opens no port of its own."""
+    (rules_dir / "f.toml").write_text(forward_rule(sink.url("/in")))
+    ops_port, port = free_port(), free_port()
+    worker = RouterProcess(
+        tmp_path,
+        rules_dir,
+        command=("worker",),
+        port=port,
+        env={
+            "ROUTER_OPS_PORT": str(ops_port),
+            "ROUTER_WORKER_PORT": str(port),
+            "ROUTER_CONSOLE_TOKENS": CONSOLE_TOKEN,
+        },
+    )
+    router_factory.append(worker)
+    worker.start(wait=False)
+    poll(lambda: _answers(worker.base + "/readyz"), timeout=20)
+    for path in (*CONSOLE_PATHS, "/metrics", "/readyz", "/healthz"):
+        assert _console_get(worker.base, path).status_code == 200, path
+    assert worker.get("/webhooks/actito").status_code == 404
+    with pytest.raises(httpx.ConnectError):
+        httpx.get(f"http://127.0.0.1:{ops_port}/healthz", timeout=5)
+
+
+def _answers(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
