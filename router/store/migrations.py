@@ -61,6 +61,9 @@ record, so a hostile record can never fail its own insert); and jobs that left `
 (partial: a push writes none of them) newest first by rule, by destination and by status,
 and by rule, destination, status, action and age for the per-rule and per-destination
 counters.
+
+The response step (8) adds `attempts.response`, nullable: the excerpt of what the destination
+answered (router.excerpts). Code without it writes attempts without one and reads around it.
 """
 
 from __future__ import annotations
@@ -74,7 +77,7 @@ from router.exceptions import StoreUnavailable
 
 log = logging.getLogger("router.store")
 
-SCHEMA_VERSION = 7  # the steps each dialect lists; version N is the same layout everywhere
+SCHEMA_VERSION = 8  # the steps each dialect lists; version N is the same layout everywhere
 
 # Whether step N (at index N - 1) is additive, as the module docstring defines it. Decided once,
 # when the step is written, and never changed: a rollback across the step depends on it.
@@ -91,6 +94,8 @@ ADDITIVE: tuple[bool, ...] = (
     True,  # 6: alert_signals, alert_states and batch_slots, new tables; their indexes
     # 7: the console's read indexes (events without a match; settled jobs by rule,
     # destination, status and age). Indexes only.
+    True,
+    # 8: attempts.response, nullable: code without it never writes it and never reads it.
     True,
 )
 assert len(ADDITIVE) == SCHEMA_VERSION, "say of every step whether it is additive"

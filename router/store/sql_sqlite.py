@@ -246,6 +246,8 @@ MIGRATIONS = Migrations[tuple[str, ...]](
             "CREATE INDEX jobs_recent ON jobs (rule, destination, status, action_index, created_at)"
             " WHERE status <> 'pending'",
         ),
+        # 8: the excerpt of the destination's answer kept with each attempt (router.excerpts).
+        ("ALTER TABLE attempts ADD COLUMN response TEXT",),
     )
 )
 
@@ -339,8 +341,8 @@ COUNT_ATTEMPT = """
     RETURNING attempts_total
 """
 INSERT_ATTEMPT = """
-    INSERT INTO attempts (job_id, number, at, outcome, status_code, error, duration)
-    VALUES (:job_id, :number, :at, :outcome, :status_code, :error, :duration)
+    INSERT INTO attempts (job_id, number, at, outcome, status_code, error, duration, response)
+    VALUES (:job_id, :number, :at, :outcome, :status_code, :error, :duration, :response)
 """
 RELEASE_JOB = """
     UPDATE jobs SET next_at = :next_at, lease_token = NULL, lease_until = NULL
