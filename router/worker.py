@@ -706,12 +706,13 @@ class Worker:
 
     def _excerpt(self, action: Action | None, response: Excerpt | None) -> str | None:
         """What is stored of an answer: its excerpt with the values of the secrets the action's
-        templates read masked (the request may have carried them; the answer may echo it)."""
+        templates read masked (the request may have carried them; the answer may echo it);
+        None for an empty one."""
         if response is None:
             return None
         names = secrets_of(action) if action is not None else frozenset()
         values = {name: self.secrets.get(name) for name in names if name in self.secrets}
-        return response.masked(values).stored()
+        return response.masked(values).stored() or None  # an empty body shows nothing
 
     async def _flush(self) -> None:
         """Record finished attempts in batches: one store call for all that finished meanwhile."""
