@@ -260,6 +260,9 @@ class HttpDeliverer(Deliverer):
         return headers
 
 
+_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})  # what _head can read
+
+
 async def _head(response: aiohttp.ClientResponse) -> Excerpt | None:
     """The head of the answer's body, read bounded (see the module docstring); None when it is
     encoded in a way this cannot inflate (br, zstd) or does not inflate."""
@@ -285,9 +288,6 @@ async def _head(response: aiohttp.ClientResponse) -> Excerpt | None:
     except zlib.error:
         return None
     return Excerpt.of(body, cut=cut or bool(inflater.unconsumed_tail) or not inflater.eof)
-
-
-_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})
 
 
 def _outcome(status: int, where: str, retry_after: str | None, head: Excerpt | None) -> int:
