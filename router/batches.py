@@ -38,8 +38,10 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from router.actions.base import Delivered
 from router.checks import Checker, KeyPath
 from router.exceptions import GiveUp, MissingSecret, RenderError, RetryLater, StoreUnavailable
+from router.excerpts import Excerpt
 from router.retry import Decision
 from router.rules import Action, Batch, spec_hash
 from router.store.base import Job, Mode, Outcome
@@ -121,8 +123,9 @@ class BatchHooks:
 
     action_of: Callable[[Mapping[str, Any]], Action]  # the compiled action of a job's spec
     render: Callable[[Action, Sequence[Job], str], Awaitable[dict[str, Any]]]  # in its thread
-    deliver: Callable[[Action, Mapping[str, Any], str, str], Awaitable[int | None]]  # + dest
-    finish: Callable[..., None]  # (job, action, outcome, started, *, status, error, next_at)
+    deliver: Callable[[Action, Mapping[str, Any], str, str], Awaitable[Delivered]]  # + dest
+    # (job, action, outcome, started, *, status, error, next_at, response)
+    finish: Callable[..., None]
     decide: Callable[[Job, Action, RetryLater], Decision]  # the job's own retry policy
     changed: Callable[[], None]  # room was made: claim again
     per_host: int
@@ -263,14 +266,22 @@ class Batcher:
         held = await self._slot(jobs[0].destination, token, action.timeout or DEFAULT_TIMEOUT)
         split = False
         try:
-            status = await hooks.deliver(action, rendered, identity, jobs[0].destination)
+            answer = await hooks.deliver(action, rendered, identity, jobs[0].destination)
         except GiveUp as exc:
             code = exc.status_code
             if code is not None and 400 <= code < 500 and len(jobs) > 1:
                 split = True  # once this request's slot is free: its halves take their own
             else:
                 error = str(exc) if of == 1 else f"{exc} (sent alone, out of a batch of {of})"
-                self._finish(action, jobs, Outcome.DEAD, started, status=code, error=error)
+                self._finish(
+                    action,
+                    jobs,
+                    Outcome.DEAD,
+                    started,
+                    status=code,
+                    error=error,
+                    response=exc.response,
+                )
         except RetryLater as exc:
             self._retry(action, jobs, started, exc)
         except asyncio.CancelledError:
@@ -279,7 +290,9 @@ class Batcher:
             log.exception("batch delivery crashed", extra={"delivery_id": identity})
             self._retry(action, jobs, started, RetryLater(f"internal error: {type(exc).__name__}"))
         else:
-            self._finish(action, jobs, Outcome.DONE, started, status=status)
+            self._finish(
+                action, jobs, Outcome.DONE, started, status=answer.status, response=answer.response
+            )
         finally:
             if held:
                 await self._free(token)
@@ -307,6 +320,7 @@ class Batcher:
                     started,
                     status=failure.status_code,
                     error=f"{failure}; {decision.reason}",
+                    response=failure.response,
                 )
             else:
                 self._finish(
@@ -317,6 +331,7 @@ class Batcher:
                     status=failure.status_code,
                     error=str(failure),
                     next_at=common,
+                    response=failure.response,
                 )
 
     def _finish(
@@ -329,10 +344,18 @@ class Batcher:
         status: int | None = None,
         error: str | None = None,
         next_at: float | None = None,
+        response: Excerpt | None = None,
     ) -> None:
         for job in jobs:
             self.hooks.finish(
-                job, action, outcome, started, status=status, error=error, next_at=next_at
+                job,
+                action,
+                outcome,
+                started,
+                status=status,
+                error=error,
+                next_at=next_at,
+                response=response,
             )
 
     def release_open(self, destination: str | None = None) -> list[Job]:

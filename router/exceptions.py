@@ -24,6 +24,11 @@ The command line (router.cli) is the one place these become exit statuses; the i
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from router.excerpts import Excerpt
+
 
 class RouterError(Exception):
     """Root of every error the router raises on purpose."""
@@ -70,20 +75,29 @@ class MissingSecret(RenderError):
 
 
 class DeliveryFailed(RouterError):
-    """One delivery attempt failed. `status_code` is the destination's answer, if any."""
+    """One delivery attempt failed. `status_code` is the destination's answer, if any, and
+    `response` the head of what it answered (router.excerpts), if it answered."""
 
-    def __init__(self, message: str, *, status_code: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, status_code: int | None = None, response: Excerpt | None = None
+    ) -> None:
         super().__init__(message)
         self.status_code = status_code
+        self.response = response
 
 
 class RetryLater(DeliveryFailed):
     """A transient failure: try again, no sooner than `retry_after` seconds if given."""
 
     def __init__(
-        self, message: str, *, status_code: int | None = None, retry_after: float | None = None
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        response: Excerpt | None = None,
     ) -> None:
-        super().__init__(message, status_code=status_code)
+        super().__init__(message, status_code=status_code, response=response)
         self.retry_after = retry_after
 
 

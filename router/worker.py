@@ -21,6 +21,9 @@ slots, never the whole worker.
 
 The jobs of a batch action go to the Batcher (router.batches) as they are claimed: it sends
 them many records to a request, and records each job as this worker records any other.
+
+Each attempt that got an answer is recorded with its excerpt (router.excerpts), the values of
+the secrets its action's templates read masked in it.
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from router.actions.base import Deliverer, Enricher
-from router.actions.registry import enrichments_of, parse_action, render
+from router.actions.base import Delivered, Deliverer, Enricher, delivered
+from router.actions.registry import enrichments_of, parse_action, render, secrets_of
 from router.batches import Batcher, BatchHooks, render_batch
 from router.circuit import (
     OPEN,
@@ -54,6 +57,7 @@ from router.exceptions import (
     RetryLater,
     StoreUnavailable,
 )
+from router.excerpts import Excerpt
 from router.metrics import Metrics
 from router.retry import Decision, RetryPolicy
 from router.rules import Action, spec_hash
@@ -433,7 +437,6 @@ class Worker:
     async def _deliver(self, prepared: _Prepared) -> None:
         job, action = prepared.job, prepared.action
         started = self.clock()
-        status: int | None = None
         try:
             if prepared.enrich:
                 ready = await self._enrich(prepared, started)
@@ -446,9 +449,13 @@ class Worker:
                 started = self.clock()
             deliverer = self.deliverers[action.type]
             timeout = action.timeout
-            status = await deliverer.deliver(prepared.rendered, job_id=job.id, timeout=timeout)
+            answer = delivered(
+                await deliverer.deliver(prepared.rendered, job_id=job.id, timeout=timeout)
+            )
             self._answered(job.destination, True)
-            self._finish(job, action, Outcome.DONE, started, status=status)
+            self._finish(
+                job, action, Outcome.DONE, started, status=answer.status, response=answer.response
+            )
         except DeliveryFailed as failure:
             # An answer that blames the request (a 400) still says the destination is up.
             self._answered(job.destination, not counts_against(failure))
@@ -579,16 +586,16 @@ class Worker:
 
     async def _deliver_batch(
         self, action: Action, rendered: Mapping[str, Any], identity: str, destination: str
-    ) -> int | None:
+    ) -> Delivered:
         """Send a rendered batch: one request, so one outcome for its destination's circuit."""
         deliverer = self.deliverers[action.type]
         try:
-            status = await deliverer.deliver(rendered, job_id=identity, timeout=action.timeout)
+            answer = await deliverer.deliver(rendered, job_id=identity, timeout=action.timeout)
         except DeliveryFailed as failure:
             self._answered(destination, not counts_against(failure))
             raise
         self._answered(destination, True)
-        return status
+        return delivered(answer)
 
     async def _take_slot(self, destination: str, token: str, timeout: float) -> float | None:
         """A batch request's slot of its destination's limits (router.store.controls)."""
@@ -619,7 +626,13 @@ class Worker:
                 f"{failure}; {decision.reason}" if isinstance(failure, RetryLater) else str(failure)
             )
             self._finish(
-                job, action, Outcome.DEAD, started, status=failure.status_code, error=error
+                job,
+                action,
+                Outcome.DEAD,
+                started,
+                status=failure.status_code,
+                error=error,
+                response=failure.response,
             )
         else:
             self._finish(
@@ -630,6 +643,7 @@ class Worker:
                 status=failure.status_code,
                 error=str(failure),
                 next_at=decision.retry_at,
+                response=failure.response,
             )
 
     def _finish(
@@ -642,6 +656,7 @@ class Worker:
         status: int | None = None,
         error: str | None = None,
         next_at: float | None = None,
+        response: Excerpt | None = None,
     ) -> None:
         now = self.clock()
         self._held.pop(job.id, None)
@@ -657,6 +672,7 @@ class Worker:
                 status_code=status,
                 error=error,
                 next_at=next_at,
+                response=self._excerpt(action, response),
             )
         )
         if self._flushing is None:
@@ -687,6 +703,16 @@ class Worker:
             log.warning("delivery failed, will retry", extra=extra)
         else:
             log.error("delivery failed for good; the job is dead", extra=extra)
+
+    def _excerpt(self, action: Action | None, response: Excerpt | None) -> str | None:
+        """What is stored of an answer: its excerpt with the values of the secrets the action's
+        templates read masked (the request may have carried them; the answer may echo it);
+        None for an empty one."""
+        if response is None:
+            return None
+        names = secrets_of(action) if action is not None else frozenset()
+        values = {name: self.secrets.get(name) for name in names if name in self.secrets}
+        return response.masked(values).stored() or None  # an empty body shows nothing
 
     async def _flush(self) -> None:
         """Record finished attempts in batches: one store call for all that finished meanwhile."""

@@ -15,7 +15,9 @@ HTTP::
         sink.connections                          # distinct TCP connections that sent requests
 
     Reply(429, headers={"Retry-After": "7"}), Reply(200, delay=2.0) (answer late),
-    Reply(400, body=b"nope").
+    Reply(400, body=b"nope"), Reply(200, echo=True) (answer the request's headers and body),
+    Reply(200, stream=2**30) (a gigabyte after the body, streamed: sink.streamed counts what
+    went out), Reply(200, body=b"half", hang=True) (the body, then nothing until the sink stops).
 
 SMTP::
 
@@ -57,6 +59,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 HOST = "127.0.0.1"
 WAIT_SECONDS = 10.0  # default deadline of wait_for / wait
 SHUTDOWN_SECONDS = 1.0  # how long the HTTP sink lets a request in progress finish
+STREAM_CHUNK = b"z" * 65536  # what a streamed answer repeats
 CLOSE_TURNS = 3  # loop turns a closed transport needs to release its socket
 _T = TypeVar("_T")
 
@@ -129,6 +132,9 @@ class Reply:
     headers: Mapping[str, str] = field(default_factory=dict)
     body: bytes = b""
     delay: float = 0.0
+    echo: bool = False  # the body is the request as received: its header lines, then its body
+    stream: int = 0  # bytes sent after the body, in chunks, until the client stops reading
+    hang: bool = False  # after the body (and stream), send nothing more until the sink stops
 
 
 @dataclass(frozen=True)
@@ -177,6 +183,7 @@ class HttpSink(_Sink):
         self._transports: set[asyncio.Transport] = set()  # accepted, to abort at stop
         self._stopping: asyncio.Event | None = None
         self.port = 0
+        self.streamed = 0  # bytes of streamed answers (Reply.stream) written so far
 
     # -- use
     def url(self, path: str = "/") -> str:
@@ -291,7 +298,28 @@ class HttpSink(_Sink):
         if reply.delay > 0 and self._stopping is not None:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), reply.delay)
-        return web.Response(status=reply.status, headers=dict(reply.headers), body=reply.body)
+        body = reply.body
+        if reply.echo:
+            lines = "".join(f"{name}: {value}\r\n" for name, value in arrived.headers.items())
+            body = lines.encode() + b"\r\n" + arrived.body
+        if not (reply.stream or reply.hang):
+            return web.Response(status=reply.status, headers=dict(reply.headers), body=body)
+        response = web.StreamResponse(status=reply.status, headers=dict(reply.headers))
+        # The client closing its end (as it should, once it has read enough) ends the answer.
+        with contextlib.suppress(ConnectionError):
+            await response.prepare(request)
+            await response.write(body)
+            left = reply.stream
+            while left > 0:
+                chunk = STREAM_CHUNK if left >= len(STREAM_CHUNK) else STREAM_CHUNK[:left]
+                await response.write(chunk)
+                left -= len(chunk)
+                with self._lock:
+                    self.streamed += len(chunk)
+            if reply.hang and self._stopping is not None:
+                await self._stopping.wait()
+            await response.write_eof()
+        return response
 
 
 # --- SMTP ---------------------------------------------------------------------------------

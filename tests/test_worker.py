@@ -6,10 +6,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 
 from router.actions.registry import build_deliverers, destination_of
+from router.excerpts import EXCERPT_CHARS
 from router.retry import RetryPolicy
 from router.rulefiles.loader import load_rules
 from router.rules import Action
@@ -91,13 +92,14 @@ def make_worker(
     lease: float = 60.0,
     backoff: float = 0.01,
     render_limits: RenderLimits | None = None,
+    secrets: Mapping[str, str] | None = None,
 ) -> Worker:
     settings = Settings(retry_base_delay=backoff, retry_max_delay=max(backoff, 0.05))
     return Worker(
         store,
         build_deliverers(settings),
         RetryPolicy.from_settings(settings),
-        secrets={},
+        secrets=secrets or {},
         limits=WorkerLimits(
             concurrency=concurrency, per_host=per_host, lease=lease, drain_grace=10
         ),
@@ -298,6 +300,75 @@ def test_a_secret_missing_in_this_process_retries_instead_of_killing_the_job(
     status, attempts, error = asyncio.run(scenario())
     assert (status, attempts) == (Status.PENDING, 1)
     assert "secret CRM_TOKEN is not set" in error
+
+
+# A secret with what JSON escapes and a URL encodes: an echo may carry it in any of those forms.
+ECHOED_SECRET = 'S3cr3t "crm" / key+=&'
+ECHO_ACTION = """type = "http"
+url = "{url}"
+headers = {{ Authorization = "Bearer {{{{ secrets.CRM_TOKEN }}}}" }}
+body = '{{"token": {{{{ secrets.CRM_TOKEN | tojson }}}}, "n": {{{{ data.n }}}}}}'
+"""
+
+
+async def history(store: SQLiteStore) -> list[tuple[str, int | None, str | None]]:
+    """(outcome, status code, response) of every attempt of every job, oldest job first."""
+    seen = []
+    for job in reversed(await store.list_jobs(limit=1000)):
+        detail = await store.get_job(job.id)
+        assert detail is not None
+        seen += [(a.outcome.value, a.status_code, a.response) for a in detail.history]
+    return seen
+
+
+def test_an_answer_echoing_the_request_is_kept_with_its_secrets_masked(tmp_path: Path) -> None:
+    with HttpSink(Reply(400, echo=True)) as sink:
+        action = action_for(tmp_path, "crm", ECHO_ACTION.format(url=sink.url("/contacts")))
+
+        async def scenario() -> list[tuple[str, int | None, str | None]]:
+            store = SQLiteStore(f"sqlite:///{tmp_path / 'w.db'}")
+            await store.open()
+            await backlog(store, action, "crm", 1)
+            worker = make_worker(
+                store, concurrency=1, per_host=1, secrets={"CRM_TOKEN": ECHOED_SECRET}
+            )
+            await run_worker(worker, asyncio.Event(), drain=True)
+            seen = await history(store)
+            await store.close()
+            return seen
+
+        ((outcome, status, response),) = asyncio.run(scenario())
+        (request,) = sink.requests
+    assert request.headers["Authorization"] == f"Bearer {ECHOED_SECRET}"  # it was sent...
+    assert (outcome, status) == ("dead", 400)
+    assert response is not None
+    assert "Authorization: Bearer <secret CRM_TOKEN>\r\n" in response  # ...and is masked
+    assert response.endswith('{"token": "<secret CRM_TOKEN>", "n": 0}')
+    assert "S3cr3t" not in response
+    for stored in tmp_path.glob("w.db*"):  # nor anywhere in the store's files
+        assert b"S3cr3t" not in stored.read_bytes()
+
+
+def test_the_answer_of_every_attempt_is_kept_bounded(tmp_path: Path) -> None:
+    with HttpSink() as sink:
+        sink.script(Reply(503, body=b'{"retry": "soon"}'), Reply(200, body="é".encode() * 5000))
+        action = action_for(tmp_path, "crm", f'type = "http"\nurl = "{sink.url("/c")}"')
+
+        async def scenario() -> list[tuple[str, int | None, str | None]]:
+            store = SQLiteStore(f"sqlite:///{tmp_path / 'w.db'}")
+            await store.open()
+            await backlog(store, action, "crm", 1)
+            worker = make_worker(store, concurrency=1, per_host=1)
+            deadline = time.monotonic() + 10
+            while len(sink.requests) < 2:  # a drain may end before the retry is due
+                assert time.monotonic() < deadline, "the retry was not made in time"
+                await run_worker(worker, asyncio.Event(), drain=True)
+            seen = await history(store)
+            await store.close()
+            return seen
+
+        seen = asyncio.run(scenario())
+    assert seen == [("retry", 503, '{"retry": "soon"}'), ("done", 200, "é" * EXCERPT_CHARS)]
 
 
 # A billion empty loop iterations: never done within a time limit.

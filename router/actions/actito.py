@@ -28,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
-from router.actions.base import ActionType, Deliverer, Enricher, Key
+from router.actions.base import ActionType, Delivered, Deliverer, Enricher, Key
 from router.actito.client import ActitoClient, ActitoConfig, segment
 from router.actito.profiles import ProfileSource
 from router.checks import Checker, KeyPath, kind_of
@@ -132,7 +132,7 @@ class ActitoDeliverer(Deliverer):
 
     async def deliver(
         self, rendered: Mapping[str, Any], *, job_id: str, timeout: float | None
-    ) -> int | None:
+    ) -> Delivered:
         method = str(rendered.get("method"))
         path = str(rendered.get("path"))
         body = rendered.get("body")
@@ -141,15 +141,15 @@ class ActitoDeliverer(Deliverer):
         except (TypeError, ValueError):
             raise GiveUp("invalid request: the body is not JSON") from None
         answer = await self.client.call(method, path, body=payload, timeout=timeout)
-        if answer.ok:
-            return answer.status
-        if answer.status == 404 and method == "DELETE":
-            return answer.status  # nothing left to remove: what an unsubscribe wants
+        if answer.ok or (answer.status == 404 and method == "DELETE"):
+            # A 404 to an unsubscribe: nothing left to remove, what it wants.
+            return Delivered(answer.status, answer.excerpt)
         problem = answer.problem()
         raise GiveUp(
             f"ACTITO refused {method} {path} (HTTP {answer.status})"
             f"{': ' + problem if problem else ''}",
             status_code=answer.status,
+            response=answer.excerpt,
         )
 
 

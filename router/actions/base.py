@@ -8,8 +8,9 @@ destination its jobs count against, how `[[test.action]]` tables check it, how `
 prints it, and its Deliverer. The rule files, the dry run, the worker, the CLI and the docs all
 read the same registry, so a new action type is one new module.
 
-A Deliverer makes exactly one attempt and reports how it went: a status code, or RetryLater /
-GiveUp. It never retries by itself and never sleeps: retrying is the worker's business (see
+A Deliverer makes exactly one attempt and reports how it went: a status code (with the head of
+the destination's answer, when it has one: Delivered), or RetryLater / GiveUp (carrying that
+head too). It never retries by itself and never sleeps: retrying is the worker's business (see
 router.retry), so that a failing destination costs a job a row in the store, not a held slot.
 
 Every action may also have `enrich`: data its templates need that the event does not carry,
@@ -26,6 +27,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, Self
 
 from router.checks import Checker, KeyPath, kind_of
+from router.excerpts import Excerpt
 from router.retry import RetryOverride
 from router.rules import ON_DEAD, Action
 
@@ -86,6 +88,20 @@ ON_DEAD_KEY = Key(
 COMMON_KEYS = (TYPE_KEY, RETRY_KEY, ENRICH_KEY, ORDER_BY_KEY, ON_DEAD_KEY)
 
 
+@dataclass(frozen=True, slots=True)
+class Delivered:
+    """A delivered attempt: the destination's status code (None where there is none) and the
+    head of its answer (router.excerpts; None: it answered nothing to show)."""
+
+    status: int | None
+    response: Excerpt | None = None
+
+
+def delivered(result: Delivered | int | None) -> Delivered:
+    """What `Deliverer.deliver` returned, as Delivered (a bare status has no excerpt)."""
+    return result if isinstance(result, Delivered) else Delivered(result)
+
+
 class Enricher(Protocol):
     """Fetches one kind of data for the templates of a job, when it is delivered."""
 
@@ -125,13 +141,17 @@ class Deliverer(abc.ABC):
     @abc.abstractmethod
     async def deliver(
         self, rendered: Mapping[str, Any], *, job_id: str, timeout: float | None
-    ) -> int | None:
+    ) -> Delivered | int | None:
         """Make one delivery attempt of `rendered`.
 
-        Returns the destination's status code (None where there is none). Raises RetryLater
-        for a transient failure and GiveUp for a permanent one; every other exception is a bug.
-        Error messages are one sentence and must never hold a secret: no header values, no
-        URL query or userinfo, no password.
+        Returns the destination's status code (None where there is none), or Delivered with it
+        and the head of the answer. Raises RetryLater for a transient failure and GiveUp for a
+        permanent one (with `response`, the head of the answer, when there was one); every
+        other exception is a bug. Error messages are one sentence and must never hold a secret:
+        no header values, no URL query or userinfo, no password. The head of an answer is read
+        bounded (router.excerpts.READ_BYTES) and may hold what the destination echoed: the
+        worker masks the rendered request's secrets in it before it is stored; a deliverer
+        masks the credentials of its own settings (a password, an access token).
         """
 
 

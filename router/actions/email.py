@@ -15,7 +15,8 @@ from the job id is the same on every attempt, so mail systems can recognise repe
 
 One connection per attempt keeps the deliverer stateless and each failure isolated; e-mail
 volumes are small next to HTTP. The password is never put in a message, and server replies are
-shortened and scrubbed of it.
+shortened and scrubbed of it. An attempt's excerpt (router.excerpts) is the server's reply to
+the message (or the refusal), the password masked in it.
 
 The envelope is explicit: its sender and recipients are the addresses the checks accepted (To,
 Cc and Bcc), never read back from the headers, so no header can add a recipient; Bcc is in the
@@ -37,10 +38,11 @@ import aiosmtplib
 from pydantic import SecretStr
 
 from router.actions.addresses import AddressProblem, check_email, entry_addresses, one_address
-from router.actions.base import ActionType, Deliverer, Key
+from router.actions.base import ActionType, Delivered, Deliverer, Key
 from router.actions.headers import header_problem
 from router.checks import Checker, KeyPath
 from router.exceptions import DeliveryFailed, GiveUp, RenderError, RetryLater
+from router.excerpts import Excerpt
 from router.retry import RetryOverride
 from router.rules import Action
 from router.sandbox import PlaceholderSecrets
@@ -148,11 +150,11 @@ class EmailDeliverer(Deliverer):
 
     async def deliver(
         self, rendered: Mapping[str, Any], *, job_id: str, timeout: float | None
-    ) -> int | None:
+    ) -> Delivered:
         outgoing = self.build_message(rendered, job_id=job_id)
         password = self._password.get_secret_value() if self._password else None
         try:
-            refused, _ = await aiosmtplib.send(
+            refused, reply = await aiosmtplib.send(
                 outgoing.message,
                 sender=outgoing.sender,
                 recipients=list(outgoing.recipients),
@@ -189,7 +191,7 @@ class EmailDeliverer(Deliverer):
             raise RetryLater(f"sending to SMTP server {self._where} failed: {reason}") from exc
         if refused:
             raise self._refused({rcpt: (r.code, r.message) for rcpt, r in refused.items()})
-        return SENT
+        return Delivered(SENT, self._excerpt(reply))
 
     def build_message(self, rendered: Mapping[str, Any], *, job_id: str) -> Outgoing:
         """The message for `rendered` and its envelope, or GiveUp when it cannot be a valid
@@ -240,11 +242,15 @@ class EmailDeliverer(Deliverer):
 
     def _reply(self, code: int, reply: str, context: str) -> DeliveryFailed:
         message = f"SMTP {code} from {self._where}{context}: {self._scrub(reply)}"
-        if 400 <= code < 500:
-            return RetryLater(message, status_code=code)
+        answer = self._excerpt(f"{code} {reply}")
         if 500 <= code < 600:
-            return GiveUp(message, status_code=code)
-        return RetryLater(message, status_code=code)  # not a reply code: treat as a glitch
+            return GiveUp(message, status_code=code, response=answer)
+        # 4xx, or not a reply code: treat as a glitch.
+        return RetryLater(message, status_code=code, response=answer)
+
+    def _excerpt(self, reply: str) -> Excerpt:
+        password = self._password.get_secret_value() if self._password else ""
+        return Excerpt(reply).masked({"ROUTER_SMTP_PASSWORD": password})
 
     def _scrub(self, text: str) -> str:
         if self._password and (secret := self._password.get_secret_value()):

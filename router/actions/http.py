@@ -20,6 +20,12 @@ The URL is sent exactly as rendered: rendering percent-encoded the event's value
 
 Error messages name the destination as host[:port] only. Header values and the URL's path,
 query and userinfo are never repeated: they are where secrets live.
+
+The answer's status decides the outcome; its body is read only for the attempt's excerpt
+(router.excerpts): at most READ_BYTES of it (inflated, when gzip or deflate encoded, to at most
+as much), and a failure or timeout while reading it ends the excerpt there. The rest is never
+read: leaving the response closes its connection, so a gigabyte answer costs what a short one
+does.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import importlib.metadata
 import json
 import re
 import time
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
@@ -37,11 +44,12 @@ from urllib.parse import urlsplit
 import aiohttp
 from yarl import URL
 
-from router.actions.base import ActionType, Deliverer, Key
+from router.actions.base import ActionType, Delivered, Deliverer, Key
 from router.actions.headers import header_problem
 from router.batches import compile_batch
 from router.checks import Checker, KeyPath, kind_of
 from router.exceptions import GiveUp, RenderError, RetryLater
+from router.excerpts import READ_BYTES, Excerpt
 from router.retry import RetryOverride, parse_retry_after
 from router.rules import Action, Batch, spec_hash
 from router.sandbox import PlaceholderSecrets, tojson
@@ -96,7 +104,6 @@ class HttpAction(Action):
 
 
 DNS_CACHE_SECONDS = 300
-MAX_RESPONSE_BYTES = 64 * 1024  # read (and discard) at most this much of an answer
 RETRY_STATUSES = frozenset({408, 429})
 
 
@@ -171,7 +178,7 @@ class HttpDeliverer(Deliverer):
             connector=connector,
             # One destination's cookies must never reach another rule's requests.
             cookie_jar=aiohttp.DummyCookieJar(),
-            # The answer is discarded: do not spend CPU inflating it.
+            # Only the head of an answer is read, and inflated bounded (_head): never all of it.
             auto_decompress=False,
             raise_for_status=False,
         )
@@ -183,7 +190,7 @@ class HttpDeliverer(Deliverer):
 
     async def deliver(
         self, rendered: Mapping[str, Any], *, job_id: str, timeout: float | None
-    ) -> int | None:
+    ) -> Delivered:
         if self._session is None:
             raise RuntimeError("HttpDeliverer.start() was not called")
         url = parse_url(rendered.get("url"))
@@ -210,7 +217,7 @@ class HttpDeliverer(Deliverer):
             ) as response:
                 status = response.status
                 retry_after = response.headers.get("Retry-After")
-                await response.content.read(MAX_RESPONSE_BYTES)
+                head = await _head(response)
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise RetryLater(f"no answer from {where} within {client_timeout.total:g} s") from exc
         except aiohttp.ClientConnectorDNSError as exc:
@@ -233,7 +240,7 @@ class HttpDeliverer(Deliverer):
         except ValueError as exc:
             # aiohttp refuses a header value with a line break (and the like) as it writes it.
             raise GiveUp(f"request to {where} is invalid: a header or method is malformed") from exc
-        return _outcome(status, where, retry_after)
+        return Delivered(_outcome(status, where, retry_after, head), head)
 
     @staticmethod
     def _headers(rendered: Mapping[str, Any], job_id: str) -> dict[str, str]:
@@ -253,7 +260,37 @@ class HttpDeliverer(Deliverer):
         return headers
 
 
-def _outcome(status: int, where: str, retry_after: str | None) -> int:
+_ENCODINGS = frozenset({"", "identity", "gzip", "x-gzip", "deflate"})  # what _head can read
+
+
+async def _head(response: aiohttp.ClientResponse) -> Excerpt | None:
+    """The head of the answer's body, read bounded (see the module docstring); None when it is
+    encoded in a way this cannot inflate (br, zstd) or does not inflate."""
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding not in _ENCODINGS:
+        return None
+    raw = bytearray()
+    cut = False
+    try:
+        while len(raw) < READ_BYTES:
+            chunk = await response.content.read(READ_BYTES - len(raw))
+            if not chunk:
+                break
+            raw += chunk
+    except (TimeoutError, aiohttp.ClientError):
+        cut = True  # the status has been answered: the excerpt ends where the body broke off
+    cut = cut or not response.content.at_eof()
+    if encoding in ("", "identity"):
+        return Excerpt.of(bytes(raw), cut=cut)
+    inflater = zlib.decompressobj(wbits=zlib.MAX_WBITS | 32)  # a gzip or zlib header
+    try:
+        body = inflater.decompress(bytes(raw), READ_BYTES)
+    except zlib.error:
+        return None
+    return Excerpt.of(body, cut=cut or bool(inflater.unconsumed_tail) or not inflater.eof)
+
+
+def _outcome(status: int, where: str, retry_after: str | None, head: Excerpt | None) -> int:
     """Map a status to the return value, RetryLater or GiveUp."""
     if 200 <= status < 300:
         return status
@@ -263,10 +300,11 @@ def _outcome(status: int, where: str, retry_after: str | None) -> int:
             message,
             status_code=status,
             retry_after=parse_retry_after(retry_after, now=time.time()),
+            response=head,
         )
     if 300 <= status < 400:
-        raise GiveUp(f"{message} (redirects are not followed)", status_code=status)
-    raise GiveUp(message, status_code=status)
+        raise GiveUp(f"{message} (redirects are not followed)", status_code=status, response=head)
+    raise GiveUp(message, status_code=status, response=head)
 
 
 class HttpType(ActionType):
@@ -416,7 +454,6 @@ class HttpType(ActionType):
 
 
 __all__ = [
-    "MAX_RESPONSE_BYTES",
     "USER_AGENT",
     "HttpAction",
     "HttpDeliverer",

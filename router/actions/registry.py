@@ -26,7 +26,7 @@ from router.actions.log import LogType
 from router.checks import Checker, KeyPath, Problems, kind_of
 from router.destinations import Destination, resolve
 from router.rules import Action
-from router.templating import enriched
+from router.templating import Template, enriched
 
 if TYPE_CHECKING:
     from router.settings import Settings
@@ -87,6 +87,23 @@ def enrichments_of(action: Action) -> tuple[str, ...]:
     return tuple(value) if isinstance(value, list) else ()
 
 
+def secrets_of(action: Action) -> frozenset[str]:
+    """The NAME of every `secrets.NAME` the templates of `action` read: what its rendered
+    requests may carry, whichever branch of a template ran."""
+    names: set[str] = set()
+
+    def visit(value: Any) -> None:
+        if isinstance(value, Template):
+            names.update(value.secrets)
+        elif isinstance(value, tuple | list):
+            for item in value:
+                visit(item)
+
+    for item in dataclasses.fields(action):
+        visit(getattr(action, item.name))
+    return frozenset(names)
+
+
 def _unknown_key(key: str, known: list[str], checker: Checker) -> str:
     owners = [name for name in REGISTRY if key in {k.name for k in keys_of(name)}]
     if owners:
@@ -144,4 +161,5 @@ __all__ = [
     "parse_action",
     "register",
     "render",
+    "secrets_of",
 ]

@@ -13,7 +13,7 @@ other answer is returned as it is, for the caller to judge (a 404 means somethin
 to an enrichment and to an unsubscribe).
 
 The API key and tokens never appear in a log line or an error message; messages name the API
-host only.
+host only. The head of an answer a delivery keeps (router.excerpts) has them masked.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from yarl import URL
 
 from router.actito.limits import MINUTE, CallLimits
 from router.exceptions import GiveUp, RetryLater
+from router.excerpts import Excerpt
 from router.retry import parse_retry_after
 
 if TYPE_CHECKING:
@@ -118,10 +119,12 @@ class ActitoConfig:
 
 @dataclass(frozen=True, slots=True)
 class Answer:
-    """An answer the caller has to judge: its status and its JSON (None: empty or not JSON)."""
+    """An answer the caller has to judge: its status and its JSON (None: empty or not JSON),
+    and its head as a delivery keeps it (credentials masked)."""
 
     status: int
     body: Any
+    excerpt: Excerpt | None = None
 
     @property
     def ok(self) -> bool:
@@ -210,9 +213,7 @@ class ActitoClient:
         data = None if body is None else json.dumps(body, ensure_ascii=False).encode()
         for attempt in (1, 2):
             token = await self._access_token()
-            status, answer, retry_after = await self._send(
-                method, url, token, data, timeout=timeout
-            )
+            status, raw, retry_after = await self._send(method, url, token, data, timeout=timeout)
             if status != 401:
                 break
             self._drop(token)  # dropped early by ACTITO: fetch a new one, once
@@ -222,14 +223,22 @@ class ActitoClient:
                     "ROUTER_ACTITO_API_KEY user may use this entity",
                     status_code=401,
                 )
+        excerpt = self._excerpt(raw, token)
         if status in RETRY_STATUSES or status >= 500:
             busy = " (more than its limit of calls at once)" if status == 429 else ""
             raise RetryLater(
                 f"the ACTITO API answered HTTP {status}{busy}",
                 status_code=status,
                 retry_after=parse_retry_after(retry_after, now=time.time()),
+                response=excerpt,
             )
-        return Answer(status, answer)
+        return Answer(status, _json(raw), excerpt)
+
+    def _excerpt(self, raw: bytes, token: str) -> Excerpt:
+        """The head of an answer with the credentials the call carried masked."""
+        key = self.config.api_key.get_secret_value() if self.config.api_key else ""
+        credentials = {"ACTITO_ACCESS_TOKEN": token, "ROUTER_ACTITO_API_KEY": key}
+        return Excerpt.of(raw).masked(credentials)
 
     async def _access_token(self) -> str:
         token = self._token
@@ -248,7 +257,8 @@ class ActitoClient:
         assert self.config.api_key is not None  # check_configured ran
         url = URL(f"{self.config.api_url}{TOKEN_PATH}", encoded=True)
         headers = {"Authorization": self.config.api_key.get_secret_value()}
-        status, answer, retry_after = await self._send("GET", url, None, None, headers=headers)
+        status, raw, retry_after = await self._send("GET", url, None, None, headers=headers)
+        answer = _json(raw)
         if status in (401, 403):
             raise RetryLater(
                 f"ACTITO refused the API key (HTTP {status}); check ROUTER_ACTITO_API_KEY and "
@@ -281,8 +291,8 @@ class ActitoClient:
         *,
         headers: Mapping[str, str] | None = None,
         timeout: float | None = None,
-    ) -> tuple[int, Any, str | None]:
-        """One HTTP exchange under the limits: (status, JSON answer or None, Retry-After)."""
+    ) -> tuple[int, bytes, str | None]:
+        """One HTTP exchange under the limits: (status, the answer's body, Retry-After)."""
         if self._session is None:
             raise RuntimeError("ActitoClient.start() was not called")
         sent = {"Accept": "application/json", "User-Agent": USER_AGENT, **(headers or {})}
@@ -313,7 +323,7 @@ class ActitoClient:
             raise RetryLater(
                 f"the call to the ACTITO API at {host} failed: {type(exc).__name__}"
             ) from exc
-        return status, _json(raw), retry_after
+        return status, raw, retry_after
 
 
 async def _read(response: aiohttp.ClientResponse) -> bytes:

@@ -75,8 +75,9 @@ def _add_deliveries(sub: Sub[argparse.ArgumentParser]) -> None:
         "show",
         help="one job with its attempts",
         description="Show one job: its status, the action as it was when the event arrived, "
-        "the record's data, and every attempt (time, outcome, status code, duration, error). "
-        "Secrets are never stored, so they never show.",
+        "the record's data, and every attempt (time, outcome, status code, duration, error, "
+        "and the first 1,024 characters of what the destination answered). Secrets are never "
+        "stored, so they never show.",
         epilog=_DELIVERIES_EPILOG,
         formatter_class=Formatter,
     )
@@ -224,7 +225,19 @@ def _run_show(args: argparse.Namespace) -> int:
             f"  #{attempt.number} {_when(attempt.at)}  {attempt.outcome.value:<5} {code!s:>4}  "
             f"{attempt.duration * 1000:.0f} ms  {attempt.error or ''}"
         )
+        if attempt.response:
+            print("     response:")
+            for line in attempt.response.splitlines() or [""]:
+                print(f"       {_printable(line)}")
     return 0
+
+
+def _printable(text: str) -> str:
+    """A destination's text, safe for a terminal: control characters (an escape sequence
+    could rewrite the screen) are shown escaped."""
+    return "".join(
+        char if char.isprintable() or char == "\t" else repr(char)[1:-1] for char in text
+    )
 
 
 def _shown_status(job: JobSummary, pauses: Sequence[Pause]) -> str:
@@ -421,6 +434,7 @@ def _detail_dict(detail: JobDetail) -> dict[str, Any]:
                 "status_code": a.status_code,
                 "error": a.error,
                 "duration": a.duration,
+                "response": a.response,
             }
             for a in detail.history
         ],

@@ -226,6 +226,9 @@ SCHEMAS: dict[str, Any] = {
                         "status_code": {"type": ["integer", "null"]},
                         "error": _TEXT,
                         "duration": {"type": "number"},
+                        # What the destination answered: at most 1,024 characters, secrets
+                        # masked; null when it answered nothing.
+                        "response": _TEXT,
                     }
                 ),
             },

@@ -309,6 +309,7 @@ async def job(src: Sources, job_id: str) -> dict[str, Any] | None:
                 "status_code": attempt.status_code,
                 "error": attempt.error,
                 "duration": attempt.duration,
+                "response": attempt.response,
             }
             for attempt in detail.history
         ],

@@ -122,6 +122,9 @@ class AttemptResult:
     status_code: int | None = None
     error: str | None = None  # one sentence, never a secret
     next_at: float | None = None  # required when outcome is RETRY
+    # What the destination answered (router.excerpts): at most EXCERPT_CHARS characters, the
+    # request's secrets masked; None when it answered nothing (or nothing was sent).
+    response: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,6 +135,7 @@ class AttemptRecord:
     status_code: int | None
     error: str | None
     duration: float
+    response: str | None = None  # the excerpt of the destination's answer (AttemptResult)
 
 
 @dataclass(frozen=True, slots=True)

@@ -66,6 +66,9 @@ The counts step (8) adds `job_hours` and `rolled_hours`, the settled jobs of eac
 counted once (router.store.rollups), with the triggers that keep a counted hour's rows true
 when its jobs change or go; and `events_event_id`, the records by event id (partial: a record
 without an id writes nothing).
+
+The response step (9) adds `attempts.response`, nullable: the excerpt of what the destination
+answered (router.excerpts). Code without it writes attempts without one and reads around it.
 """
 
 from __future__ import annotations
@@ -79,7 +82,7 @@ from router.exceptions import StoreUnavailable
 
 log = logging.getLogger("router.store")
 
-SCHEMA_VERSION = 8  # the steps each dialect lists; version N is the same layout everywhere
+SCHEMA_VERSION = 9  # the steps each dialect lists; version N is the same layout everywhere
 
 # Whether step N (at index N - 1) is additive, as the module docstring defines it. Decided once,
 # when the step is written, and never changed: a rollback across the step depends on it.
@@ -100,6 +103,8 @@ ADDITIVE: tuple[bool, ...] = (
     # 8: the hours' counts (job_hours, rolled_hours, the triggers that keep them true) and the
     # index of event ids. New tables, triggers and an index: older code reads and writes as it
     # did, and the triggers follow its writes as they follow this code's.
+    True,
+    # 9: attempts.response, nullable: code without it never writes it and never reads it.
     True,
 )
 assert len(ADDITIVE) == SCHEMA_VERSION, "say of every step whether it is additive"

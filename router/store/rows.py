@@ -43,7 +43,7 @@ SUMMARY_COLUMNS = """
     j.created_at, j.updated_at, j.next_at, j.last_error, e.event_id, e.ruleset_version
 """
 DETAIL_COLUMNS = f"{SUMMARY_COLUMNS}, s.spec, e.record"
-ATTEMPT_COLUMNS = "number, at, outcome, status_code, error, duration"
+ATTEMPT_COLUMNS = "number, at, outcome, status_code, error, duration, response"
 EVENT_COLUMNS = "id, event_id, record, matched, ruleset_version, received_at"
 STATS_COLUMNS = """
     (SELECT count(*) FROM jobs WHERE status = 'pending'),
@@ -99,6 +99,7 @@ class AttemptRow(NamedTuple):
     outcome: str
     status_code: int | None
     duration: float
+    response: str | None
 
 
 def attempt_row(result: AttemptResult) -> AttemptRow:
@@ -112,6 +113,7 @@ def attempt_row(result: AttemptResult) -> AttemptRow:
         outcome=str(result.outcome),
         status_code=result.status_code,
         duration=result.duration,
+        response=storable_text(result.response),
     )
 
 
@@ -165,6 +167,7 @@ def attempt(row: Row) -> AttemptRecord:
         status_code=row[3],
         error=row[4],
         duration=row[5],
+        response=row[6],
     )
 
 

@@ -253,6 +253,8 @@ MIGRATIONS = Migrations[Step](
         + """
     CREATE INDEX events_event_id ON events (left(event_id, 200)) WHERE event_id IS NOT NULL;
     """,
+        # 9: the excerpt of the destination's answer kept with each attempt (router.excerpts).
+        "ALTER TABLE attempts ADD COLUMN response text",
     )
 )
 
@@ -433,10 +435,10 @@ WHERE key = $1
 """
 
 # The columns of rows.AttemptRow: $1 job, $2 lease token, $3 new status, $4 next_at, $5 error,
-# $6 started at, $7 outcome, $8 status code, $9 duration; $10 now. The attempt is always
-# appended (numbered by the row-locked counter); the job moves, and counts the attempt, only
-# while the token holds it. A retry keeps its own error; done and dead keep the last error
-# when they bring none.
+# $6 started at, $7 outcome, $8 status code, $9 duration, $10 the answer's excerpt; $11 now.
+# The attempt is always appended (numbered by the row-locked counter); the job moves, and
+# counts the attempt, only while the token holds it. A retry keeps its own error; done and
+# dead keep the last error when they bring none.
 RECORD_ATTEMPT = """
 WITH counted AS (
     UPDATE jobs SET
@@ -449,14 +451,14 @@ WITH counted AS (
             WHEN $3 = 'pending' THEN $5
             ELSE coalesce($5, last_error)
         END,
-        updated_at = CASE WHEN lease_token = $2 THEN $10::float8 ELSE updated_at END,
+        updated_at = CASE WHEN lease_token = $2 THEN $11::float8 ELSE updated_at END,
         lease_until = CASE WHEN lease_token = $2 THEN NULL ELSE lease_until END,
         lease_token = CASE WHEN lease_token = $2 THEN NULL ELSE lease_token END
     WHERE id = $1
     RETURNING attempts_total
 )
-INSERT INTO attempts (job_id, number, at, outcome, status_code, error, duration)
-SELECT $1, attempts_total, $6::float8, $7, $8::int, $5, $9::float8 FROM counted
+INSERT INTO attempts (job_id, number, at, outcome, status_code, error, duration, response)
+SELECT $1, attempts_total, $6::float8, $7, $8::int, $5, $9::float8, $10 FROM counted
 """
 
 # $1 job ids, $2 lease tokens (pairwise), $3 next_at. Only a claim that still holds its job.

@@ -251,6 +251,8 @@ MIGRATIONS = Migrations[tuple[str, ...]](
             *rollups.SQLITE_STEP,
             "CREATE INDEX events_event_id ON events (event_id) WHERE event_id IS NOT NULL",
         ),
+        # 9: the excerpt of the destination's answer kept with each attempt (router.excerpts).
+        ("ALTER TABLE attempts ADD COLUMN response TEXT",),
     )
 )
 
@@ -344,8 +346,8 @@ COUNT_ATTEMPT = """
     RETURNING attempts_total
 """
 INSERT_ATTEMPT = """
-    INSERT INTO attempts (job_id, number, at, outcome, status_code, error, duration)
-    VALUES (:job_id, :number, :at, :outcome, :status_code, :error, :duration)
+    INSERT INTO attempts (job_id, number, at, outcome, status_code, error, duration, response)
+    VALUES (:job_id, :number, :at, :outcome, :status_code, :error, :duration, :response)
 """
 RELEASE_JOB = """
     UPDATE jobs SET next_at = :next_at, lease_token = NULL, lease_until = NULL

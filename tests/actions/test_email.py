@@ -7,8 +7,10 @@ from typing import Any
 
 import pytest
 
+from router.actions.base import Delivered
 from router.actions.email import SENT, EmailDeliverer
 from router.exceptions import DeliveryFailed, GiveUp, RetryLater
+from router.excerpts import Excerpt
 from router.settings import Settings
 from tests.sinks import (
     SmtpSink,
@@ -18,7 +20,8 @@ from tests.sinks import (
     server_tls_context,
 )
 
-Outcome = int | None | DeliveryFailed
+Outcome = Delivered | int | None | DeliveryFailed
+OK = Delivered(SENT, Excerpt("OK"))  # the sink's "250 OK": its text is the attempt's excerpt
 PASSWORD = "Sm7pPassw0rd"
 
 
@@ -60,7 +63,7 @@ def mail(**fields: Any) -> dict[str, Any]:
 
 def test_plain_text(smtp: SmtpSink) -> None:
     outcome = attempt(to(smtp), mail(text="Profile 42 subscribed.\n"), job_id="01HXJOB")
-    assert outcome == SENT
+    assert outcome == OK
     (received,) = smtp.wait_for(1)
     assert received.mail_from == "router@acme.test"
     assert received.rcpt_tos == ("ops@acme.test",)
@@ -77,7 +80,7 @@ def test_plain_text(smtp: SmtpSink) -> None:
 
 def test_html_and_text_make_multipart_alternative(smtp: SmtpSink) -> None:
     rendered = mail(to=["a@acme.test", "b@acme.test"], text="plain ö", html="<p>rich ö</p>")
-    assert attempt(to(smtp), rendered) == SENT
+    assert attempt(to(smtp), rendered) == OK
     (received,) = smtp.wait_for(1)
     assert received.rcpt_tos == ("a@acme.test", "b@acme.test")
     message = received.message
@@ -87,13 +90,13 @@ def test_html_and_text_make_multipart_alternative(smtp: SmtpSink) -> None:
 
 
 def test_html_only(smtp: SmtpSink) -> None:
-    assert attempt(to(smtp), mail(html="<b>hi</b>")) == SENT
+    assert attempt(to(smtp), mail(html="<b>hi</b>")) == OK
     (received,) = smtp.wait_for(1)
     assert received.message.get_content_type() == "text/html"
 
 
 def test_from_in_the_action_overrides_the_default(smtp: SmtpSink) -> None:
-    assert attempt(to(smtp), mail(text="x", **{"from": "crm@acme.test"})) == SENT
+    assert attempt(to(smtp), mail(text="x", **{"from": "crm@acme.test"})) == OK
     (received,) = smtp.wait_for(1)
     assert received.mail_from == "crm@acme.test"
 
@@ -101,7 +104,7 @@ def test_from_in_the_action_overrides_the_default(smtp: SmtpSink) -> None:
 def test_auth() -> None:
     with SmtpSink(users={"router": PASSWORD}) as smtp:
         deliverer = to(smtp, username="router", password=PASSWORD)
-        assert attempt(deliverer, mail(text="x")) == SENT
+        assert attempt(deliverer, mail(text="x")) == OK
         (received,) = smtp.wait_for(1)
         assert received.login == "router"
 
@@ -132,6 +135,20 @@ def test_data_replies(smtp: SmtpSink, reply: str, kind: type[DeliveryFailed], co
     assert outcome.status_code == code
     assert str(outcome).startswith(f"SMTP {code} from 127.0.0.1:{smtp.port}: ")
     assert reply[4:] in str(outcome)
+    assert outcome.response == Excerpt(reply)  # the server's reply is the attempt's excerpt
+
+
+def test_the_server_s_reply_to_the_message_is_the_excerpt_password_masked() -> None:
+    with SmtpSink(users={"router": PASSWORD}) as smtp:
+        deliverer = to(smtp, username="router", password=PASSWORD)
+        smtp.script(f"250 2.0.0 queued as 4F2A for {PASSWORD}")
+        assert attempt(deliverer, mail(text="x")) == Delivered(
+            SENT, Excerpt("2.0.0 queued as 4F2A for <secret ROUTER_SMTP_PASSWORD>")
+        )
+        smtp.script(f"554 5.7.1 refused {PASSWORD}")
+        refused = attempt(deliverer, mail(text="x"))
+        assert isinstance(refused, GiveUp) and refused.response is not None
+        assert refused.response.text == "554 5.7.1 refused <secret ROUTER_SMTP_PASSWORD>"
 
 
 @pytest.mark.parametrize(
@@ -190,7 +207,7 @@ def test_starttls(tmp_path: Path) -> None:
     cert, key = pair
     with SmtpSink(starttls=server_tls_context(cert, key)) as smtp:
         deliverer = to(smtp, tls="starttls", tls_context=client_tls_context(cert))
-        assert attempt(deliverer, mail(text="over TLS")) == SENT
+        assert attempt(deliverer, mail(text="over TLS")) == OK
         (received,) = smtp.wait_for(1)
         assert received.tls
 
@@ -230,7 +247,7 @@ def test_cc_and_bcc_are_envelope_recipients_and_bcc_is_no_header(smtp: SmtpSink)
     rendered = mail(
         to=["a@acme.test"], cc=["c@acme.test", "a@acme.test"], bcc=["hidden@acme.test"], text="x"
     )
-    assert attempt(to(smtp), rendered) == SENT
+    assert attempt(to(smtp), rendered) == OK
     (received,) = smtp.wait_for(1)
     # Each address once, To then Cc then Bcc.
     assert received.rcpt_tos == ("a@acme.test", "c@acme.test", "hidden@acme.test")
@@ -243,7 +260,7 @@ def test_cc_and_bcc_are_envelope_recipients_and_bcc_is_no_header(smtp: SmtpSink)
 
 def test_display_names_are_written_by_the_library(smtp: SmtpSink) -> None:
     rendered = mail(to=['"Dupont, Marie" <marie@acme.test>', "Zoë Ünal <zoe@acme.test>"], text="x")
-    assert attempt(to(smtp), rendered) == SENT
+    assert attempt(to(smtp), rendered) == OK
     (received,) = smtp.wait_for(1)
     assert received.rcpt_tos == ("marie@acme.test", "zoe@acme.test")
     header = received.message["To"]
@@ -286,7 +303,7 @@ def test_an_invalid_sender_setting_is_retried_until_fixed(smtp: SmtpSink) -> Non
 
 def test_a_sender_with_a_display_name(smtp: SmtpSink) -> None:
     deliverer = EmailDeliverer(host=smtp.host, port=smtp.port, sender="Router <router@acme.test>")
-    assert attempt(deliverer, mail(text="x"), job_id="j7") == SENT
+    assert attempt(deliverer, mail(text="x"), job_id="j7") == OK
     (received,) = smtp.wait_for(1)
     assert received.mail_from == "router@acme.test"
     assert received.message["From"] == "Router <router@acme.test>"

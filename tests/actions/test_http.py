@@ -1,7 +1,10 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import time
+import tracemalloc
+import zlib
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from email.utils import format_datetime
@@ -9,11 +12,14 @@ from typing import Any
 
 import pytest
 
+from router.actions.base import Delivered
 from router.actions.http import USER_AGENT, HttpDeliverer
 from router.exceptions import DeliveryFailed, GiveUp, RetryLater
+from router.excerpts import READ_BYTES, Excerpt
 from tests.sinks import HttpSink, Reply, free_port
 
-Outcome = int | None | DeliveryFailed
+Outcome = Delivered | int | None | DeliveryFailed
+OK = Delivered(200, Excerpt(""))  # the sink's default answer: 200, no body
 
 
 @pytest.fixture
@@ -79,7 +85,7 @@ def test_status_outcomes(
     sink.script(reply)
     (outcome,) = attempt(post(sink.url("/hook")))
     if kind is None:
-        assert outcome == status
+        assert outcome == Delivered(status, Excerpt(""))
     else:
         assert type(outcome) is kind
         assert isinstance(outcome, DeliveryFailed)
@@ -97,8 +103,8 @@ def test_redirect_message_says_why(sink: HttpSink) -> None:
 def test_503_twice_then_200_with_a_stable_idempotency_key(sink: HttpSink) -> None:
     sink.script(Reply(503), Reply(503))
     outcomes = attempt(post(sink.url("/hook")), times=3, job_id="01HX-job")
-    assert [type(o) for o in outcomes] == [RetryLater, RetryLater, int]
-    assert outcomes[2] == 200
+    assert [type(o) for o in outcomes] == [RetryLater, RetryLater, Delivered]
+    assert outcomes[2] == OK
     assert [r.headers["Idempotency-Key"] for r in sink.requests] == ["01HX-job"] * 3
 
 
@@ -191,7 +197,7 @@ def test_rule_content_type_replaces_the_default(sink: HttpSink, name: str) -> No
 )
 def test_methods(sink: HttpSink, method: str, body: str | None) -> None:
     (outcome,) = attempt(post(sink.url("/m?page=2"), body=body or "", method=method))
-    assert outcome == 200
+    assert outcome == OK
     (request,) = sink.requests
     assert (request.method, request.path, request.query) == (method, "/m", "page=2")
     assert request.body == (body or "").encode()
@@ -212,20 +218,85 @@ def test_body_arrives_byte_exact(sink: HttpSink, body: str) -> None:
     assert request.body == body.encode("utf-8")
 
 
-def test_large_answer_is_read_bounded_and_ignored(sink: HttpSink) -> None:
+def test_large_answer_is_read_bounded(sink: HttpSink) -> None:
     sink.script(Reply(200, body=b"z" * 2_000_000))
-    assert attempt(post(sink.url("/hook"))) == [200]
+    assert attempt(post(sink.url("/hook"))) == [Delivered(200, Excerpt("z" * READ_BYTES, True))]
+
+
+def test_a_gigabyte_answer_costs_what_a_short_one_does(sink: HttpSink) -> None:
+    """The head of the answer is read for the excerpt; the rest is never read (the connection
+    closes under it), so memory stays within a small bound and the sink stops sending early."""
+    sink.script(Reply(200, body=b"accepted ", stream=2**30))
+    tracemalloc.start()
+    try:
+        started = time.monotonic()
+        (outcome,) = attempt(post(sink.url("/hook")), timeout=30.0)
+        took = time.monotonic() - started
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    sink.stop()  # every write of the streamed answer has ended: its count is final
+    assert isinstance(outcome, Delivered) and outcome.response is not None
+    assert outcome.response == Excerpt("accepted " + "z" * (READ_BYTES - 9), cut=True)
+    assert peak < 4 * 2**20, f"{peak} bytes at the peak"
+    assert sink.streamed < 64 * 2**20, f"{sink.streamed} bytes went out of 1 GiB"
+    assert took < 10.0
+
+
+def test_a_body_that_stalls_after_the_status_keeps_the_status_outcome(sink: HttpSink) -> None:
+    sink.script(Reply(201, body=b"queued; more follows", hang=True))
+    (outcome,) = attempt(post(sink.url("/hook")), timeout=1.0)
+    assert outcome == Delivered(201, Excerpt("queued; more follows", cut=True))
+
+
+@pytest.mark.parametrize(
+    ("reply", "excerpt"),
+    [
+        (Reply(200, body=b'{"id": 7}'), Excerpt('{"id": 7}')),
+        (Reply(200, body=b"caf\xe9 \xff"), Excerpt("caf\ufffd \ufffd")),  # not UTF-8
+        (
+            Reply(200, headers={"Content-Encoding": "gzip"}, body=gzip.compress(b'{"id": 7}')),
+            Excerpt('{"id": 7}'),
+        ),
+        (
+            Reply(200, headers={"Content-Encoding": "deflate"}, body=zlib.compress(b"ok")),
+            Excerpt("ok"),
+        ),
+        (  # a bomb: 64 MiB inflated from 64 KiB; the head is inflated to READ_BYTES only
+            Reply(200, headers={"Content-Encoding": "gzip"}, body=gzip.compress(b" " * 2**26)),
+            Excerpt(" " * READ_BYTES, cut=True),
+        ),
+        (Reply(200, headers={"Content-Encoding": "br"}, body=b"\x1b\x00"), None),
+        (Reply(200, headers={"Content-Encoding": "gzip"}, body=b"not gzip"), None),
+    ],
+)
+def test_the_head_of_the_answer_is_the_excerpt(
+    sink: HttpSink, reply: Reply, excerpt: Excerpt | None
+) -> None:
+    sink.script(reply)
+    assert attempt(post(sink.url("/hook"))) == [Delivered(200, excerpt)]
+
+
+@pytest.mark.parametrize(("status", "kind"), [(400, GiveUp), (503, RetryLater), (302, GiveUp)])
+def test_a_failed_attempt_carries_what_the_destination_answered(
+    sink: HttpSink, status: int, kind: type[DeliveryFailed]
+) -> None:
+    sink.script(Reply(status, body=b'{"error": "email is invalid"}'))
+    (outcome,) = attempt(post(sink.url("/hook")))
+    assert isinstance(outcome, kind)
+    assert outcome.response == Excerpt('{"error": "email is invalid"}')
+    assert "email is invalid" not in str(outcome)  # the error stays the router's sentence
 
 
 def test_connections_are_reused_across_50_deliveries(sink: HttpSink) -> None:
     outcomes = attempt(post(sink.url("/hook")), times=50)
-    assert outcomes == [200] * 50
+    assert outcomes == [OK] * 50
     assert len(sink.requests) == 50
     assert sink.connections == 1
 
 
 def test_concurrent_deliveries_share_a_bounded_pool(sink: HttpSink) -> None:
-    async def burst() -> list[int | None]:
+    async def burst() -> list[Delivered]:
         deliverer = HttpDeliverer(concurrency=16, per_host_concurrency=4)
         await deliverer.start()
         try:
@@ -238,7 +309,7 @@ def test_concurrent_deliveries_share_a_bounded_pool(sink: HttpSink) -> None:
         finally:
             await deliverer.close()
 
-    assert asyncio.run(burst()) == [200] * 50
+    assert asyncio.run(burst()) == [OK] * 50
     assert 1 <= sink.connections <= 4
     assert {r.headers["Idempotency-Key"] for r in sink.requests} == {f"job-{i}" for i in range(50)}
 
@@ -279,7 +350,7 @@ def test_url_credentials_and_authorization_header_conflict(sink: HttpSink) -> No
 
 
 def test_url_credentials_are_sent_as_basic_auth(sink: HttpSink) -> None:
-    assert attempt(post(sink.url("/hook").replace("http://", "http://us3r:pw@"))) == [200]
+    assert attempt(post(sink.url("/hook").replace("http://", "http://us3r:pw@"))) == [OK]
     (request,) = sink.requests
     assert request.headers["Authorization"] == "Basic dXMzcjpwdw=="
 
@@ -304,14 +375,14 @@ def test_deliver_before_start_is_a_programming_error() -> None:
 
 def test_a_lone_surrogate_in_a_body_is_sent_not_fatal(sink: HttpSink) -> None:
     (outcome,) = attempt(post(sink.url("/hook"), body="half \ud800 pair"))
-    assert outcome == 200
+    assert outcome == OK
     assert sink.wait_for(1)[0].body == b"half ? pair"
 
 
 def test_the_url_goes_out_exactly_as_rendered(sink: HttpSink) -> None:
     # Nothing downstream decodes %2F or %41, re-encodes %25, or resolves anything.
     target = "/c/a%2Fb/%41%25/..%2F..%2Fadmin?q=%2B%26x%3D1&n=a%20b#frag"
-    assert attempt(post(sink.url(target))) == [200]
+    assert attempt(post(sink.url(target))) == [OK]
     (request,) = sink.wait_for(1)
     assert request.target == target.partition("#")[0]
 

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from router.actions.actito import ActitoDeliverer
+from router.actions.base import delivered
 from router.actions.registry import compile_action, enrichments_of, parse_action, render
 from router.actito.client import ActitoClient
 from router.checks import Problems
@@ -323,7 +324,8 @@ def deliver(actito: FakeActito, spec: dict[str, Any], record: dict[str, Any] = R
         deliverer = ActitoDeliverer(ActitoClient(config(actito.url)))
         await deliverer.start()
         try:
-            return await deliverer.deliver(rendered(spec, record), job_id="j", timeout=5.0)
+            answer = await deliverer.deliver(rendered(spec, record), job_id="j", timeout=5.0)
+            return delivered(answer).status
         finally:
             await deliverer.close()
 
@@ -379,5 +381,9 @@ def test_what_actito_refuses_is_given_up_with_its_reason() -> None:
             "ACTITO refused PUT table/16/profile/1204 (HTTP 400): Attribute unknownAttribute "
             "does not exist"
         )
+        # ACTITO's whole answer is the attempt's excerpt.
+        answer = caught.value.response
+        assert answer is not None and not answer.cut
+        assert json.loads(answer.text)["message"] == "Attribute unknownAttribute does not exist"
         with pytest.raises(GiveUp, match=r"\(HTTP 404\): Profile 1204 not found"):
             deliver(actito, UPDATE, {**RECORD, "tableId": "17"})

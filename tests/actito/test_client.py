@@ -5,6 +5,7 @@ retry, all without the API key or a token ever reaching a message or a log."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
@@ -16,7 +17,7 @@ from router.actito.client import ActitoClient, ActitoConfig, Answer
 from router.actito.limits import CallLimits
 from router.exceptions import GiveUp, RetryLater
 from tests.actito.fake import API_KEY, ENTITY, FakeActito
-from tests.sinks import free_port
+from tests.sinks import HttpSink, Reply, free_port
 
 _T = TypeVar("_T")
 
@@ -191,6 +192,26 @@ def test_other_answers_are_the_callers_to_judge(status: int) -> None:
         client = ActitoClient(config(actito.url))
         answer = run(client, lambda c: c.call("GET", "table/16/profile/1"))
         assert (answer.status, answer.ok, answer.problem()) == (status, False, "Scripted failure")
+
+
+@pytest.mark.parametrize("status", [400, 503])
+def test_an_answer_that_echoes_the_credentials_keeps_them_masked(status: int) -> None:
+    token = "access-T0ken-never-kept"
+    with HttpSink() as sink:
+        sink.script(
+            Reply(200, body=json.dumps({"accessToken": token, "expiresIn": "900s"}).encode()),
+            Reply(status, echo=True),
+        )
+        client = ActitoClient(config(sink.url("").rstrip("/")))
+        try:
+            excerpt = run(client, lambda c: c.call("GET", "table/16/profile/1")).excerpt
+        except RetryLater as failure:
+            excerpt = failure.response
+        (_, call) = sink.wait_for(2)
+    assert call.headers["Authorization"] == f"Bearer {token}"  # what was echoed
+    assert excerpt is not None
+    assert "Authorization: Bearer <secret ACTITO_ACCESS_TOKEN>" in excerpt.text
+    assert token not in excerpt.text
 
 
 def test_an_unconfigured_client_names_the_settings_to_set() -> None:

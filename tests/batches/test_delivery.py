@@ -170,6 +170,45 @@ def test_a_4xx_splits_the_batch_until_the_bad_record_is_alone(tmp_path: Path) ->
     assert error is not None and "HTTP 400" in error and "batch of 8" in error
 
 
+def test_each_job_keeps_its_batch_s_answer_with_the_secrets_masked(tmp_path: Path) -> None:
+    with HttpSink() as sink:
+        # [0-3] refused, [0,1] accepted, [2,3] accepted: each job keeps the answer of the
+        # request that settled it, echoing the secret it carried.
+        sink.script(Reply(422, echo=True), Reply(200, echo=True), Reply(201, echo=True))
+        action = action_for(
+            tmp_path,
+            "bulk",
+            f'type = "http"\nurl = "{sink.url("/bulk")}"\n'
+            'headers = { "X-Api-Key" = "{{ secrets.BULK_KEY }}" }\n'
+            'batch = { max_records = 4, max_wait = "5s" }\n',
+        )
+
+        async def scenario() -> list[list[tuple[int | None, str | None]]]:
+            store = SQLiteStore(f"sqlite:///{tmp_path / 'b.db'}")
+            await store.open()
+            ids = await accept(store, action, [{"n": n} for n in range(4)])
+            worker = make_worker(
+                store, concurrency=8, per_host=2, secrets={"BULK_KEY": "bulk-S3cret"}
+            )
+            await run_worker(worker, asyncio.Event(), drain=True)
+            kept = []
+            for job_id in ids:
+                detail = await store.get_job(job_id)
+                assert detail is not None
+                kept.append([(a.status_code, a.response) for a in detail.history])
+            await store.close()
+            return kept
+
+        kept = asyncio.run(scenario())
+    assert [request.headers["X-Api-Key"] for request in sink.requests] == ["bulk-S3cret"] * 3
+    assert [[code for code, _ in attempts] for attempts in kept] == [[200], [200], [201], [201]]
+    for attempts in kept:
+        ((_, response),) = attempts
+        assert response is not None and "X-Api-Key: <secret BULK_KEY>" in response
+        assert "S3cret" not in response
+    assert '"n": 1' in str(kept[1]) and '"n": 3' in str(kept[3])  # its own request's echo
+
+
 def test_a_record_its_batch_template_cannot_render_is_found_and_killed(tmp_path: Path) -> None:
     with HttpSink() as sink:
         body = "{% for r in records %}{{ r.data.name | upper }};{% endfor %}"

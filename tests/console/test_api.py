@@ -123,6 +123,47 @@ def test_every_answer_matches_the_openapi_document(console: Console, schema: Sch
         schema.check("post", "/try", api.post("/try", json={"no": "event"}))
 
 
+def test_an_attempt_shows_what_the_destination_answered_as_text(
+    console: Console, schema: Schema
+) -> None:
+    answer = "".join(HOSTILE)
+    console.sink.script(Reply(400, body=answer.encode()))
+    console.push(event("answer-1", 301, 9))
+    job = console.job_of("answer-1")
+    with console.api() as api:
+        poll(lambda: api.get(f"/jobs/{job['id']}").json()["job"]["status"] == "dead")
+        shown = schema.check("get", "/jobs/{job_id}", api.get(f"/jobs/{job['id']}"))
+    assert [(a["status_code"], a["response"]) for a in shown["attempts"]] == [(400, answer)]
+    with console.browser() as client:
+        page = client.get(f"/console/deliveries/{job['id']}")
+    assert page.status_code == 200
+    assert "<script>alert" not in page.text and "<img src=x" not in page.text
+    assert (
+        '<pre class="response">&lt;script&gt;alert(1)&lt;/script&gt;'
+        "&#34;&gt;&lt;img src=x onerror=alert(1)&gt;{{7*7}}</pre>"
+    ) in page.text
+
+
+def test_an_answer_that_echoes_the_secret_shows_it_masked(console: Console) -> None:
+    console.sink.script(Reply(400, echo=True))
+    console.push(event("echo-1", 302, 9))
+    job = console.job_of("echo-1")
+    with console.api() as api:
+        poll(lambda: api.get(f"/jobs/{job['id']}").json()["job"]["status"] == "dead")
+        answer = api.get(f"/jobs/{job['id']}")
+    echoed = console.sink.requests[-1]
+    assert echoed.headers["Authorization"] == f"Bearer {SECRET_VALUE}"  # it was sent...
+    (attempt,) = answer.json()["attempts"]
+    assert "Authorization: Bearer <secret CRM>\r\n" in attempt["response"]  # ...and masked
+    with console.browser() as client:
+        page = client.get(f"/console/deliveries/{job['id']}")
+    assert "Authorization: Bearer &lt;secret CRM&gt;" in page.text
+    for shown in (answer.text, page.text, console.router.log()):
+        assert SECRET_VALUE not in shown
+    for stored in console.router.workdir.glob("router.db*"):
+        assert SECRET_VALUE.encode() not in stored.read_bytes()
+
+
 def test_pages_follow_cursor_pagination(console: Console) -> None:
     for n in range(5):
         console.push(event(f"page-{n}", 200 + n, 1))

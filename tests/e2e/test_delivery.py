@@ -71,13 +71,19 @@ def test_429_retry_after_is_respected(
 def test_400_is_dead_at_once_and_replay_delivers_it(
     tmp_path: Path, rules_dir: Path, sink: HttpSink, router_factory: list[RouterProcess]
 ) -> None:
-    sink.script(Reply(400, body=b"bad request"))
+    # The answer is shown with the attempt; an escape sequence in it never reaches a terminal.
+    sink.script(Reply(400, body=b"bad request:\n\x1b[2J email is missing"))
     router = start(tmp_path, rules_dir, sink, router_factory)
     router.push(SAMPLE)
     (dead,) = poll(lambda: jobs(router, "--status", "dead"))
     assert dead["attempts"] == 1
     assert "400" in dead["last_error"]
     assert len(sink.requests) == 1
+    shown = router.cli("deliveries", "show", dead["id"])
+    assert "     response:\n       bad request:\n       \\x1b[2J email is missing\n" in shown.stdout
+    assert "\x1b" not in shown.stdout
+    as_json = json.loads(router.cli("deliveries", "show", dead["id"], "--format", "json").stdout)
+    assert [a["response"] for a in as_json["history"]] == ["bad request:\n\x1b[2J email is missing"]
     text = router.cli("deliveries", "list", "--status", "dead")
     assert dead["id"] in text.stdout and "forward-all" in text.stdout
     replayed = router.cli("deliveries", "replay", dead["id"])
@@ -119,6 +125,7 @@ body = '{{"email": {{{{ data.emailAddress | tojson }}}}}}'
 """
     )
     token = "tok-3d9c1f0a-never-stored"
+    sink.default = Reply(200, echo=True)  # the destination answers the request it got
     router = RouterProcess(tmp_path, rules_dir, env={"ROUTER_SECRET_CRM_TOKEN": token})
     router_factory.append(router)
     router.start()
@@ -129,6 +136,7 @@ body = '{{"email": {{{{ data.emailAddress | tojson }}}}}}'
     (job,) = poll(lambda: jobs(router, "--status", "done"))
     shown = router.cli("deliveries", "show", job["id"])
     assert token not in shown.stdout
+    assert "Authorization: Bearer <secret CRM_TOKEN>" in shown.stdout
     database = tmp_path / "router.db"
     for path in [database, *database.parent.glob("router.db-*")]:
         assert token.encode() not in path.read_bytes()

@@ -70,7 +70,16 @@ LAYOUT: dict[str, set[str]] = {
         "order_key",
         "order_hold",
     },
-    "attempts": {"job_id", "number", "at", "outcome", "status_code", "error", "duration"},
+    "attempts": {
+        "job_id",
+        "number",
+        "at",
+        "outcome",
+        "status_code",
+        "error",
+        "duration",
+        "response",
+    },
     "dedupe": {"key", "seen_at"},
     "store_meta": {"key", "value"},
     "destinations": {

@@ -20,7 +20,13 @@ from router.store.base import (
     Status,
     Store,
 )
-from router.store.migrations import FLOOR_KEY, SCHEMA_VERSION, floor_of, schema_problem
+from router.store.migrations import (
+    ADDITIVE,
+    FLOOR_KEY,
+    SCHEMA_VERSION,
+    floor_of,
+    schema_problem,
+)
 
 from .conftest import DAY, LAYOUT, LEASE, RULESET, SPEC, T0, Backend, accept, incoming, new_job
 
@@ -435,6 +441,61 @@ def test_get_job_returns_spec_record_and_history(backend: Backend) -> None:
         assert detail.summary.updated_at == T0 + 7
 
     backend.run(body)
+
+
+def test_each_attempt_keeps_the_excerpt_of_the_answer(backend: Backend) -> None:
+    async def body(store: Store) -> None:
+        await accept(store, incoming("k"))
+        (job,) = await claim_all(store, T0)
+        # What a destination answers is text a database must hold: NUL, a lone surrogate.
+        answer = '{"error": "busy"}\x00 \ud800 ✓'
+        await store.record(
+            [dataclasses.replace(retry(job, T0 + 1, T0 + 5), response=answer)], now=T0 + 1
+        )
+        (job,) = await claim_all(store, T0 + 5)
+        await store.record([done(job, T0 + 6)], now=T0 + 6)  # answered nothing to show
+        detail = await store.get_job(job.id)
+        assert detail is not None
+        assert [a.response for a in detail.history] == ['{"error": "busy"}\ufffd ? ✓', None]
+
+    backend.run(body)
+
+
+# The attempts of the router one release back (schema 7), as its code writes and reads them.
+OLD_ATTEMPT_WRITE = """
+    INSERT INTO attempts (job_id, number, at, outcome, status_code, error, duration)
+    VALUES ('{job}', 2, 1700000010.0, 'done', 204, NULL, 0.5)
+"""
+OLD_ATTEMPT_READ = (
+    "SELECT number, at, outcome, status_code, error, duration FROM attempts "
+    "WHERE job_id = '{job}' ORDER BY number"
+)
+
+
+def test_the_response_step_leaves_an_older_router_its_attempts(backend: Backend) -> None:
+    """Step 8 is additive: code without it writes attempts as it did and reads them around
+    the new column; this code reads those attempts without an excerpt."""
+    assert SCHEMA_VERSION >= 8 and ADDITIVE[8 - 1]
+    assert floor_of(8) == floor_of(7)  # a rollback across the step is allowed
+
+    async def first(store: Store) -> str:
+        await accept(store, incoming("k"))
+        (job,) = await claim_all(store, T0)
+        answered = dataclasses.replace(retry(job, T0 + 1, T0 + 5), response="try later")
+        await store.record([answered], now=T0 + 1)
+        return job.id
+
+    job_id = backend.run(first)
+    backend.sql(OLD_ATTEMPT_WRITE.format(job=job_id))
+    old_read = backend.sql(OLD_ATTEMPT_READ.format(job=job_id))
+    assert [(row[0], row[2], row[3]) for row in old_read] == [(1, "retry", 503), (2, "done", 204)]
+
+    async def then(store: Store) -> list[str | None]:
+        detail = await store.get_job(job_id)
+        assert detail is not None
+        return [a.response for a in detail.history]
+
+    assert backend.run(then) == ["try later", None]
 
 
 def test_stats(backend: Backend) -> None:
