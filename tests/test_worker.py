@@ -28,7 +28,7 @@ class CountingStore(SQLiteStore):
     def __init__(self, url: str) -> None:
         super().__init__(url)
         self.released = 0
-        self.claims = 0
+        self.claims = 0  # claims that brought jobs (an idle worker's polls find none)
         self.excluded: list[Collection[str]] = []
 
     async def release(self, claims: Sequence[tuple[str, str]], *, next_at: float) -> None:
@@ -44,11 +44,12 @@ class CountingStore(SQLiteStore):
         exclude: Collection[str] = (),
         destination: str | None = None,
     ) -> list[Job]:
-        self.claims += 1
         self.excluded.append(list(exclude))
-        return await super().claim(
+        jobs = await super().claim(
             limit=limit, lease=lease, now=now, exclude=exclude, destination=destination
         )
+        self.claims += bool(jobs)
+        return jobs
 
 
 def action_for(tmp: Path, name: str, toml_action: str) -> Action:
