@@ -1,6 +1,6 @@
 """Soak: records pushed through one `router serve` (intake and worker, SQLite) for a long time,
 every one delivered twice (an http action to a real sink, a log action to the router's log),
-with a short retention so purging runs all along.
+with a short retention (and dedupe window) so purging runs all along.
 
     python tests/bench/soak.py [--records 1000000] [--batch 100] [--retention 60]
 
@@ -194,6 +194,9 @@ def main() -> None:
                 "ROUTER_WEBHOOK_SECRETS": SECRET,
                 "ROUTER_LOG_LEVEL": "info",
                 "ROUTER_RETENTION": str(args.retention),
+                # Dedupe keys are kept for their own window (a day by default): as short as
+                # the retention, so that everything the store keeps is bounded in this run.
+                "ROUTER_DEDUPE_WINDOW": str(args.retention),
                 "ROUTER_RELOAD": "false",
             },
             stdout=subprocess.PIPE,
