@@ -1,20 +1,21 @@
 """Where each key of a TOML document is written: key path -> 1-based line.
 
-tomllib gives values without positions, so the loader asks this map where a value came from. A
-key path follows the decoded document, with array indices: `("rule", 0, "action", 1, "url")`.
-The map covers table headers (`[[rule]]`, `[rule.match]`, `[[rule.action]]`), dotted keys,
-inline tables and array elements. It is built from a tree-sitter parse of a document that
-tomllib already accepted, so it never has to report syntax errors itself.
+The TOML reader gives values without positions, so the loader asks this map where a value came
+from. A key path follows the decoded document, with array indices:
+`("rule", 0, "action", 1, "url")`. The map covers table headers (`[[rule]]`, `[rule.match]`,
+`[[rule.action]]`), dotted keys, inline tables and array elements. It is built from a
+tree-sitter parse of a document that the reader already accepted, so it never has to report
+syntax errors itself.
 """
 
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import tomli
 import tree_sitter_toml
 from tree_sitter import Language, Node, Parser, Tree
 
@@ -166,14 +167,14 @@ def _value(node: Node, path: KeyPath, found: _Map) -> None:
 
 
 def _key_parts(node: Node) -> list[str]:
-    """The decoded parts of a bare, quoted or dotted key (tomllib does the unquoting; keys of
+    """The decoded parts of a bare, quoted or dotted key (tomli does the unquoting; keys of
     bare parts only, the usual case, are split here)."""
     text = node.text.decode("utf-8") if node.text else ""
     if _BARE_KEY.fullmatch(text):
         return [part.strip(" \t") for part in text.split(".")]
     try:
-        decoded: Any = tomllib.loads(f"{text} = 0")
-    except tomllib.TOMLDecodeError:
+        decoded: Any = tomli.loads(f"{text} = 0")
+    except tomli.TOMLDecodeError:
         return [text]
     return list(_walk(decoded))
 
