@@ -42,13 +42,15 @@ def _simple(source: str) -> nodes.Template | None:
     """The tree of a simple template (see the module's docstring), or None for any other."""
     if not _DEFAULT_SYNTAX or any(marker in source for marker in _NOT_SIMPLE):
         return None
-    output: list[nodes.Node] = []
+    output: list[nodes.Expr] = []
+    made: list[nodes.Node] = []  # every node, to set its environment as the parser does
     position, line = 0, 1
     while position < len(source):
         start = source.find("{{", position)
         text = source[position:] if start < 0 else source[position:start]
         if text:
             output.append(nodes.TemplateData(text, lineno=line))
+            made.append(output[-1])
             line += text.count("\n")
         if start < 0:
             break
@@ -60,16 +62,20 @@ def _simple(source: str) -> nodes.Template | None:
         if path[0] in _NOT_NAMES:
             return None
         expression: nodes.Expr = nodes.Name(path[0], "load", lineno=line)
+        made.append(expression)
         for attribute in path[1:]:
             expression = nodes.Getattr(expression, attribute, "load", lineno=line)
+            made.append(expression)
         for name in pipes.split("|")[1:]:
             expression = nodes.Filter(expression, name.strip(" \t"), [], [], None, None)
             expression.lineno = line
+            made.append(expression)
         output.append(expression)
         position = end + 2
     body = [nodes.Output(output, lineno=output[0].lineno)] if output else []
     tree = nodes.Template(body, lineno=1)
-    tree.set_environment(ENV)
+    for node in (tree, *body, *made):  # what the parser's set_environment does, without a walk
+        node.environment = ENV
     return tree
 
 

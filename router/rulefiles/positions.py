@@ -48,7 +48,7 @@ class Positions:
         for node in self._tree.root_node.named_children:
             if node.type != "table_array_element":
                 continue
-            key_node = next((c for c in node.named_children if c.type.endswith("key")), None)
+            key_node = _header_key(node)
             parts = _key_parts(key_node) if key_node is not None else []
             if len(parts) == 1:
                 index = counts.get(parts[0], 0)
@@ -108,7 +108,7 @@ def _walk_tree(tree: Tree) -> _Map:
             if node.type == "pair":
                 _pair(node, (), found)
             continue
-        key_node = next((c for c in node.named_children if c.type.endswith("key")), None)
+        key_node = _header_key(node)
         if key_node is None:
             continue
         parts = _key_parts(key_node)
@@ -125,6 +125,14 @@ def _walk_tree(tree: Tree) -> _Map:
             if child.type == "pair":
                 _pair(child, path, found)
     return found
+
+
+def _header_key(node: Node) -> Node | None:
+    """The key of a `[table]` or `[[array]]` header node."""
+    first = node.named_child(0)  # the key, unless a comment comes first: then look further
+    if first is not None and first.type.endswith("key"):
+        return first
+    return next((c for c in node.named_children if c.type.endswith("key")), None)
 
 
 def _resolve(parts: list[str], arrays: dict[KeyPath, int]) -> KeyPath:
