@@ -30,10 +30,11 @@ from router.destinations import Destination
 from router.exceptions import RouterError
 from router.matching import RuleSet
 from router.rulefiles.alerts import read_alert
+from router.rulefiles.decoding import decode
 from router.rulefiles.destinations import read_destination
 from router.rulefiles.diagnostics import Diagnostic
 from router.rulefiles.lints import lint_rule, toml_quote_hint
-from router.rulefiles.positions import positions
+from router.rulefiles.positions import Pace, positions
 from router.rulefiles.ruletests import RuleTest, TestReader
 from router.rulefiles.schema import Context, UnsetSecrets, compile_match
 from router.rules import MODES, Action, Alert, Location, Rule
@@ -68,11 +69,17 @@ def load(
     *,
     secrets: Collection[str] | None = None,
     unset_secrets: UnsetSecrets = "warn",
+    pace: Pace | None = None,
 ) -> LoadResult:
     """Read, validate and compile the rules in `directory`. Problems in the files never raise:
     they are diagnostics. `secrets` names the secrets that are set (None: do not check); a
-    template of an enabled rule reading another one gets a diagnostic per `unset_secrets`."""
-    loader = _Loader(None if secrets is None else frozenset(secrets), unset_secrets)
+    template of an enabled rule reading another one gets a diagnostic per `unset_secrets`.
+
+    `pace` is called between small pieces of the work (a rule, a piece of a file's text: well
+    under a millisecond each), for a load that runs beside an event loop in another thread:
+    it can let the loop run (router.reload). The result is the same with or without it."""
+    checks = None if secrets is None else frozenset(secrets)
+    loader = _Loader(checks, unset_secrets, pace or _no_pace)
     # A load allocates much and frees little until it ends: the cyclic collector would scan
     # the growing heap again and again (about a fifth of a large load) and find nothing.
     collecting = gc.isenabled()
@@ -80,6 +87,13 @@ def load(
     try:
         return loader.run(directory)
     finally:
+        if pace is not None:
+            # What the load made would all be scanned by the next collection of the youngest
+            # generation, one pause of 10 ms and more for 1,000 rules: move it to the oldest
+            # (freeze and unfreeze do that without scanning), scanned with the rest of the
+            # heap by the next full collection.
+            gc.freeze()
+            gc.unfreeze()
         if collecting:
             gc.enable()
 
@@ -107,8 +121,8 @@ class _File:
 class _Loader:
     """One load: collects rules, tests and diagnostics over all files."""
 
-    def __init__(self, secrets: frozenset[str] | None, unset: UnsetSecrets) -> None:
-        self.secrets, self.unset = secrets, unset
+    def __init__(self, secrets: frozenset[str] | None, unset: UnsetSecrets, pace: Pace) -> None:
+        self.secrets, self.unset, self.pace = secrets, unset, pace
         self.out: list[Diagnostic] = []
         self.rules: list[Rule] = []
         self.defined: dict[str, Location] = {}  # rule name -> where it is first defined
@@ -139,6 +153,7 @@ class _Loader:
             for index, raw in enumerate(
                 _array(context, document, "rule") if "rule" in allowed else ()
             ):
+                self.pace()
                 self._rule(context, ("rule", index), raw)
             for index, raw in enumerate(
                 _array(context, document, "destination") if "destination" in allowed else ()
@@ -161,6 +176,7 @@ class _Loader:
         tests = TestReader(self.defined, self.action_types, self.complete)
         for file, document, context in documents:
             for index, raw in enumerate(_array(context, document, "test")):
+                self.pace()
                 tests.read(context, index, raw, file.shown)
         order = {file.shown: position for position, file in enumerate(files)}
         diagnostics = sorted(self.out, key=lambda d: (order.get(d.file, -1), d.line))
@@ -211,9 +227,12 @@ class _Loader:
             return None
         self.digest.update(f"{file.name}\0{len(data)}\0".encode())
         self.digest.update(data)
+        mapped = None  # the positions, made first in a paced load
         try:
             source = data.decode("utf-8-sig")
-            document = tomli.loads(source)
+            if self.pace is not _no_pace:  # the parse for lines first: it tells how to split
+                mapped = positions(source, self.pace)
+            document = decode(source, mapped, self.pace if mapped is not None else None)
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             message = "the file is not UTF-8 text; save it as UTF-8"
@@ -226,7 +245,8 @@ class _Loader:
             hint = toml_quote_hint(lines[line - 1]) if 0 < line <= len(lines) else None
             message = f"invalid TOML{where}: {hint or reason[:1].lower() + reason[1:]}"
         else:
-            context = Context(file.shown, positions(source), self.out, self.secrets, self.unset)
+            mapped = mapped or positions(source)
+            context = Context(file.shown, mapped, self.out, self.secrets, self.unset)
             context.used_secrets = self.used_secrets
             return file, document, context
         self.complete = self.complete and file.name.startswith("tests/")
@@ -281,6 +301,10 @@ class _Loader:
             rule = Rule(name, description, enabled, match, tuple(actions), location, mode or "live")
             self.rules.append(rule)
             lint_rule(context, path, rule)
+
+
+def _no_pace() -> None:
+    pass
 
 
 def _array(context: Context, document: dict[str, Any], key: str) -> list[Any]:
