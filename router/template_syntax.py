@@ -79,6 +79,30 @@ def _simple(source: str) -> nodes.Template | None:
     return tree
 
 
+def children(node: nodes.Node) -> list[nodes.Node]:
+    """node.iter_child_nodes(), as a list, in a third of its time (the checks at load walk
+    every node of every template)."""
+    found: list[nodes.Node] = []
+    for name in node.fields:
+        item = getattr(node, name, None)
+        if isinstance(item, list):
+            found.extend(child for child in item if isinstance(child, nodes.Node))
+        elif isinstance(item, nodes.Node):
+            found.append(item)
+    return found
+
+
+def walk(tree: nodes.Node) -> list[nodes.Node]:
+    """Every node of `tree`, itself first, in the order of the text (as find_all goes)."""
+    found: list[nodes.Node] = []
+    stack = [tree]
+    while stack:
+        node = stack.pop()
+        found.append(node)
+        stack.extend(reversed(children(node)))
+    return found
+
+
 def _default_syntax() -> bool:
     """Whether ENV reads templates with Jinja's default delimiters and newlines, as the direct
     reading above does."""
