@@ -39,8 +39,10 @@ def decode(source: str, positions: Positions | None = None, pace: Pace | None = 
             return tomli.loads(source)  # `rule = ...` and [[rule]]: the whole text's error
         for (name, start), end in zip(pieces, ends, strict=True):
             pace()
-            element = tomli.loads(data[start:end].decode("utf-8"))
-            document.setdefault(name, []).extend(element[name])
+            piece = tomli.loads(data[start:end].decode("utf-8"))
+            if list(piece) != [name] or len(piece[name]) != 1:
+                return tomli.loads(source)  # not read as the headers said: trust the whole
+            document.setdefault(name, []).append(piece[name][0])
     except tomli.TOMLDecodeError:
         return tomli.loads(source)  # the error as the whole text has it (or none at all)
     return document
