@@ -1,5 +1,6 @@
-"""A paced load (the reloader's) gives what an unpaced one gives, and lets the pace run often:
-files decoded in pieces decode to the same document, with the same errors."""
+"""Files decoded in pieces decode to the whole text's document, with the same errors and the
+same header lines as tree-sitter finds; a paced load (the reloader's) gives what an unpaced one
+gives, and lets the pace run often."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def outcome(text: str, pace: Any) -> tuple[str, Any]:
     try:
         if pace is None:
             return "value", tomli.loads(text)
-        return "value", decode(text, positions(text, pace), pace)
+        return "value", decode(text, pace).document
     except tomli.TOMLDecodeError as exc:
         return "error", str(exc)
 
@@ -51,6 +52,9 @@ TEXTS = [
     RULE + RULE.replace("[rule.match]", "[rule.match]\n[rule.match]"),
     RULE + "[[rule]]\nname = 'unterminated\n" + RULE,
     RULE + "[[rule]]\nname = 'x' trailing\n",
+    RULE.replace("[[rule]]", "[[rule]]  # first\r") + "\t[[ rule ]]\nname = 'b'\n",
+    RULE + "[[rule.action]]\ntype = 'log'\nmessage = [\n[['rule']],\n]\n" + RULE,
+    RULE + "[[ 'rule' ]]\nname = 'quoted, not cut'\n" + RULE,
     "[[rule]]\n[[rule.action]]\nurl = {a = 1,}\n",
     "",
     "# only a comment\n",
@@ -60,13 +64,19 @@ TEXTS = [
 @pytest.mark.parametrize("text", TEXTS)
 def test_decoding_in_pieces_gives_the_whole_texts_document_or_error(text: str) -> None:
     assert outcome(text, Counter()) == outcome(text, None)
+    if outcome(text, None)[0] == "value":
+        headers = decode(text).headers
+        assert headers is None or headers == positions(text)._read_headers()
 
 
 def test_a_file_of_rules_is_decoded_in_pieces_with_the_pace_between() -> None:
-    text = RULE * 50
+    text = "# rules\n" + RULE * 50
     pace = Counter()
-    assert decode(text, positions(text, pace), pace) == tomli.loads(text)
+    decoded = decode(text, pace)
+    assert decoded.document == tomli.loads(text)
     assert pace.calls >= 50
+    assert decoded.headers == positions(text)._read_headers()
+    assert decoded.headers is not None and decoded.headers[("rule", 1)] == 2 + RULE.count("\n")
 
 
 def everything(directory: Path, pace: Any) -> Any:

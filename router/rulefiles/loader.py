@@ -79,7 +79,7 @@ def load(
     under a millisecond each), for a load that runs beside an event loop in another thread:
     it can let the loop run (router.reload). The result is the same with or without it."""
     checks = None if secrets is None else frozenset(secrets)
-    loader = _Loader(checks, unset_secrets, pace or _no_pace)
+    loader = _Loader(checks, unset_secrets, pace)
     # A load allocates much and frees little until it ends: the cyclic collector would scan
     # the growing heap again and again (about a fifth of a large load) and find nothing.
     collecting = gc.isenabled()
@@ -121,8 +121,11 @@ class _File:
 class _Loader:
     """One load: collects rules, tests and diagnostics over all files."""
 
-    def __init__(self, secrets: frozenset[str] | None, unset: UnsetSecrets, pace: Pace) -> None:
-        self.secrets, self.unset, self.pace = secrets, unset, pace
+    def __init__(
+        self, secrets: frozenset[str] | None, unset: UnsetSecrets, pace: Pace | None
+    ) -> None:
+        self.secrets, self.unset = secrets, unset
+        self.paced, self.pace = pace, pace or _no_pace
         self.out: list[Diagnostic] = []
         self.rules: list[Rule] = []
         self.defined: dict[str, Location] = {}  # rule name -> where it is first defined
@@ -227,12 +230,9 @@ class _Loader:
             return None
         self.digest.update(f"{file.name}\0{len(data)}\0".encode())
         self.digest.update(data)
-        mapped = None  # the positions, made first in a paced load
         try:
             source = data.decode("utf-8-sig")
-            if self.pace is not _no_pace:  # the parse for lines first: it tells how to split
-                mapped = positions(source, self.pace)
-            document = decode(source, mapped, self.pace if mapped is not None else None)
+            decoded = decode(source, self.paced)
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             message = "the file is not UTF-8 text; save it as UTF-8"
@@ -245,10 +245,10 @@ class _Loader:
             hint = toml_quote_hint(lines[line - 1]) if 0 < line <= len(lines) else None
             message = f"invalid TOML{where}: {hint or reason[:1].lower() + reason[1:]}"
         else:
-            mapped = mapped or positions(source)
-            context = Context(file.shown, mapped, self.out, self.secrets, self.unset)
+            lines_of = positions(source, self.paced, decoded.headers)
+            context = Context(file.shown, lines_of, self.out, self.secrets, self.unset)
             context.used_secrets = self.used_secrets
-            return file, document, context
+            return file, decoded.document, context
         self.complete = self.complete and file.name.startswith("tests/")
         self.out.append(Diagnostic(file.shown, line, message))
         return None

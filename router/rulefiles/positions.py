@@ -38,15 +38,29 @@ class Positions:
     """Lines of the keys of one document. Lookups fall back to the nearest enclosing key, so a
     missing key is reported at the header of the table that lacks it.
 
-    The line of each top-level `[[NAME]]` header (a rule's or a test's location) is read at
-    once; the map of every key is built on the first other lookup (a valid rule set needs
-    none)."""
+    The line of each top-level `[[NAME]]` header (a rule's or a test's location) is known at
+    once: given by the decoder (router.rulefiles.decoding finds them as it splits the text) or
+    read from a tree-sitter parse; the parse, and the map of every key, wait for the first
+    other lookup otherwise (a valid rule set needs none)."""
 
-    def __init__(self, source: str, pace: Pace | None = None) -> None:
-        self._data = data = source.encode("utf-8")
-        self._tree = _PARSER.parse(data if pace is None else _paced_reader(data, pace))
-        self._headers: dict[KeyPath, int] = {}
+    def __init__(
+        self, source: str, pace: Pace | None = None, headers: dict[KeyPath, int] | None = None
+    ) -> None:
+        self._data = source.encode("utf-8")
         self._pace = pace or _no_pace
+        self._parsed: Tree | None = None
+        self._map: _Map | None = None
+        self._headers = headers if headers is not None else self._read_headers()
+
+    @property
+    def _tree(self) -> Tree:
+        if self._parsed is None:
+            data, pace = self._data, self._pace
+            self._parsed = _PARSER.parse(data if pace is _no_pace else _paced_reader(data, pace))
+        return self._parsed
+
+    def _read_headers(self) -> dict[KeyPath, int]:
+        headers: dict[KeyPath, int] = {}
         counts: dict[str, int] = {}
         for number, node in enumerate(self._tree.root_node.named_children):
             if number % _PACED_NODES == 0:
@@ -54,31 +68,12 @@ class Positions:
             if node.type != "table_array_element":
                 continue
             key_node = _header_key(node)
-            parts = _key_parts(key_node, data) if key_node is not None else []
+            parts = _key_parts(key_node, self._data) if key_node is not None else []
             if len(parts) == 1:
                 index = counts.get(parts[0], 0)
                 counts[parts[0]] = index + 1
-                self._headers[(parts[0], index)] = node.start_point.row + 1
-        self._map: _Map | None = None
-
-    def sections(self) -> list[Section]:
-        """The statements at the top of the document, in order (comments left out)."""
-        found: list[Section] = []
-        for number, node in enumerate(self._tree.root_node.named_children):
-            if number % _PACED_NODES == 0:
-                self._pace()
-            if node.type in ("table", "table_array_element"):
-                key_node = _header_key(node)
-                parts = tuple(_key_parts(key_node, self._data)) if key_node is not None else ()
-                found.append(Section(node.type, parts, node.start_byte))
-            elif node.type != "comment":  # a root key, or an ERROR node
-                found.append(Section(node.type, (), node.start_byte))
-        return found
-
-    @property
-    def has_error(self) -> bool:
-        """Whether tree-sitter found the text invalid (or read it otherwise than TOML does)."""
-        return bool(self._tree.root_node.has_error)
+                headers[(parts[0], index)] = node.start_point.row + 1
+        return headers
 
     @property
     def keys(self) -> dict[KeyPath, int]:
@@ -113,27 +108,20 @@ class Positions:
         return min(value.first_line + max(lineno, 1) - 1, value.last_line)
 
 
-@dataclass(frozen=True, slots=True)
-class Section:
-    """A statement at the top of the document: a `[table]` or `[[array]]` header (`kind` is
-    tree-sitter's "table" or "table_array_element") with the decoded parts of its key, or a
-    root key (`kind` "pair"), starting at byte `start` of the UTF-8 text."""
-
-    kind: str
-    key: tuple[str, ...]
-    start: int
-
-
 @dataclass
 class _Map:
     keys: dict[KeyPath, int] = field(default_factory=dict)
     values: dict[KeyPath, _Value] = field(default_factory=dict)
 
 
-def positions(source: str, pace: Pace | None = None) -> Positions:
-    """Map every key of `source` (valid TOML) to its line. With `pace`, the parse reads the
-    text in pieces and calls it before each (see router.rulefiles.loader.load)."""
-    return Positions(source, pace)
+def positions(
+    source: str, pace: Pace | None = None, headers: dict[KeyPath, int] | None = None
+) -> Positions:
+    """Map every key of `source` (valid TOML) to its line; `headers`: the line of each
+    top-level `[[NAME]]` header, ("NAME", index) -> line, when the caller knows them. With
+    `pace`, a parse reads the text in pieces and calls it before each (see
+    router.rulefiles.loader.load)."""
+    return Positions(source, pace, headers)
 
 
 _PIECE = 4_096  # bytes tree-sitter reads at a time in a paced parse: well under 1 ms of work
