@@ -1,10 +1,10 @@
 """Rules directory -> RuleSet and rule tests, or every problem in it as a located Diagnostic.
 
 Files are read in name order (`*.toml`, then `tests/*.toml`, which hold only `[[test]]` tables),
-decoded with tomli (the standard library's tomllib, compiled: the same errors, faster) and mapped
-to lines with router.rulefiles.positions. Every check runs on every file before anything is
-returned, so a user sees all mistakes at once. This module finds
-and reads the files and assembles rules; router.rulefiles.schema checks a rule's match, each
+decoded by router.rulefiles.decoding (tomli: the standard library's tomllib, compiled, so the
+same errors) and mapped to lines with router.rulefiles.positions. Every check runs on every file
+before anything is returned, so a user sees all mistakes at once. This module finds and reads
+the files and assembles rules; router.rulefiles.schema checks a rule's match, each
 action's type checks its own table (router.actions), templates and conditions are compiled once;
 router.rulefiles.ruletests reads the `[[test]]` tables; router.rulefiles.alerts the `[[alert]]`
 tables; router.rulefiles.lints warns about rules that are valid but almost certainly not what
