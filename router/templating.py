@@ -32,7 +32,7 @@ from jinja2.defaults import DEFAULT_NAMESPACE
 from jinja2.exceptions import SecurityError
 
 from router import template_limits as limits
-from router import urls
+from router import template_syntax, urls
 from router.exceptions import MissingSecret, RenderError, TemplateLimitExceeded
 from router.sandbox import ENV, EnvSecrets, NameTracker, SecretsView
 from router.template_limits import Budget
@@ -212,12 +212,13 @@ def _checked(source: str, *, url: bool) -> Template | TemplateProblem:
 
 
 def _compile(source: str, *, url: bool) -> Template:
-    ast = ENV.parse(source)
-    depth = _check_nodes(ast)
+    ast = template_syntax.parse(source)
+    depth, names = _check_nodes(ast)
     secrets = _secret_names(source) if "secrets" in source else frozenset()
-    tracker = NameTracker(ENV)
-    tracker.visit(ast)
-    names = frozenset(tracker.undeclared_identifiers)
+    if names is None or depth > _COMPILE_AT_LOAD:
+        tracker = NameTracker(ENV)
+        tracker.visit(ast)
+        names = frozenset(tracker.undeclared_identifiers)
     unknown = sorted(names - (_SCOPE.get() or CONTEXT_NAMES) - _ENRICHED.get())
     if unknown:
         raise TemplateProblem(_unknown_name(unknown[0]), _first_line(ast, unknown[0]))
@@ -234,7 +235,7 @@ def _compile(source: str, *, url: bool) -> Template:
 
 
 def _marked(source: str) -> nodes.Template:
-    ast = ENV.parse(source)
+    ast = template_syntax.parse(source)
     try:
         urls.mark_values(ast)
     except urls.UrlProblem as problem:
@@ -244,7 +245,7 @@ def _marked(source: str) -> nodes.Template:
 
 def _generate(source: str, *, url: bool) -> jinja2.Template:
     """The template's Python code (it was checked when it was compiled)."""
-    return ENV.from_string(_marked(source) if url else ENV.parse(source))
+    return ENV.from_string(_marked(source) if url else template_syntax.parse(source))
 
 
 def syntax_tree(source: str) -> nodes.Template:
@@ -253,7 +254,7 @@ def syntax_tree(source: str) -> nodes.Template:
         found = _CACHE.get(key)
         if isinstance(found, Template):
             return found.ast
-    return ENV.parse(source)
+    return template_syntax.parse(source)
 
 
 def _one_sentence(exc: jinja2.TemplateSyntaxError) -> str:
@@ -281,18 +282,31 @@ def _keys(source: str) -> Iterator[_Key]:
                 yield source, url, enrichments, scope
 
 
-def _check_nodes(ast: nodes.Template) -> int:
-    """Refuse what templates may not use; return the depth of the tree."""
+# Nodes that declare no name and open no scope (the text and its expressions). In a tree of
+# only these, the names a template reads are the names it loads, which is what Jinja's own
+# analysis (NameTracker, a pass of its code generator: ten times the cost) finds for it.
+_NO_SCOPE = (nodes.Template, nodes.Output, nodes.TemplateData, nodes.Expr, nodes.Helper)
+
+
+def _check_nodes(ast: nodes.Template) -> tuple[int, frozenset[str] | None]:
+    """Refuse what templates may not use; return the depth of the tree, and the names it reads
+    when no statement of it can declare one (else None: NameTracker must find them)."""
     # Jinja defers unknown filters inside `if` blocks to render time; we want them all at load.
     depth = 0
+    loads: set[str] | None = set()
     stack: list[tuple[nodes.Node, int]] = [(ast, 1)]
     while stack:
         node, level = stack.pop()
         depth = max(depth, level)
         _check_node(node)  # in the order of the text, as find_all goes
-        children = list(node.iter_child_nodes())
-        stack.extend((child, level + 1) for child in reversed(children))
-    return depth
+        if loads is not None:
+            if not isinstance(node, _NO_SCOPE):
+                loads = None
+            elif isinstance(node, nodes.Name) and node.ctx == "load":
+                loads.add(node.name)
+        stack.extend((child, level + 1) for child in reversed(template_syntax.children(node)))
+    names = None if loads is None else frozenset(loads - ENV.globals.keys())
+    return depth, names
 
 
 def _check_node(node: nodes.Node) -> None:
@@ -304,6 +318,8 @@ def _check_node(node: nodes.Node) -> None:
         raise TemplateProblem("recursive loops are not available in templates", node.lineno)
     elif isinstance(node, nodes.Name) and node.name == "self":
         raise TemplateProblem(_unknown_name("self"), node.lineno)
+    if isinstance(node, _NO_SCOPE):
+        return  # no tag: the refused ones are all statements
     for kinds, message in _REFUSED_TAGS:
         if isinstance(node, kinds):
             raise TemplateProblem(message, node.lineno)

@@ -2,6 +2,7 @@
 starting or reloading process loads.
 
     loader.py       rules directory -> RuleSet and [[test]] tables, every problem a Diagnostic
+    decoding.py     a file decoded one [[NAME]] table at a time, with each header's line
     positions.py    where each key of a TOML document is written (key path -> line)
     schema.py       a rule's match table, and the Context that reports with file:line
     ruletests.py    [[test]] tables: the event, the rules expected to match, the actions

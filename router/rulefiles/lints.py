@@ -34,6 +34,7 @@ from router.events import STANDARD_KEYS
 from router.explain import Node, unparse
 from router.rulefiles.schema import Context
 from router.rules import Rule
+from router.template_syntax import children, walk
 from router.templating import syntax_tree
 
 # Keys a record has besides `data` (STANDARD_KEYS and the envelope's links).
@@ -325,7 +326,9 @@ def _inner_key(node: nodes.Node) -> tuple[str, str] | None:
 
 def _template_dotted_paths(ast: nodes.Template) -> Iterator[str]:
     seen: set[str] = set()
-    for node in ast.find_all((nodes.Getattr, nodes.Getitem)):
+    for node in walk(ast):
+        if not isinstance(node, nodes.Getattr | nodes.Getitem):
+            continue
         pair = _inner_key(node)
         if pair is None or pair[0] not in TRIGGER_FAMILIES:
             continue
@@ -360,7 +363,7 @@ def _unguarded_reads(ast: nodes.Template) -> list[str]:
         if key is not None and key not in _MAPPING_METHODS:
             reads[key] = reads.get(key, False) or not guarded
         chain = isinstance(node, nodes.Getattr | nodes.Getitem)
-        for child in node.iter_child_nodes():
+        for child in children(node):
             visit(child, guarded and chain)
 
     visit(ast, False)

@@ -1,9 +1,10 @@
 """Rules directory -> RuleSet and rule tests, or every problem in it as a located Diagnostic.
 
 Files are read in name order (`*.toml`, then `tests/*.toml`, which hold only `[[test]]` tables),
-decoded with tomllib and mapped to lines with router.rulefiles.positions. Every check runs on
-every file before anything is returned, so a user sees all mistakes at once. This module finds
-and reads the files and assembles rules; router.rulefiles.schema checks a rule's match, each
+decoded by router.rulefiles.decoding (tomli: the standard library's tomllib, compiled, so the
+same errors) and mapped to lines with router.rulefiles.positions. Every check runs on every file
+before anything is returned, so a user sees all mistakes at once. This module finds and reads
+the files and assembles rules; router.rulefiles.schema checks a rule's match, each
 action's type checks its own table (router.actions), templates and conditions are compiled once;
 router.rulefiles.ruletests reads the `[[test]]` tables; router.rulefiles.alerts the `[[alert]]`
 tables; router.rulefiles.lints warns about rules that are valid but almost certainly not what
@@ -16,11 +17,12 @@ import gc
 import hashlib
 import os
 import re
-import tomllib
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import tomli
 
 from router.actions.registry import compile_action
 from router.checks import KeyPath, kind_of
@@ -28,10 +30,11 @@ from router.destinations import Destination
 from router.exceptions import RouterError
 from router.matching import RuleSet
 from router.rulefiles.alerts import read_alert
+from router.rulefiles.decoding import decode
 from router.rulefiles.destinations import read_destination
 from router.rulefiles.diagnostics import Diagnostic
 from router.rulefiles.lints import lint_rule, toml_quote_hint
-from router.rulefiles.positions import positions
+from router.rulefiles.positions import Pace, positions
 from router.rulefiles.ruletests import RuleTest, TestReader
 from router.rulefiles.schema import Context, UnsetSecrets, compile_match
 from router.rules import MODES, Action, Alert, Location, Rule
@@ -66,11 +69,17 @@ def load(
     *,
     secrets: Collection[str] | None = None,
     unset_secrets: UnsetSecrets = "warn",
+    pace: Pace | None = None,
 ) -> LoadResult:
     """Read, validate and compile the rules in `directory`. Problems in the files never raise:
     they are diagnostics. `secrets` names the secrets that are set (None: do not check); a
-    template of an enabled rule reading another one gets a diagnostic per `unset_secrets`."""
-    loader = _Loader(None if secrets is None else frozenset(secrets), unset_secrets)
+    template of an enabled rule reading another one gets a diagnostic per `unset_secrets`.
+
+    `pace` is called between small pieces of the work (a rule, a piece of a file's text: well
+    under a millisecond each), for a load that runs beside an event loop in another thread:
+    it can let the loop run (router.reload). The result is the same with or without it."""
+    checks = None if secrets is None else frozenset(secrets)
+    loader = _Loader(checks, unset_secrets, pace)
     # A load allocates much and frees little until it ends: the cyclic collector would scan
     # the growing heap again and again (about a fifth of a large load) and find nothing.
     collecting = gc.isenabled()
@@ -78,6 +87,13 @@ def load(
     try:
         return loader.run(directory)
     finally:
+        if pace is not None:
+            # What the load made would all be scanned by the next collection of the youngest
+            # generation, one pause of 10 ms and more for 1,000 rules: move it to the oldest
+            # (freeze and unfreeze do that without scanning), scanned with the rest of the
+            # heap by the next full collection.
+            gc.freeze()
+            gc.unfreeze()
         if collecting:
             gc.enable()
 
@@ -105,8 +121,11 @@ class _File:
 class _Loader:
     """One load: collects rules, tests and diagnostics over all files."""
 
-    def __init__(self, secrets: frozenset[str] | None, unset: UnsetSecrets) -> None:
+    def __init__(
+        self, secrets: frozenset[str] | None, unset: UnsetSecrets, pace: Pace | None
+    ) -> None:
         self.secrets, self.unset = secrets, unset
+        self.paced, self.pace = pace, pace or _no_pace
         self.out: list[Diagnostic] = []
         self.rules: list[Rule] = []
         self.defined: dict[str, Location] = {}  # rule name -> where it is first defined
@@ -137,6 +156,7 @@ class _Loader:
             for index, raw in enumerate(
                 _array(context, document, "rule") if "rule" in allowed else ()
             ):
+                self.pace()
                 self._rule(context, ("rule", index), raw)
             for index, raw in enumerate(
                 _array(context, document, "destination") if "destination" in allowed else ()
@@ -159,6 +179,7 @@ class _Loader:
         tests = TestReader(self.defined, self.action_types, self.complete)
         for file, document, context in documents:
             for index, raw in enumerate(_array(context, document, "test")):
+                self.pace()
                 tests.read(context, index, raw, file.shown)
         order = {file.shown: position for position, file in enumerate(files)}
         diagnostics = sorted(self.out, key=lambda d: (order.get(d.file, -1), d.line))
@@ -211,11 +232,11 @@ class _Loader:
         self.digest.update(data)
         try:
             source = data.decode("utf-8-sig")
-            document = tomllib.loads(source)
+            decoded = decode(source, self.paced)
         except UnicodeDecodeError as exc:
             line = data[: exc.start].count(b"\n") + 1
             message = "the file is not UTF-8 text; save it as UTF-8"
-        except tomllib.TOMLDecodeError as exc:
+        except tomli.TOMLDecodeError as exc:
             found = _SYNTAX_AT.search(str(exc))
             line = int(found[1]) if found else 1
             reason = _SYNTAX_AT.sub("", str(exc))
@@ -224,9 +245,10 @@ class _Loader:
             hint = toml_quote_hint(lines[line - 1]) if 0 < line <= len(lines) else None
             message = f"invalid TOML{where}: {hint or reason[:1].lower() + reason[1:]}"
         else:
-            context = Context(file.shown, positions(source), self.out, self.secrets, self.unset)
+            lines_of = positions(source, self.paced, decoded.headers)
+            context = Context(file.shown, lines_of, self.out, self.secrets, self.unset)
             context.used_secrets = self.used_secrets
-            return file, document, context
+            return file, decoded.document, context
         self.complete = self.complete and file.name.startswith("tests/")
         self.out.append(Diagnostic(file.shown, line, message))
         return None
@@ -279,6 +301,10 @@ class _Loader:
             rule = Rule(name, description, enabled, match, tuple(actions), location, mode or "live")
             self.rules.append(rule)
             lint_rule(context, path, rule)
+
+
+def _no_pace() -> None:
+    pass
 
 
 def _array(context: Context, document: dict[str, Any], key: str) -> list[Any]:
