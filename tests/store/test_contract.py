@@ -443,6 +443,36 @@ def test_get_job_returns_spec_record_and_history(backend: Backend) -> None:
     backend.run(body)
 
 
+def test_one_record_call_numbers_each_attempt_of_a_job_in_turn(backend: Backend) -> None:
+    """Results of several jobs recorded at once, one job twice (its lease lost between two
+    attempts), and one job purged meanwhile: every attempt of a job numbered after the one
+    before, nothing appended to a job that is gone."""
+
+    async def body(store: Store) -> None:
+        jobs = [new_job("crm", index) for index in range(3)]
+        await accept(store, incoming("k", jobs=jobs))
+        claimed = {job.id: job for job in await claim_all(store, T0)}
+        first, second, third = (claimed[job.id] for job in jobs)
+        gone = dataclasses.replace(third, id="no-such-job")
+        await store.record(
+            [retry(first, T0 + 1, T0 + 5), done(second, T0 + 1), dead(gone, T0 + 1)], now=T0 + 2
+        )
+        await store.record([retry(third, T0 + 1, T0 + 5), done(third, T0 + 2)], now=T0 + 3)
+        numbers = {}
+        for job in jobs:
+            detail = await store.get_job(job.id)
+            assert detail is not None
+            numbers[job.id] = [(a.number, a.outcome) for a in detail.history]
+        assert numbers == {
+            first.id: [(1, Outcome.RETRY)],
+            second.id: [(1, Outcome.DONE)],
+            third.id: [(1, Outcome.RETRY), (2, Outcome.DONE)],
+        }
+        assert await store.get_job("no-such-job") is None
+
+    backend.run(body)
+
+
 def test_each_attempt_keeps_the_excerpt_of_the_answer(backend: Backend) -> None:
     async def body(store: Store) -> None:
         await accept(store, incoming("k"))
