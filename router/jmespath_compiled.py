@@ -20,7 +20,7 @@ Property-based tests compare the two on generated expressions and documents
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from numbers import Number
 from typing import Any
 
@@ -281,6 +281,11 @@ def _expref(node: Node) -> Compiled:
     return reference
 
 
+def _kept(results: Iterable[Any]) -> list[Any]:
+    """A projection's results, in order, without the nulls (as the library collects them)."""
+    return [result for result in results if result is not None]
+
+
 def _projection(node: Node) -> Compiled:
     base, each = (compile_tree(child) for child in node["children"])
 
@@ -288,12 +293,7 @@ def _projection(node: Node) -> Compiled:
         elements = base(value)
         if not isinstance(elements, list):
             return None
-        collected = []
-        for element in elements:
-            current = each(element)
-            if current is not None:
-                collected.append(current)
-        return collected
+        return _kept(map(each, elements))
 
     return projection
 
@@ -307,12 +307,7 @@ def _value_projection(node: Node) -> Compiled:
             elements = elements.values()
         except AttributeError:
             return None
-        collected = []
-        for element in elements:
-            current = each(element)
-            if current is not None:
-                collected.append(current)
-        return collected
+        return _kept(map(each, elements))
 
     return value_projection
 
@@ -324,13 +319,7 @@ def _filter_projection(node: Node) -> Compiled:
         elements = base(value)
         if not isinstance(elements, list):
             return None
-        collected = []
-        for element in elements:
-            if not _is_false(condition(element)):
-                current = each(element)
-                if current is not None:
-                    collected.append(current)
-        return collected
+        return _kept(each(element) for element in elements if not _is_false(condition(element)))
 
     return filter_projection
 
