@@ -453,8 +453,9 @@ class Store(abc.ABC):
         hours = rollups.to_roll(now, since)
         if not hours:
             return 0
-        [found] = await self.read_only([rollups.marked_rows(self.dialect, hours[0], hours[-1])])
-        *marks, (oldest, _) = found
+        marks, [(oldest,)] = await self.read_only(
+            [rollups.marked_rows(self.dialect, hours[0], hours[-1]), rollups.OLDEST_MARK]
+        )
         rows_of = {int(hour): int(rows) for hour, rows in marks}
         counted = 0
         for hour in hours:

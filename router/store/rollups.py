@@ -96,15 +96,16 @@ def marked(dialect: str, first: int, last: int) -> tuple[str, list[int]]:
 
 
 def marked_rows(dialect: str, first: int, last: int) -> tuple[str, list[int]]:
-    """The marked hours from `first` to `last` with how many rows each has, and one row of
-    the oldest mark of all."""
+    """The marked hours from `first` to `last` with how many rows each has."""
     low, high = ("?", "?") if dialect == "sqlite" else ("$1::int8", "$2::int8")
     return (
         "SELECT r.hour, (SELECT count(*) FROM job_hours AS c WHERE c.hour = r.hour) "
-        f"FROM rolled_hours AS r WHERE r.hour >= {low} AND r.hour <= {high} "
-        "UNION ALL SELECT min(hour), NULL FROM rolled_hours",
+        f"FROM rolled_hours AS r WHERE r.hour >= {low} AND r.hour <= {high}",
         [first, last],
     )
+
+
+OLDEST_MARK: tuple[str, list[int]] = ("SELECT min(hour) FROM rolled_hours", [])
 
 
 # -- schema step 8, in each dialect

@@ -248,6 +248,14 @@ def test_the_hours_counted_once_give_the_counts_of_the_jobs(
         later = now + 2 * HOUR
         assert await store.roll_up(now=later, since=0.0) > 0
         await check(later)
+        # Days later, the hours the last day no longer reaches are forgotten, counts and marks.
+        days_later = now + 3 * DAY
+        await store.roll_up(now=days_later, since=0.0)
+        horizon = rollups.hour_of(days_later - DAY) - int(HOUR)
+        [marks] = await store.read_only([rollups.marked(store.dialect, 0, horizon - 1)])
+        assert marks == []
+        [counts] = await store.read_only([("SELECT count(*) FROM job_hours", [])])
+        assert [tuple(row) for row in counts] == [(0,)]
 
     backend.run(body)
 
